@@ -1,0 +1,443 @@
+"""The configuration schema: the single source of truth for validation, defaults and the example.
+
+One YAML file, every key overridable by ``WICKED_DR_<SECTION>__<KEY>`` (top-level keys:
+``WICKED_DR_<KEY>``); keys marked *secret* can also come from ``..._FILE`` (Docker secrets).
+Unknown keys are errors, because a typo must never silently disable a backup.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from wicked_dr.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/wicked-dr/config.yaml")
+ENV_PREFIX = "WICKED_DR_"
+ENV_CONFIG_PATH = "WICKED_DR_CONFIG"
+SECRET_FILE_SUFFIX = "_FILE"
+
+
+def _field(default: Any, description: str, *, example: Any = None, secret: bool = False) -> Any:
+    """A schema field with the description and example that ``config example`` prints."""
+    extra: dict[str, Any] = {"secret": secret}
+    if example is not None:
+        extra["example"] = example
+    return Field(default=default, description=description, json_schema_extra=extra)
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are refused, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RepositoryConfig(Section):
+    """Where snapshots live."""
+
+    url: str = _field(
+        "/var/lib/wicked-dr/repository",
+        "Repository location: a local directory (/path or file:///path) or s3://bucket/prefix.",
+        example="s3://wicked-backups/prod",
+    )
+    endpoint_url: str | None = _field(
+        None,
+        "S3 endpoint for MinIO, Ceph or another S3-compatible store; empty for AWS.",
+        example="https://minio.example.com:9000",
+    )
+    region: str | None = _field(None, "S3 region; empty uses the AWS default chain.",
+                                example="eu-central-1")
+    access_key_id: SecretStr | None = _field(
+        None, "S3 access key id; empty uses the standard AWS credential chain.", secret=True,
+        example="AKIA...",
+    )
+    secret_access_key: SecretStr | None = _field(
+        None, "S3 secret access key; empty uses the standard AWS credential chain.",
+        secret=True, example="wJalr...",
+    )
+    encryption_key_file: Path | None = _field(
+        None,
+        "File with the 32-byte repository key (64 hex characters). Kept outside every backup; "
+        "with it set, every object is encrypted with AES-256-GCM.",
+        example="/run/secrets/wicked-dr-key",
+    )
+    sse: Literal["AES256", "aws:kms"] | None = _field(
+        None, "S3 server-side encryption, on top of ours.", example="AES256")
+    sse_kms_key_id: str | None = _field(None, "KMS key id when sse is aws:kms.")
+    storage_class: str | None = _field(None, "S3 storage class for packs.",
+                                       example="STANDARD_IA")
+    pack_size_mib: int = _field(16, "Target size of a pack before compression, in MiB.",
+                                example=16)
+    lock_expiry_s: int = _field(
+        300, "A repository lock expires this many seconds after its last renewal.", example=300)
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_supported(cls, value: str) -> str:
+        if value.startswith("s3://"):
+            if not value[len("s3://"):].split("/", 1)[0]:
+                raise ValueError("s3:// URL without a bucket; expected s3://bucket[/prefix]")
+            return value
+        if value.startswith("file://"):
+            value = value[len("file://"):]
+        if not value.startswith("/"):
+            raise ValueError(
+                "expected an absolute path, file:///path or s3://bucket/prefix, "
+                f"got {value!r}")
+        return value
+
+    @field_validator("pack_size_mib", "lock_expiry_s")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be a positive number")
+        return value
+
+
+class VolumeConfig(Section):
+    """portal-api's dynamic data volume."""
+
+    path: Path = _field(Path("/var/portal-api/dynamic"),
+                        "portal-api's dynamic data folder (PORTAL_API_DYNAMIC_CONFIG).")
+    quiesce: Literal["wicked-lock", "none"] = _field(
+        "wicked-lock",
+        "wicked-lock: hold wicked's global.lock while reading, for a consistent snapshot; "
+        "none: read without it (files may be torn).",
+    )
+    quiesce_timeout_s: float = _field(
+        10.0, "Longest wait for in-flight writes (*.lock files) to finish.", example=10)
+    max_shrink_percent: float = _field(
+        20.0, "Refuse a backup whose file count fell by more than this since the last snapshot.",
+        example=20)
+
+    @field_validator("quiesce_timeout_s", "max_shrink_percent")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+
+class KongTokensConfig(Section):
+    """Kong's OAuth2 token tables (optional)."""
+
+    dsn: SecretStr | None = _field(
+        None, "Kong's PostgreSQL database; empty turns token backup off.", secret=True,
+        example="postgresql://kong:secret@kong-db:5432/kong?sslmode=require")
+    connect_timeout_s: int = _field(10, "Connection timeout.", example=10)
+    statement_timeout_s: int = _field(300, "Statement timeout for the token export.",
+                                      example=300)
+    workspace: str = _field("default", "Kong 2.x/3.x workspace to restore tokens into.")
+
+
+class ScheduleConfig(Section):
+    """When the daemon works (cron expressions, UTC)."""
+
+    backup: str = _field("*/15 * * * *", "When to take a snapshot.")
+    verify: str | None = _field("30 3 * * *", "When to verify the newest snapshot.")
+    prune: str | None = _field("0 4 * * *", "When to apply the retention policy.")
+
+
+class RetentionConfig(Section):
+    """How many snapshots prune keeps."""
+
+    keep_last: int = _field(10, "Keep the newest N snapshots.")
+    keep_hourly: int = _field(48, "Keep the newest snapshot of each of the last N hours.")
+    keep_daily: int = _field(14, "Keep the newest snapshot of each of the last N days.")
+    keep_weekly: int = _field(8, "Keep the newest snapshot of each of the last N weeks.")
+    keep_monthly: int = _field(12, "Keep the newest snapshot of each of the last N months.")
+
+
+class VerifyConfig(Section):
+    """Proving snapshots restorable in throwaway containers."""
+
+    image: str = _field("wicked-dr-verify:latest",
+                        "Local image the scratch containers run (never pulled).")
+    timeout_s: int = _field(600, "Longest a verification may run.")
+
+
+class RestoreConfig(Section):
+    """How restores treat restored files."""
+
+    owner_uid: int = _field(888, "Owner of restored files (wicked's node user).")
+    owner_gid: int = _field(888, "Group of restored files.")
+    empty_webhook_queues: list[str] = _field(
+        ["mailer", "chatbot"],
+        "Webhook listeners whose pending events are emptied on a live restore, so mails "
+        "and chat messages are not sent twice.")
+
+
+class WickedDbConfig(Section):
+    """wicked 1.0's PostgreSQL storage (database wicked)."""
+
+    dsn: SecretStr | None = _field(None, "wicked's own database; empty when wicked uses the "
+                                   "JSON volume.", secret=True,
+                                   example="postgresql://wicked:secret@wicked-db/wicked")
+
+
+class ContainersConfig(Section):
+    """The wicked containers, by name or label selector (label=key=value)."""
+
+    docker_url: str | None = _field(None, "Docker engine; empty uses DOCKER_HOST or the socket.",
+                                    example="unix:///var/run/docker.sock")
+    portal_api: str | None = _field(None, "portal-api container.", example="portal-api")
+    kong_adapter: str | None = _field(None, "Kong Adapter container.",
+                                      example="portal-kong-adapter")
+    mailer: str | None = _field(None, "Mailer container.", example="portal-mailer")
+    chatbot: str | None = _field(None, "Chatbot container.", example="portal-chatbot")
+    kong: str | None = _field(None, "Kong container(s); every match is restarted in turn.",
+                              example="label=com.example.role=kong")
+
+
+class WickedConfig(Section):
+    """wicked's HTTP endpoints."""
+
+    portal_api_url: str = _field("http://portal-api:3001", "portal-api base URL.")
+    kong_adapter_url: str = _field("http://portal-kong-adapter:3002",
+                                   "Kong Adapter base URL.")
+
+
+class DaemonConfig(Section):
+    """The long-running sidecar."""
+
+    listen: str = _field("127.0.0.1:9464", "Health and metrics endpoint (host:port).")
+
+
+class NotifyConfig(Section):
+    """Where failures are reported."""
+
+    webhook_url: SecretStr | None = _field(None, "POST a JSON event here on failure.",
+                                           secret=True,
+                                           example="https://hooks.example.com/T000/B000")
+
+
+class LogConfig(Section):
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = _field("info", "Lowest level logged.")
+    format: Literal["auto", "json", "console"] = _field(
+        "auto", "auto: console on a TTY, JSON lines otherwise.")
+
+
+class Config(Section):
+    """The whole configuration."""
+
+    state_dir: Path = _field(Path("/var/lib/wicked-dr/state"),
+                             "Local state: caches and staging journals (not backed up).")
+    repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
+    volume: VolumeConfig = Field(default_factory=VolumeConfig)
+    kong_tokens: KongTokensConfig = Field(default_factory=KongTokensConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    restore: RestoreConfig = Field(default_factory=RestoreConfig)
+    wicked_db: WickedDbConfig = Field(default_factory=WickedDbConfig)
+    containers: ContainersConfig = Field(default_factory=ContainersConfig)
+    wicked: WickedConfig = Field(default_factory=WickedConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in Config.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+}
+
+
+def is_secret(section: str | None, key: str) -> bool:
+    """Whether the schema marks ``section.key`` as secret."""
+    model: type[Section] = SECTIONS[section] if section else Config
+    field = model.model_fields.get(key)
+    extra = field.json_schema_extra if field else None
+    return isinstance(extra, dict) and bool(extra.get("secret"))
+
+
+def secret_values(config: Config) -> list[str]:
+    """Every secret value in ``config``, for the log redactor."""
+    values: list[str] = []
+    for section_name in SECTIONS:
+        section = getattr(config, section_name)
+        for key in type(section).model_fields:
+            value = getattr(section, key)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                values.append(value.get_secret_value())
+    return values
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path:
+    """``--config`` wins over ``WICKED_DR_CONFIG``, which wins over the default path."""
+    if cli_path:
+        return Path(cli_path)
+    if environ.get(ENV_CONFIG_PATH):
+        return Path(environ[ENV_CONFIG_PATH])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None,
+                *, required: bool = True) -> Config:
+    """Read, merge environment overrides and validate; raise ConfigError with every problem."""
+    environ = os.environ if environ is None else environ
+    label = path.name
+    raw = _read_yaml(path, required=required)
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{label}: the top level must be a mapping of sections"])
+    _apply_env_overrides(raw, environ, problems)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_describe(label, exc))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _read_yaml(path: Path, *, required: bool) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ConfigError([f"{path}: no such configuration file; create it "
+                               "(wicked-dr config example) or pass --config"]) from None
+        return {}
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ConfigError([f"{path.name}:{line} is not valid YAML"]) from None
+    return {} if data is None else data
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str],
+                         problems: list[str]) -> None:
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
+            continue
+        try:
+            section, key, parsed = _parse_env(name, value)
+        except ValueError as exc:
+            problems.append(f"env {name}: {exc}")
+            continue
+        target = raw.setdefault(section, {}) if section else raw
+        if not isinstance(target, dict):
+            problems.append(f"env {name}: section {section!r} in the file is not a mapping")
+            continue
+        target[key] = parsed
+
+
+def _parse_env(name: str, value: str) -> tuple[str | None, str, Any]:
+    """Split ``WICKED_DR_SECTION__KEY[_FILE]`` and read the value (a file for _FILE)."""
+    body = name[len(ENV_PREFIX):].lower()
+    section, _, key = body.rpartition("__")
+    section_or_none = section or None
+    if section_or_none is not None and section_or_none not in SECTIONS:
+        raise ValueError(f"unknown section {section!r}; expected one of {', '.join(SECTIONS)}")
+    from_file = key.endswith(SECRET_FILE_SUFFIX.lower()) and not _is_key(section_or_none, key)
+    if from_file:
+        key = key[: -len(SECRET_FILE_SUFFIX)]
+        if not is_secret(section_or_none, key):
+            raise ValueError(f"only secret keys take the {SECRET_FILE_SUFFIX} suffix")
+        return section_or_none, key, _read_secret_file(value)
+    if not _is_key(section_or_none, key):
+        raise ValueError("unknown key; check the spelling against 'wicked-dr config example'")
+    return section_or_none, key, yaml.safe_load(value) if value else None
+
+
+def _is_key(section: str | None, key: str) -> bool:
+    model: type[Section] = SECTIONS[section] if section else Config
+    return key in model.model_fields and (section is not None or key not in SECTIONS)
+
+
+def _read_secret_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+
+
+def _describe(label: str, exc: ValidationError) -> list[str]:
+    """One line per problem: ``config.yaml: at 'a.b': what is wrong``."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        message = _message(error)
+        lines.append(f"{label}: at '{where}': {message}")
+    return lines
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key; check the spelling against 'wicked-dr config example'"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"got {error.get('input')!r}, expected one of {expected}"
+    text: str = error["msg"]
+    return re.sub(r"^Value error, ", "", text)
+
+
+# --- presenting --------------------------------------------------------------------------
+
+
+def masked_dict(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets replaced by '***'."""
+    data: dict[str, Any] = config.model_dump(mode="json")
+    for section_name in SECTIONS:
+        section = getattr(config, section_name)
+        for key in type(section).model_fields:
+            if isinstance(getattr(section, key), SecretStr):
+                data[section_name][key] = "***"
+    return data
+
+
+def example_yaml() -> str:
+    """The commented example configuration, generated from the schema."""
+    lines = [
+        "# wicked-dr configuration (generated by 'wicked-dr config example'; do not edit the",
+        "# copy in config/ by hand). Every key can be overridden by the environment:",
+        "#   WICKED_DR_<SECTION>__<KEY>, e.g. WICKED_DR_REPOSITORY__URL;",
+        "#   secret keys also as WICKED_DR_<SECTION>__<KEY>_FILE (read from that file).",
+        "",
+    ]
+    lines.extend(_example_field(None, "state_dir", Config.model_fields["state_dir"]))
+    for name, model in SECTIONS.items():
+        lines.append("")
+        lines.append(f"# {model.__doc__ or name}".rstrip())
+        lines.append(f"{name}:")
+        for key, field in model.model_fields.items():
+            lines.extend("  " + line for line in _example_field(name, key, field))
+    return "\n".join(lines) + "\n"
+
+
+def _example_field(section: str | None, key: str, field: Any) -> list[str]:
+    extra = field.json_schema_extra or {}
+    out = [f"# {field.description}" + (" (secret)" if extra.get("secret") else "")]
+    if "example" in extra:
+        out.append(f"# example: {_scalar(extra['example'])}")
+    default = field.default if field.default_factory is None else field.default_factory()
+    out.append(f"{key}: {_scalar(default)}")
+    return out
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, SecretStr):
+        value = None
+    dumped = yaml.safe_dump(value, default_flow_style=True).strip()
+    return dumped.removesuffix("\n...").removesuffix("...").strip()

@@ -1,0 +1,92 @@
+"""Structured logging: console on a TTY, JSON lines otherwise, secrets always redacted.
+
+Logs go to stderr so ``--json`` output on stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "***"
+# Passwords inside URLs/DSNs (scheme://user:password@host) and key=value DSN passwords.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)(?P<secret>[^@\s]+)(?=@)",
+                           re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>[^\s&]+)", re.IGNORECASE)
+_SECRET_KEY_NAMES = re.compile(
+    r"(password|secret|token|credential|access_key|dsn|encryption_key|aeskey|authorization)",
+    re.IGNORECASE)
+
+
+class Redactor:
+    """A structlog processor that removes secret values from every event."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Register more secret values (short ones are ignored: they would mask everything)."""
+        self._secrets.update(s for s in secrets if s and len(s) >= 4)
+
+    def __call__(self, _logger: Any, _method: str,
+                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in list(event.items()):
+            event[key] = self._clean(key, value)
+        return event
+
+    def _clean(self, key: str, value: Any) -> Any:
+        if _SECRET_KEY_NAMES.search(key) and value not in (None, "", 0):
+            return REDACTED if not isinstance(value, bool) else value
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._clean(str(k), v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(key, v) for v in value]
+        if isinstance(value, BaseException):
+            return self.scrub(str(value))
+        return value
+
+    def scrub(self, text: str) -> str:
+        """``text`` with known secrets and URL/DSN passwords replaced."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        text = _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
+        return _KV_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
+
+
+REDACTOR = Redactor()
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up structlog once per process; ``fmt`` is auto, json or console."""
+    stream = stream or sys.stderr
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if use_console
+                     else structlog.processors.JSONRenderer(sort_keys=False))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            REDACTOR,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A bound structlog logger tagged with the module name."""
+    return structlog.get_logger(logger=name)
