@@ -153,7 +153,7 @@ class NotImplementedYetError(WickedDRError):
     exit_code = ExitCode.FAILED
 
 
-class Interrupted(Exception):  # noqa: N818 - it is not an error, it is the user's wish
+class Interrupted(Exception):
     """The user interrupted the command (SIGINT)."""
 
     exit_code = ExitCode.INTERRUPTED

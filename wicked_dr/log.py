@@ -89,4 +89,4 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
 
 def get_logger(name: str) -> Any:
     """A bound structlog logger tagged with the module name."""
-    return structlog.get_logger(logger=name)
+    return structlog.get_logger(module=name)

@@ -6,7 +6,8 @@ engine records under ``snapshot.sources[<name>]``. Adding a source never touches
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,4 +37,25 @@ class Source(Protocol):
 
     def backup(self, sink: SnapshotSink) -> dict[str, Any]:
         """Write this source's data into ``sink``; return JSON-able metadata for the manifest."""
+        ...
+
+
+class TreeSink(SnapshotSink, Protocol):
+    """The engine side a file-tree source writes into (entries in manifest order)."""
+
+    def add_dir(self, rel: str, st: os.stat_result) -> None:
+        """Record a directory."""
+        ...
+
+    def add_file(self, rel: str, st: os.stat_result,
+                 read: Callable[[], Iterator[bytes]]) -> None:
+        """Record a regular file; ``read`` is called only when its content is needed."""
+        ...
+
+    def add_symlink(self, rel: str, st: os.stat_result, target: str) -> None:
+        """Record a symbolic link."""
+        ...
+
+    def add_error(self, rel: str, error: str) -> None:
+        """Report an entry that could not be read (it is left out of the snapshot)."""
         ...

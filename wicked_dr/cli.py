@@ -1,0 +1,384 @@
+"""The command line: parse, load the config, run one action, map errors to exit codes.
+
+This is the only place that prints for humans and the only place that turns exceptions into
+exit codes (table in wicked_dr/errors.py and the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from wicked_dr import __version__, log
+from wicked_dr.config import (
+    Config,
+    example_yaml,
+    load_config,
+    masked_dict,
+    resolve_config_path,
+    secret_values,
+)
+from wicked_dr.errors import (
+    ConfigError,
+    ExitCode,
+    Interrupted,
+    NotImplementedYetError,
+    UsageError,
+    WickedDRError,
+)
+
+DESCRIPTION = """\
+Backup and disaster recovery for the wicked.haufe.io API portal.
+
+wicked-dr snapshots portal-api's dynamic data volume (and, optionally, Kong's OAuth2 token
+tables) into a content-addressed, encrypted repository on S3 or a local directory, proves
+snapshots restorable, and brings them back during an incident.
+"""
+
+EPILOG = """\
+exit codes:
+  0    success
+  1    operation failed (I/O, S3, database, Docker, HTTP; the message says which)
+  2    usage or configuration error
+  3    integrity problem (check/verify failed, corrupt object, wrong encryption key)
+  4    locked by another holder after --lock-wait
+  5    not found (snapshot, repository, bucket)
+  6    refused by a safety guard; nothing changed
+  7    restore failed and was rolled back (live state as before)
+  8    restore failed and the rollback failed too: manual action needed
+  130  interrupted
+
+environment:
+  WICKED_DR_CONFIG                 configuration file (default /etc/wicked-dr/config.yaml)
+  WICKED_DR_<SECTION>__<KEY>       overrides one key, e.g. WICKED_DR_REPOSITORY__URL
+  WICKED_DR_<SECTION>__<KEY>_FILE  reads a secret key from a file (Docker secrets)
+
+examples:
+  wicked-dr backup --json
+  wicked-dr snapshots
+  wicked-dr restore latest --target /tmp/restore
+  wicked-dr check --read-data-subset 10%
+  wicked-dr export latest --tar - | tar -t
+"""
+
+RESTORE_MODES = """\
+restore needs exactly one mode:
+  --target DIR    write the snapshot's files into DIR (safe: nothing live is touched)
+  --live          replace the live volume (portal-api stopped, rollback on failure)
+  --tokens-only   put Kong's OAuth2 tokens back after the Kong Adapter rebuilt Kong"""
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '5m', '1h' -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 30s, 5m, 1h")
+    factor = {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    return float(match.group(1)) * factor
+
+
+def parse_percent(text: str) -> float:
+    """'10%' or '10' -> 0.10."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%?\s*", text)
+    if not match or not 0 < float(match.group(1)) <= 100:
+        raise argparse.ArgumentTypeError(f"invalid share {text!r}; use e.g. 10%")
+    return float(match.group(1)) / 100
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, documented like a man page."""
+    parser = _Parser(prog="wicked-dr", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"wicked-dr {__version__}")
+    _add_globals(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_backup_commands(sub)
+    _add_restore_command(sub)
+    _add_operations_commands(sub)
+    _add_config_command(sub)
+    return parser
+
+
+def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """Global options; also accepted after the command (``backup --json``), where their
+    defaults are suppressed so they never overwrite a value given before the command."""
+    common = parser.add_argument_group("global options")
+    if suppress:
+        common.argument_default = argparse.SUPPRESS
+    common.add_argument("--config", metavar="PATH",
+                        help="configuration file (default: $WICKED_DR_CONFIG or "
+                        "/etc/wicked-dr/config.yaml)")
+    common.add_argument("--json", action="store_true",
+                        help="machine output on stdout (logs stay on stderr)")
+    zero = argparse.SUPPRESS if suppress else 0
+    common.add_argument("-v", "--verbose", action="count", default=zero, help="more logging")
+    common.add_argument("-q", "--quiet", action="count", default=zero, help="less logging")
+    common.add_argument("--lock-wait", type=parse_duration,
+                        default=argparse.SUPPRESS if suppress else 0.0, metavar="DURATION",
+                        help="wait this long for a repository lock held by another process "
+                        "(e.g. 30s, 5m; default: do not wait)")
+
+
+def _command(sub: Any, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_globals(parser, suppress=True)
+    return parser
+
+
+def _add_backup_commands(sub: Any) -> None:
+    backup = _command(sub, "backup", "take a snapshot now",
+                      "Snapshot the dynamic data volume (under wicked's global.lock) and, "
+                      "when kong_tokens.dsn is set, Kong's OAuth2 tokens.")
+    backup.add_argument("--force", action="store_true",
+                        help="snapshot even a volume that does not look like wicked's or "
+                        "that shrank suspiciously")
+    _command(sub, "snapshots", "list snapshots", "List the repository's snapshots.")
+    check = _command(sub, "check", "check the repository's integrity",
+                     "Check that every snapshot's objects exist and indexes agree; with "
+                     "--read-data also download and verify packs. Reports every problem.")
+    group = check.add_mutually_exclusive_group()
+    group.add_argument("--read-data", action="store_true", help="read and verify every pack")
+    group.add_argument("--read-data-subset", type=parse_percent, metavar="N%",
+                       help="read and verify a random share of the packs")
+    export = _command(sub, "export", "write a snapshot as a plain tar",
+                      "Write a snapshot as a tar archive: the way out of wicked-dr's format.")
+    export.add_argument("snapshot", metavar="SNAPSHOT", help="id, id prefix or 'latest'")
+    export.add_argument("--tar", required=True, metavar="FILE|-", help="tar file, - for stdout")
+
+
+def _add_restore_command(sub: Any) -> None:
+    restore = _command(sub, "restore", "bring a snapshot back", RESTORE_MODES)
+    restore.add_argument("snapshot", nargs="?", default="latest-verified", metavar="SNAPSHOT",
+                         help="id, id prefix, 'latest' or 'latest-verified' (default)")
+    mode = restore.add_mutually_exclusive_group()
+    mode.add_argument("--target", type=Path, metavar="DIR", help="restore into DIR")
+    mode.add_argument("--live", action="store_true", help="restore the live volume")
+    mode.add_argument("--tokens-only", action="store_true", help="restore Kong's tokens only")
+    restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    restore.add_argument("--tokens", action=argparse.BooleanOptionalAction, default=True,
+                         help="with --live: also restore Kong's tokens (default: yes)")
+    restore.add_argument("--before", metavar="TIMESTAMP",
+                         help="the newest matching snapshot taken before this UTC time "
+                         "(ISO 8601, e.g. 2026-11-26T03:00)")
+    restore.add_argument("--force", action="store_true",
+                         help="with --target: write into a non-empty directory")
+
+
+def _add_operations_commands(sub: Any) -> None:
+    verify = _command(sub, "verify", "prove a snapshot restorable in scratch containers",
+                      "Restore a snapshot in throwaway containers and check it.")
+    verify.add_argument("snapshot", nargs="?", default="latest", metavar="SNAPSHOT")
+    _command(sub, "drill", "run the monthly restore drill", "Run a full restore drill.")
+    prune = _command(sub, "prune", "apply the retention policy", "Forget and remove old "
+                     "snapshots according to the retention section.")
+    prune.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    _command(sub, "kong-resync", "make the Kong Adapter rebuild Kong",
+             "Ask the Kong Adapter for a full resync (POST /resync).")
+    _command(sub, "daemon", "run scheduled backups as a sidecar",
+             "Run backups, verifications and prunes on the configured schedule.")
+
+
+def _add_config_command(sub: Any) -> None:
+    config = _command(sub, "config", "validate, show or generate the configuration",
+                      "validate: check the file and environment (every problem at once); "
+                      "show: the effective configuration, secrets masked; "
+                      "example: the commented example generated from the schema.")
+    config.add_argument("config_action", choices=["validate", "show", "example"],
+                        metavar="{validate,show,example}")
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wicked-dr`` console script."""
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    json_output = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args)
+    except WickedDRError as exc:
+        return _fail(exc.one_line(), exc.exit_code, json_output)
+    except (KeyboardInterrupt, Interrupted):
+        return _fail("interrupted", ExitCode.INTERRUPTED, json_output)
+
+
+def _raise_interrupted(_signum: int, _frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every finally (global.lock, staging) runs.
+    raise Interrupted()
+
+
+def _fail(message: str, code: int, json_output: bool) -> int:
+    scrubbed = log.REDACTOR.scrub(message)
+    if json_output:
+        print(json.dumps({"error": scrubbed, "exit_code": int(code)}))
+    for line in scrubbed.splitlines():
+        print(f"wicked-dr: error: {line}", file=sys.stderr)
+    return int(code)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command is None:
+        build_parser().print_help()
+        return int(ExitCode.USAGE)
+    if args.command == "config" and args.config_action == "example":
+        sys.stdout.write(example_yaml())
+        return 0
+    config = _load(args)
+    handler = _HANDLERS[args.command]
+    result = handler(config, args)
+    _emit(args, result)
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = resolve_config_path(args.config, os.environ)
+    config = load_config(path)
+    log.REDACTOR.add(secret_values(config))
+    level = _level(config.log.level, args.verbose - args.quiet)
+    log.configure(level, config.log.format)
+    return config
+
+
+def _level(configured: str, shift: int) -> str:
+    levels = ["debug", "info", "warning", "error"]
+    index = min(max(levels.index(configured) - shift, 0), len(levels) - 1)
+    return levels[index]
+
+
+def _emit(args: argparse.Namespace, result: Any) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    else:
+        print(_human(args.command, result))
+
+
+def _human(command: str, result: Any) -> str:
+    from wicked_dr.report import render
+
+    return render(command, result)
+
+
+# --- handlers: thin adapters from arguments to actions ---------------------------------------
+
+
+def _with_progress(args: argparse.Namespace, title: str,
+                   run: Callable[[Any], Any]) -> Any:
+    from wicked_dr.actions.common import RunOptions
+    from wicked_dr.progress import progress_reporter
+
+    with progress_reporter(title, enabled=not args.json) as progress:
+        return run(RunOptions(lock_wait_s=args.lock_wait, progress=progress))
+
+
+def _backup(config: Config, args: argparse.Namespace) -> Any:
+    from wicked_dr.actions.backup import run_backup
+
+    return _with_progress(args, "backup", lambda o: run_backup(config, force=args.force,
+                                                               options=o).to_dict())
+
+
+def _snapshots(config: Config, args: argparse.Namespace) -> Any:
+    from wicked_dr.actions.snapshots import run_snapshots
+
+    return run_snapshots(config)
+
+
+def _check(config: Config, args: argparse.Namespace) -> Any:
+    from wicked_dr.actions.check import run_check
+
+    fraction = 1.0 if args.read_data else (args.read_data_subset or 0.0)
+    return _with_progress(args, "check", lambda o: run_check(config, read_fraction=fraction,
+                                                             options=o))
+
+
+def _export(config: Config, args: argparse.Namespace) -> Any:
+    from wicked_dr.actions.export import run_export
+
+    result = run_export(config, args.snapshot, args.tar)
+    if args.tar == "-":
+        args.json = False
+        return None
+    return result
+
+
+def _restore(config: Config, args: argparse.Namespace) -> Any:
+    from wicked_dr.actions import restore
+
+    ref = str(args.snapshot)
+    if args.target is not None:
+        return _with_progress(args, "restore", lambda o: restore.run_restore_to_dir(
+            config, ref, args.target, force=args.force, dry_run=args.dry_run,
+            before=args.before, options=o))
+    if not (args.live or args.tokens_only):
+        raise UsageError(RESTORE_MODES)
+    if not args.dry_run:
+        _confirm(args, "--live" if args.live else "--tokens-only")
+    if args.tokens_only:
+        return restore.run_restore_tokens(config, ref, dry_run=args.dry_run,
+                                          before=args.before)
+    return restore.run_restore_live(config, ref)
+
+
+def _confirm(args: argparse.Namespace, mode: str) -> None:
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"restore {mode} changes live state; pass --yes to confirm "
+                         "(no terminal to ask)")
+    answer = input(f"restore {mode} changes live state. Type 'yes' to go on: ")
+    if answer.strip().lower() != "yes":
+        raise UsageError("not confirmed; nothing changed")
+
+
+def _config(config: Config, args: argparse.Namespace) -> Any:
+    if args.config_action == "show":
+        return masked_dict(config)
+    return {"valid": True, "config": str(resolve_config_path(args.config, os.environ))}
+
+
+def _not_yet(name: str) -> Callable[[Config, argparse.Namespace], Any]:
+    def handler(config: Config, args: argparse.Namespace) -> Any:
+        raise NotImplementedYetError(f"'{name}' is not implemented yet")
+
+    return handler
+
+
+_HANDLERS: dict[str, Callable[[Config, argparse.Namespace], Any]] = {
+    "backup": _backup,
+    "snapshots": _snapshots,
+    "check": _check,
+    "export": _export,
+    "restore": _restore,
+    "config": _config,
+    "verify": _not_yet("verify"),
+    "drill": _not_yet("drill"),
+    "prune": _not_yet("prune"),
+    "kong-resync": _not_yet("kong-resync"),
+    "daemon": _not_yet("daemon"),
+}
+
+__all__ = ["ConfigError", "build_parser", "main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Finding snapshots: list them, resolve ``latest``, ``latest-verified``, ids and id prefixes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from wicked_dr.errors import IntegrityError, NotFoundError, UsageError
+from wicked_dr.log import get_logger
+from wicked_dr.repository.repo import Repository
+
+log = get_logger(__name__)
+
+
+def snapshot_ids(repo: Repository) -> list[str]:
+    """Every snapshot id, oldest first (ids start with their UTC time)."""
+    return repo.list_ids("snapshot")
+
+
+def load_snapshot(repo: Repository, snapshot_id: str) -> dict[str, Any]:
+    """One snapshot object."""
+    doc = repo.load_json("snapshot", snapshot_id)
+    if not isinstance(doc, dict) or doc.get("id") != snapshot_id:
+        raise IntegrityError(f"snapshot object {snapshot_id} does not describe itself")
+    return doc
+
+
+def list_snapshots(repo: Repository) -> list[dict[str, Any]]:
+    """Every readable snapshot, oldest first, with its verification status."""
+    verified = set(repo.list_ids("verification"))
+    docs = []
+    for snapshot_id in snapshot_ids(repo):
+        try:
+            doc = load_snapshot(repo, snapshot_id)
+        except IntegrityError as exc:
+            log.error("unreadable snapshot", snapshot=snapshot_id, error=exc.one_line())
+            continue
+        doc["verified"] = snapshot_id in verified
+        docs.append(doc)
+    return docs
+
+
+def resolve(repo: Repository, ref: str, before: str | None = None) -> dict[str, Any]:
+    """The snapshot ``ref`` names: an id, a unique id prefix, latest or latest-verified;
+    with ``before`` (ISO 8601, UTC) only snapshots taken earlier count."""
+    ids = snapshot_ids(repo)
+    if before is not None:
+        cutoff = parse_before(before)
+        ids = [i for i in ids if _id_time(i) < cutoff]
+    if not ids:
+        where = f" before {before}" if before else ""
+        raise NotFoundError(f"repository {repo.url} has no snapshots{where}")
+    if ref == "latest":
+        return load_snapshot(repo, ids[-1])
+    if ref == "latest-verified":
+        return _latest_verified(repo, ids)
+    matches = [i for i in ids if i.startswith(ref)]
+    if not matches:
+        raise NotFoundError(f"no snapshot {ref!r} in {repo.url} (see: wicked-dr snapshots)")
+    if len(matches) > 1:
+        raise UsageError(f"snapshot prefix {ref!r} is ambiguous ({len(matches)} match); "
+                         "give more characters")
+    return load_snapshot(repo, matches[0])
+
+
+def _latest_verified(repo: Repository, ids: list[str]) -> dict[str, Any]:
+    verified = set(repo.list_ids("verification"))
+    for snapshot_id in reversed(ids):
+        if snapshot_id in verified:
+            return load_snapshot(repo, snapshot_id)
+    raise NotFoundError("no verified snapshot yet: run 'wicked-dr verify', or name one "
+                        "explicitly ('latest' or an id from 'wicked-dr snapshots')")
+
+
+def parse_before(text: str) -> datetime:
+    """An ISO 8601 time; naive times are UTC."""
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--before {text!r} is not an ISO 8601 time (e.g. "
+                         "2026-11-26T03:00)") from None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _id_time(snapshot_id: str) -> datetime:
+    return datetime.strptime(snapshot_id.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)

@@ -1,0 +1,256 @@
+"""Writing one snapshot: content addressing, packing, staging, and the write order.
+
+While a source reads (possibly under wicked's ``global.lock``), sealed packs, trees and index
+objects go to a local staging directory only, so the lock window does not include uploads.
+``commit`` then uploads in the order the format demands: packs, then index objects, then
+trees, then the snapshot object last. A crash at any point leaves earlier snapshots intact
+and at worst some unreferenced objects, which readers ignore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat as statmod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wicked_dr.log import get_logger
+from wicked_dr.repository.crypto import sha256_hex
+from wicked_dr.repository.index import IndexCache, index_document
+from wicked_dr.repository.layout import BLOB_SIZE, object_name
+from wicked_dr.repository.manifest import TREE_CHUNK_ENTRIES, Entry, encode_tree
+from wicked_dr.repository.packs import PackBuilder, PackRecord
+from wicked_dr.repository.repo import Repository
+from wicked_dr.repository.statcache import StatCacheReader, StatCacheWriter, StatRecord
+from wicked_dr.sources.base import StreamRecord
+
+log = get_logger(__name__)
+INDEX_BLOBS_PER_OBJECT = 20_000
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class WriteStats:
+    """Counters a backup reports."""
+
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    bytes_new: int = 0
+    blobs_new: int = 0
+    files_unchanged: int = 0
+    packs: int = 0
+    objects_written: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+class SnapshotWriter:
+    """Collects one snapshot's content into staging, then commits it to the repository."""
+
+    def __init__(self, repo: Repository, cache: IndexCache, staging: Path, *,
+                 snapshot_id: str, pack_size: int, stat_dir: Path,
+                 previous: StatCacheReader | None, scan_start_ns: int) -> None:
+        self.repo = repo
+        self.snapshot_id = snapshot_id
+        self.stats = WriteStats()
+        self._cache = cache
+        self._staging = staging
+        staging.mkdir(parents=True, exist_ok=True)
+        self._packs = PackBuilder(repo.sealer, staging, pack_size, self._on_pack)
+        self._pending_index: list[PackRecord] = []
+        self._pending_index_blobs = 0
+        self._staged_packs: list[Path] = []
+        self._staged_indexes: list[tuple[str, Path]] = []
+        self._tree_entries: list[Entry] = []
+        self._trees: list[str] = []
+        self._streams: dict[str, dict[str, Any]] = {}
+        self._previous = previous
+        self._stat_out = StatCacheWriter(stat_dir, snapshot_id, scan_start_ns)
+
+    # --- content -------------------------------------------------------------------------
+
+    def store(self, chunks: Iterable[bytes]) -> tuple[str, tuple[str, ...], int]:
+        """Store content given as chunks; return (sha256, blob ids, size)."""
+        whole = hashlib.sha256()
+        blobs: list[str] = []
+        size = 0
+        for chunk in _rechunk(chunks, BLOB_SIZE):
+            whole.update(chunk)
+            size += len(chunk)
+            blobs.append(self._store_blob(chunk))
+        self.stats.bytes_read += size
+        return whole.hexdigest(), tuple(blobs), size
+
+    def _store_blob(self, data: bytes) -> str:
+        blob_id = sha256_hex(data)
+        if self._packs.is_pending(blob_id) or self._cache.has(blob_id):
+            return blob_id
+        self._packs.add(blob_id, data)
+        self.stats.bytes_new += len(data)
+        self.stats.blobs_new += 1
+        return blob_id
+
+    def _on_pack(self, record: PackRecord, path: Path) -> None:
+        self._cache.mark_written([b.blob_id for b in record.blobs])
+        self._staged_packs.append(path)
+        self._pending_index.append(record)
+        self._pending_index_blobs += len(record.blobs)
+        self.stats.packs += 1
+        if self._pending_index_blobs >= INDEX_BLOBS_PER_OBJECT:
+            self._stage_index()
+
+    def _stage_index(self) -> None:
+        if not self._pending_index:
+            return
+        plaintext = index_document(self._pending_index)
+        index_id = sha256_hex(plaintext)
+        path = self._staging / f"index-{index_id}"
+        path.write_bytes(self.repo.sealer.seal("index", object_name("index", index_id),
+                                               plaintext))
+        self._staged_indexes.append((index_id, path))
+        self._pending_index, self._pending_index_blobs = [], 0
+
+    # --- the sink side: entries ------------------------------------------------------------
+
+    def add_dir(self, rel: str, st: os.stat_result) -> None:
+        """Record a directory."""
+        self.stats.dirs += 1
+        self._add_entry(Entry(rel, "dir", statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                              st.st_mtime_ns))
+
+    def add_symlink(self, rel: str, st: os.stat_result, target: str) -> None:
+        """Record a symbolic link (never followed)."""
+        self.stats.symlinks += 1
+        self._add_entry(Entry(rel, "symlink", statmod.S_IMODE(st.st_mode), st.st_uid,
+                              st.st_gid, st.st_mtime_ns, target=target))
+
+    def add_file(self, rel: str, st: os.stat_result,
+                 read: Callable[[], Iterator[bytes]]) -> None:
+        """Record a regular file, reading it only when the stat cache cannot vouch for it."""
+        known = self._unchanged(rel, st)
+        if known is not None:
+            sha, blobs, size = known.sha256, known.blobs, known.size
+            self.stats.files_unchanged += 1
+        else:
+            sha, blobs, size = self.store(read())
+        self.stats.files += 1
+        self.stats.bytes_total += size
+        self._stat_out.add(StatRecord(rel, size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                                      sha, blobs))
+        self._add_entry(Entry(rel, "file", statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                              st.st_mtime_ns, size, sha, blobs))
+
+    def _unchanged(self, rel: str, st: os.stat_result) -> StatRecord | None:
+        if self._previous is None:
+            return None
+        record = self._previous.find(rel)
+        if record is None or not record.matches(st) or self._previous.is_racy(st):
+            return None
+        if not all(self._cache.has(b) for b in record.blobs):
+            return None  # the cache outlived its data (pruned): read the file again
+        return record
+
+    def add_error(self, rel: str, error: str) -> None:
+        """Count a file that could not be read; the manifest does not claim it."""
+        log.warning("file skipped", path=rel, error=error)
+        self.stats.errors.append({"path": rel, "error": error})
+
+    def add_stream(self, name: str, chunks: Iterable[bytes]) -> StreamRecord:
+        """Store a named byte stream (e.g. Kong's tokens) in this snapshot."""
+        sha, blobs, size = self.store(chunks)
+        record = StreamRecord(name, size, sha, blobs)
+        self._streams[name] = {"size": size, "sha256": sha, "blobs": list(blobs)}
+        return record
+
+    def _add_entry(self, entry: Entry) -> None:
+        self._tree_entries.append(entry)
+        if len(self._tree_entries) >= TREE_CHUNK_ENTRIES:
+            self._stage_tree()
+
+    def _stage_tree(self) -> None:
+        if not self._tree_entries:
+            return
+        plaintext = encode_tree(self._tree_entries)
+        tree_id = sha256_hex(plaintext)
+        path = self._staging / f"tree-{tree_id}"
+        path.write_bytes(self.repo.sealer.seal("tree", object_name("tree", tree_id), plaintext))
+        self._trees.append(tree_id)
+        self._tree_entries = []
+
+    # --- finishing -------------------------------------------------------------------------
+
+    def seal(self) -> None:
+        """Flush the open pack, index and tree into staging (end of reading)."""
+        self._packs.flush()
+        self._stage_index()
+        self._stage_tree()
+
+    def commit(self, snapshot: dict[str, Any], progress: Progress | None = None) -> None:
+        """Upload packs, then indexes, then trees, then the snapshot object last."""
+        backend = self.repo.backend
+        for path in self._staged_packs:
+            backend.put_file(object_name("data", path.name), path)
+            self._count_upload(progress, path)
+        for index_id, path in self._staged_indexes:
+            backend.put_file(object_name("index", index_id), path)
+            self._count_upload(progress, path)
+        for tree_id in self._trees:
+            path = self._staging / f"tree-{tree_id}"
+            backend.put_file(object_name("tree", tree_id), path)
+            self._count_upload(progress, path)
+        backend.sync()  # everything the snapshot references is durable before it exists
+        snapshot = {**snapshot, "trees": self._trees, "streams": self._streams}
+        self.repo.save_json("snapshot", self.snapshot_id, snapshot)
+        backend.sync()
+        self.stats.objects_written += 1
+        self._remember_indexes()
+        self._stat_out.commit()
+        self.cleanup()
+
+    def _count_upload(self, progress: Progress | None, path: Path) -> None:
+        self.stats.objects_written += 1
+        if progress:
+            progress("upload", path.stat().st_size)
+
+    def _remember_indexes(self) -> None:
+        from wicked_dr.repository.index import read_index
+
+        for index_id, _ in self._staged_indexes:
+            self._cache.add_index(index_id, read_index(self.repo, index_id))
+
+    @property
+    def staged_bytes(self) -> int:
+        """Bytes waiting in staging for upload."""
+        return sum(p.stat().st_size for p in self._staging.iterdir())
+
+    def abort(self) -> None:
+        """Drop everything staged; the repository is untouched."""
+        self._stat_out.abort()
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Re-cut a chunk stream into pieces of exactly ``size`` bytes (the last may be shorter)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
+def snapshot_json(doc: dict[str, Any]) -> str:
+    """Pretty JSON for humans (used by --json outputs)."""
+    return json.dumps(doc, indent=2, sort_keys=True)

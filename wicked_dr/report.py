@@ -1,0 +1,58 @@
+"""Human-readable renderings of action results (``--json`` prints the raw result instead)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def render(command: str, result: Any) -> str:
+    """Text for a terminal."""
+    if result is None:
+        return ""
+    if command == "snapshots":
+        return _snapshots(result)
+    if command == "backup":
+        return (f"snapshot {result['snapshot']}: {result['files']} files, "
+                f"{_size(result['bytes_read'])} read, {_size(result['bytes_new'])} new, "
+                f"{result['errors']} unreadable, wicked locked for {result['lock_window_s']} s,"
+                f" {result['duration_s']} s in all")
+    if command == "check":
+        lines = [f"{result['snapshots']} snapshots, {result['packs']} packs, "
+                 f"{result['packs_read']} packs read: no problems"]
+        lines += [f"warning: {w}" for w in result["warnings"]]
+        return "\n".join(lines)
+    return _mapping(result)
+
+
+def _snapshots(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no snapshots"
+    header = f"{'ID':<26} {'TIME (UTC)':<26} {'FILES':>8} {'SIZE':>10}  VERIFIED  TOKENS"
+    lines = [header]
+    for r in rows:
+        lines.append(f"{r['id']:<26} {r['time']:<26} {r['files']:>8} {_size(r['bytes']):>10}"
+                     f"  {'yes' if r['verified'] else 'no':<8}  "
+                     f"{'yes' if r['kong_tokens'] else 'no'}")
+    return "\n".join(lines)
+
+
+def _mapping(result: Any, indent: str = "") -> str:
+    if not isinstance(result, dict):
+        return f"{indent}{result}"
+    lines = []
+    for key, value in result.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{key}:")
+            lines.append(_mapping(value, indent + "  "))
+        else:
+            lines.append(f"{indent}{key}: {value}")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

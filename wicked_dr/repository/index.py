@@ -1,0 +1,144 @@
+"""The index: which pack holds which blob.
+
+The repository stores one ``index`` object per backup run (``{"packs": [PackRecord...]}``).
+Locally, ``IndexCache`` mirrors them in SQLite under ``state_dir`` so lookups cost no memory
+that grows with the repository (a million blobs would not fit the daemon's memory budget as a
+Python dict) and a daemon does not re-read every index object on every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from wicked_dr.errors import IntegrityError
+from wicked_dr.log import get_logger
+from wicked_dr.repository.packs import PackRecord
+from wicked_dr.repository.repo import Repository
+
+log = get_logger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    id BLOB PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS packs (id TEXT PRIMARY KEY, raw_size INTEGER NOT NULL,
+    stored_size INTEGER NOT NULL, index_id TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS loaded (index_id TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A blob's pack and position."""
+
+    pack_id: str
+    offset: int
+    length: int
+
+
+class IndexCache:
+    """A local SQLite mirror of every index object in one repository."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("CREATE TEMP TABLE run_blobs (id BLOB PRIMARY KEY) WITHOUT ROWID")
+
+    @classmethod
+    def for_repository(cls, repo: Repository, state_dir: Path) -> IndexCache:
+        """The cache of ``repo``, brought up to date with its index objects."""
+        cache = cls(state_dir / "cache" / repo.repo_id / "index.sqlite")
+        cache.sync(repo)
+        return cache
+
+    def close(self) -> None:
+        self._db.close()
+
+    def sync(self, repo: Repository) -> None:
+        """Load index objects not seen yet; start over when one disappeared (pruned)."""
+        stored = set(repo.list_ids("index"))
+        loaded = {row[0] for row in self._db.execute("SELECT index_id FROM loaded")}
+        if loaded - stored:
+            log.info("index cache reset: index objects were removed", removed=len(loaded - stored))
+            self._db.executescript("DELETE FROM blobs; DELETE FROM packs; DELETE FROM loaded;")
+            loaded = set()
+        for index_id in sorted(stored - loaded):
+            self._load(index_id, read_index(repo, index_id))
+
+    def _load(self, index_id: str, packs: list[PackRecord]) -> None:
+        with self._transaction():
+            for pack in packs:
+                self._add_pack(index_id, pack)
+            self._db.execute("INSERT OR IGNORE INTO loaded VALUES (?)", (index_id,))
+
+    def _add_pack(self, index_id: str, pack: PackRecord) -> None:
+        self._db.execute("INSERT OR IGNORE INTO packs VALUES (?,?,?,?)",
+                         (pack.pack_id, pack.raw_size, pack.stored_size, index_id))
+        self._db.executemany(
+            "INSERT OR IGNORE INTO blobs VALUES (?,?,?,?)",
+            ((bytes.fromhex(b.blob_id), pack.pack_id, b.offset, b.length) for b in pack.blobs))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def lookup(self, blob_id: str) -> BlobRef | None:
+        """Where ``blob_id`` is stored, or None."""
+        row = self._db.execute("SELECT pack, offset, length FROM blobs WHERE id=?",
+                               (bytes.fromhex(blob_id),)).fetchone()
+        return BlobRef(row[0], row[1], row[2]) if row else None
+
+    def has(self, blob_id: str) -> bool:
+        """Whether the repository (or this run) already holds ``blob_id``."""
+        key = bytes.fromhex(blob_id)
+        for table in ("run_blobs", "blobs"):
+            if self._db.execute(f"SELECT 1 FROM {table} WHERE id=?", (key,)).fetchone():
+                return True
+        return False
+
+    def mark_written(self, blob_ids: list[str]) -> None:
+        """Remember blobs of this run's packs (not trusted across runs until indexed)."""
+        self._db.executemany("INSERT OR IGNORE INTO run_blobs VALUES (?)",
+                             ((bytes.fromhex(b),) for b in blob_ids))
+
+    def pack_raw_size(self, pack_id: str) -> int | None:
+        """The plaintext size of a pack, the bound for decompressing it."""
+        row = self._db.execute("SELECT raw_size FROM packs WHERE id=?", (pack_id,)).fetchone()
+        return int(row[0]) if row else None
+
+    def packs(self) -> Iterator[tuple[str, int, int]]:
+        """``(pack_id, raw_size, stored_size)`` of every indexed pack."""
+        yield from self._db.execute("SELECT id, raw_size, stored_size FROM packs ORDER BY id")
+
+    def add_index(self, index_id: str, packs: list[PackRecord]) -> None:
+        """Record an index object this process just wrote."""
+        self._load(index_id, packs)
+
+
+def read_index(repo: Repository, index_id: str) -> list[PackRecord]:
+    """The packs an index object describes."""
+    doc = repo.load_json("index", index_id)
+    try:
+        return [PackRecord.from_json(p) for p in doc["packs"]]
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise IntegrityError(f"index object {index_id} is malformed") from None
+
+
+def index_document(packs: list[PackRecord]) -> bytes:
+    """The plaintext of an index object."""
+    return json.dumps({"packs": [p.to_json() for p in packs]}, separators=(",", ":"),
+                      sort_keys=True).encode()

@@ -1,0 +1,86 @@
+"""Snapshot manifests: sorted file entries in chunked ``tree`` objects, and the snapshot object.
+
+Entries are sorted by their path components (the order of a depth-first walk with names
+sorted per directory), which lets a backup merge-join the new walk with the previous
+snapshot without holding either in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from wicked_dr.errors import IntegrityError
+from wicked_dr.repository.repo import Repository
+
+TREE_CHUNK_ENTRIES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file, directory or symlink of a snapshot."""
+
+    path: str
+    type: str  # "file", "dir" or "symlink"
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int = 0
+    sha256: str | None = None
+    blobs: tuple[str, ...] = ()
+    target: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"path": self.path, "type": self.type, "mode": self.mode,
+                               "uid": self.uid, "gid": self.gid, "mtime_ns": self.mtime_ns}
+        if self.type == "file":
+            doc["size"] = self.size
+            doc["sha256"] = self.sha256
+            if self.blobs != implied_blobs(self.size, self.sha256):
+                doc["blobs"] = list(self.blobs)
+        if self.type == "symlink":
+            doc["target"] = self.target
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Entry:
+        size = int(doc.get("size", 0))
+        sha = doc.get("sha256")
+        blobs = tuple(doc["blobs"]) if "blobs" in doc else implied_blobs(size, sha)
+        return cls(str(doc["path"]), str(doc["type"]), int(doc["mode"]), int(doc["uid"]),
+                   int(doc["gid"]), int(doc["mtime_ns"]), size, sha, blobs, doc.get("target"))
+
+
+def implied_blobs(size: int, sha256: str | None) -> tuple[str, ...]:
+    """A file of one blob omits ``blobs``: its single blob id is its SHA-256."""
+    if size == 0 or sha256 is None:
+        return ()
+    return (sha256,)
+
+
+def sort_key(path: str) -> tuple[str, ...]:
+    """The manifest order: by path components."""
+    return tuple(path.split("/"))
+
+
+def encode_tree(entries: list[Entry]) -> bytes:
+    """A tree object's plaintext: one JSON entry per line."""
+    return b"".join(json.dumps(e.to_json(), separators=(",", ":")).encode() + b"\n"
+                    for e in entries)
+
+
+def decode_tree(tree_id: str, plaintext: bytes) -> list[Entry]:
+    """The entries of one tree object."""
+    try:
+        return [Entry.from_json(json.loads(line)) for line in plaintext.splitlines() if line]
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"tree object {tree_id} is malformed") from None
+
+
+def iter_entries(repo: Repository, snapshot: dict[str, Any]) -> Iterator[Entry]:
+    """Every entry of a snapshot, in manifest order, one tree object in memory at a time."""
+    for tree_id in snapshot.get("trees", []):
+        yield from decode_tree(tree_id, repo.load("tree", tree_id))
