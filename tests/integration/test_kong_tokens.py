@@ -102,7 +102,7 @@ def _rebuild_after_loss(scenario: Scenario) -> None:
         back = [s for s in scenario.subs if s != scenario.gone_client]
         kong_data.sync_like_adapter(conn, scenario.generation, back)
         table = "apis" if scenario.generation == "0.11" else "services"
-        conn.execute(f"DELETE FROM {table} WHERE name = %s",  # type: ignore[arg-type]
+        conn.execute(f"DELETE FROM {table} WHERE name = %s",
                      (scenario.gone_api,))
 
 

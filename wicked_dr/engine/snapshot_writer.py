@@ -21,8 +21,8 @@ from typing import Any
 
 from wicked_dr.log import get_logger
 from wicked_dr.repository.crypto import sha256_hex
-from wicked_dr.repository.index import IndexCache, index_document
-from wicked_dr.repository.layout import BLOB_SIZE, object_name
+from wicked_dr.repository.index import IndexCache, index_document, parse_index
+from wicked_dr.repository.layout import BLOB_SIZE, MAX_METADATA_OBJECT, object_name
 from wicked_dr.repository.manifest import TREE_CHUNK_ENTRIES, Entry, encode_tree
 from wicked_dr.repository.packs import PackBuilder, PackRecord
 from wicked_dr.repository.repo import Repository
@@ -220,10 +220,12 @@ class SnapshotWriter:
             progress("upload", path.stat().st_size)
 
     def _remember_indexes(self) -> None:
-        from wicked_dr.repository.index import read_index
-
-        for index_id, _ in self._staged_indexes:
-            self._cache.add_index(index_id, read_index(self.repo, index_id))
+        """Feed the cache from the staged copies: no need to download what we just wrote."""
+        for index_id, path in self._staged_indexes:
+            name = object_name("index", index_id)
+            plaintext = self.repo.sealer.open("index", name, path.read_bytes(),
+                                              max_size=MAX_METADATA_OBJECT)
+            self._cache.add_index(index_id, parse_index(index_id, plaintext))
 
     @property
     def staged_bytes(self) -> int:

@@ -131,9 +131,13 @@ class IndexCache:
 
 def read_index(repo: Repository, index_id: str) -> list[PackRecord]:
     """The packs an index object describes."""
-    doc = repo.load_json("index", index_id)
+    return parse_index(index_id, repo.load("index", index_id))
+
+
+def parse_index(index_id: str, plaintext: bytes) -> list[PackRecord]:
+    """The packs described by an index object's plaintext."""
     try:
-        return [PackRecord.from_json(p) for p in doc["packs"]]
+        return [PackRecord.from_json(p) for p in json.loads(plaintext)["packs"]]
     except (KeyError, TypeError, ValueError, IndexError):
         raise IntegrityError(f"index object {index_id} is malformed") from None
 

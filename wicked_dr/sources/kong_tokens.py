@@ -125,7 +125,7 @@ def _ttls_join(schema: KongSchema) -> sql.Composable:
 
 
 def _export_columns(schema: KongSchema) -> list[Column]:
-    columns = list(schema.token_columns) + [CLIENT_ID]
+    columns = [*schema.token_columns, CLIENT_ID]
     if schema.has("service_id"):
         columns.append(SERVICE_NAME)
     if schema.has("api_id"):
@@ -140,7 +140,8 @@ def _export_query(schema: KongSchema) -> sql.Composed:
     fields: list[sql.Composable] = [sql.SQL("t.{}").format(sql.Identifier(c))
                                     for c in schema.column_names]
     fields.append(sql.SQL("c.client_id"))
-    joins = [sql.SQL(" LEFT JOIN oauth2_credentials c ON c.id = t.credential_id")]
+    joins: list[sql.Composable] = [
+        sql.SQL(" LEFT JOIN oauth2_credentials c ON c.id = t.credential_id")]
     if schema.has("service_id"):
         fields.append(sql.SQL("s.name"))
         joins.append(sql.SQL(" LEFT JOIN services s ON s.id = t.service_id"))
