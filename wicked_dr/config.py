@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -355,7 +357,26 @@ def _parse_env(name: str, value: str) -> tuple[str | None, str, Any]:
         return section_or_none, key, _read_secret_file(value)
     if not _is_key(section_or_none, key):
         raise ValueError("unknown key; check the spelling against 'wicked-dr config example'")
-    return section_or_none, key, yaml.safe_load(value) if value else None
+    if not value:
+        return section_or_none, key, None
+    if _is_text(_model(section_or_none).model_fields[key].annotation):
+        # Verbatim: YAML would turn a password '0123' into 83 and choke on '*/15 * * * *'.
+        return section_or_none, key, value
+    try:
+        return section_or_none, key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ValueError(f"{value!r} is not a valid value for this key") from None
+
+
+def _model(section: str | None) -> type[Section]:
+    return SECTIONS[section] if section else Config
+
+
+def _is_text(annotation: Any) -> bool:
+    """Whether a field holds text (optionally None), so an env value is taken as is."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return all(arg is type(None) or _is_text(arg) for arg in get_args(annotation))
+    return annotation in (str, SecretStr, Path)
 
 
 def _is_key(section: str | None, key: str) -> bool:
@@ -426,7 +447,8 @@ def example_yaml() -> str:
 
 def _example_field(section: str | None, key: str, field: Any) -> list[str]:
     extra = field.json_schema_extra or {}
-    out = [f"# {field.description}" + (" (secret)" if extra.get("secret") else "")]
+    text = f"{field.description}" + (" (secret)" if extra.get("secret") else "")
+    out = ["# " + line for line in textwrap.wrap(text, width=94)]
     if "example" in extra:
         out.append(f"# example: {_scalar(extra['example'])}")
     default = field.default if field.default_factory is None else field.default_factory()
@@ -440,4 +462,5 @@ def _scalar(value: Any) -> str:
     if isinstance(value, SecretStr):
         value = None
     dumped = yaml.safe_dump(value, default_flow_style=True).strip()
-    return dumped.removesuffix("\n...").removesuffix("...").strip()
+    # Only the document-end marker line goes; a value may itself end in '...' (AKIA...).
+    return dumped.removesuffix("\n...").strip()

@@ -202,6 +202,8 @@ class SnapshotWriter:
             backend.put_file(object_name("index", index_id), path)
             self._count_upload(progress, path)
         for tree_id in self._trees:
+            if self.repo.has("tree", tree_id):
+                continue  # content-addressed: an unchanged chunk costs no PUT
             path = self._staging / f"tree-{tree_id}"
             backend.put_file(object_name("tree", tree_id), path)
             self._count_upload(progress, path)
