@@ -32,7 +32,8 @@ step() {
 
 step ruff .venv/bin/ruff check wicked_dr tests bench
 step mypy .venv/bin/mypy --strict wicked_dr
-step pytest .venv/bin/pytest -q "$@"
+# --durations: the slowest tests show in every log, so the 15-minute budget stays visible.
+step pytest .venv/bin/pytest -q --durations=10 "$@"
 
 if ((${#failed[@]})); then
     echo "test: FAILED: ${failed[*]}" >&2

@@ -213,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wicked-dr`` console script."""
     signal.signal(signal.SIGTERM, _raise_interrupted)
     json_output = "--json" in (argv if argv is not None else sys.argv[1:])
+    log.configure("warning")  # until the config is loaded; structlog's default is stdout
     try:
         args = build_parser().parse_args(argv)
         return _dispatch(args)
@@ -220,6 +221,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc.one_line(), exc.exit_code, json_output)
     except (KeyboardInterrupt, Interrupted):
         return _fail("interrupted", ExitCode.INTERRUPTED, json_output)
+    except OSError as exc:
+        # An I/O failure no layer translated (a path that is a file, a full disk): one line.
+        where = f" {exc.filename}" if exc.filename else ""
+        return _fail(f"I/O error at{where}: {exc.strerror or exc}", ExitCode.FAILED,
+                     json_output)
+    except Exception as exc:
+        # A bug: one scrubbed line for the user; the redacted traceback with -v.
+        log.get_logger(__name__).debug("internal error", exc_info=exc)
+        return _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with -v for the "
+                     "traceback and report it", ExitCode.FAILED, json_output)
 
 
 def _raise_interrupted(_signum: int, _frame: FrameType | None) -> None:

@@ -32,7 +32,11 @@ class Redactor:
 
     def add(self, secrets: Iterable[str]) -> None:
         """Register more secret values (short ones are ignored: they would mask everything)."""
-        self._secrets.update(s for s in secrets if s and len(s) >= 4)
+        for secret in secrets:
+            # A DSN's password also travels alone (a parsed conninfo, a driver's message).
+            parts = [secret, *(m.group("secret") for m in _URL_PASSWORD.finditer(secret)),
+                     *(m.group("secret") for m in _KV_PASSWORD.finditer(secret))]
+            self._secrets.update(s for s in parts if s and len(s) >= 4)
 
     def __call__(self, _logger: Any, _method: str,
                  event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -40,18 +44,23 @@ class Redactor:
             event[key] = self._clean(key, value)
         return event
 
-    def _clean(self, key: str, value: Any) -> Any:
-        if _SECRET_KEY_NAMES.search(key) and value not in (None, "", 0):
-            return REDACTED if not isinstance(value, bool) else value
+    def _clean(self, key: str, value: Any, secret: bool = False) -> Any:
+        # Numbers and flags are never secrets: 'tokens=120' keeps its count.
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        secret = secret or bool(_SECRET_KEY_NAMES.search(key))
         if isinstance(value, str):
-            return self.scrub(value)
+            return REDACTED if secret and value else self.scrub(value)
         if isinstance(value, dict):
-            return {k: self._clean(str(k), v) for k, v in value.items()}
+            return {k: self._clean(str(k), v, secret) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return [self._clean(key, v) for v in value]
+            return [self._clean(key, v, secret) for v in value]
+        if secret:
+            return REDACTED
         if isinstance(value, BaseException):
             return self.scrub(str(value))
-        return value
+        # bytes, paths, sets, objects: the renderer would print their repr, so scrub that.
+        return self.scrub(repr(value))
 
     def scrub(self, text: str) -> str:
         """``text`` with known secrets and URL/DSN passwords replaced."""

@@ -1,0 +1,119 @@
+"""wicked's global.lock protocol as wicked-dr holds it while reading the volume."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from wicked_dr.errors import LockedError, OperationError
+from wicked_dr.holder import Holder, boot_id, current_holder
+from wicked_dr.wicked.quiesce import GLOBAL_LOCK, MARKER, quiesced
+
+
+def _dead_holder() -> Holder:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return Holder(socket.gethostname(), boot_id(), proc.pid, 1, "crashed")
+
+
+def _lock_body(holder: Holder, age_s: float = 5.0) -> bytes:
+    return json.dumps({"created_by": MARKER, "holder": holder.to_json(),
+                       "created": time.time() - age_s}).encode()
+
+
+def test_quiesced_holds_marked_lock_and_removes_it(tmp_path: Path) -> None:
+    """Inside the block global.lock exists, marked as ours; afterwards it is gone."""
+    with quiesced(tmp_path, "wicked-lock", 1.0) as report:
+        doc = json.loads((tmp_path / GLOBAL_LOCK).read_bytes())
+        assert doc["created_by"] == MARKER
+        assert doc["holder"]["instance"] == current_holder().instance
+    assert not (tmp_path / GLOBAL_LOCK).exists()
+    assert report.mode == "wicked-lock" and report.window_s > 0
+
+
+def test_quiesced_exception_in_block_removes_lock(tmp_path: Path) -> None:
+    """An error while reading still removes global.lock."""
+    with pytest.raises(RuntimeError), quiesced(tmp_path, "wicked-lock", 1.0):
+        raise RuntimeError("read failed")
+    assert not (tmp_path / GLOBAL_LOCK).exists()
+
+
+def test_quiesced_mode_none_creates_nothing(tmp_path: Path) -> None:
+    """quiesce none never touches global.lock."""
+    with quiesced(tmp_path, "none", 1.0) as report:
+        assert not (tmp_path / GLOBAL_LOCK).exists()
+    assert report.window_s == 0.0
+
+
+def test_quiesced_waits_for_file_locks(tmp_path: Path) -> None:
+    """In-flight writes (<file>.lock, in subfolders too) are waited for before reading."""
+    (tmp_path / "users").mkdir()
+    pending = tmp_path / "users" / "u.json.lock"
+    pending.write_text("")
+    threading.Timer(0.3, pending.unlink).start()
+    started = time.monotonic()
+    with quiesced(tmp_path, "wicked-lock", 5.0) as report:
+        assert not pending.exists()
+    assert time.monotonic() - started >= 0.3
+    assert report.waited_for_locks == 1
+
+
+def test_quiesced_file_lock_outlives_timeout_fails_and_cleans_up(tmp_path: Path) -> None:
+    """A write that never finishes: OperationError after the timeout, global.lock removed."""
+    (tmp_path / "meta.json.lock").write_text("")
+    with pytest.raises(OperationError, match="in flight"), \
+            quiesced(tmp_path, "wicked-lock", 0.2):
+        pytest.fail("the block must not run")
+    assert not (tmp_path / GLOBAL_LOCK).exists()
+    assert (tmp_path / "meta.json.lock").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b'{"created_by": "someone"}'])
+def test_quiesced_foreign_lock_refused_untouched(tmp_path: Path, content: bytes) -> None:
+    """Somebody else's global.lock: LockedError, and the file is left exactly as it was."""
+    (tmp_path / GLOBAL_LOCK).write_bytes(content)
+    with pytest.raises(LockedError), quiesced(tmp_path, "wicked-lock", 1.0):
+        pytest.fail("the block must not run")
+    assert (tmp_path / GLOBAL_LOCK).read_bytes() == content
+
+
+def test_quiesced_stale_lock_of_dead_run_removed(tmp_path: Path) -> None:
+    """Our marked lock whose holder died on this host is removed, then taken afresh."""
+    (tmp_path / GLOBAL_LOCK).write_bytes(_lock_body(_dead_holder()))
+    with quiesced(tmp_path, "wicked-lock", 1.0) as report:
+        doc = json.loads((tmp_path / GLOBAL_LOCK).read_bytes())
+        assert doc["holder"]["instance"] == current_holder().instance
+    assert report.removed_stale is True
+    assert not (tmp_path / GLOBAL_LOCK).exists()
+
+
+def test_quiesced_lock_of_live_run_refused(tmp_path: Path) -> None:
+    """Our marked lock held by a live process is respected."""
+    body = _lock_body(current_holder())
+    (tmp_path / GLOBAL_LOCK).write_bytes(body)
+    with pytest.raises(LockedError, match="running"), quiesced(tmp_path, "wicked-lock", 1.0):
+        pytest.fail("the block must not run")
+    assert (tmp_path / GLOBAL_LOCK).read_bytes() == body
+
+
+def test_quiesced_recent_lock_from_other_host_refused(tmp_path: Path) -> None:
+    """A recent marked lock from another host (shared volume) is not removed."""
+    other = Holder("other-host.example", "boot", 1, 1, "remote")
+    body = _lock_body(other, age_s=60)
+    (tmp_path / GLOBAL_LOCK).write_bytes(body)
+    with pytest.raises(LockedError, match="other-host"), quiesced(tmp_path, "wicked-lock", 1.0):
+        pytest.fail("the block must not run")
+    assert (tmp_path / GLOBAL_LOCK).read_bytes() == body
+
+
+def test_quiesced_lock_replaced_during_block_left_alone(tmp_path: Path) -> None:
+    """If global.lock stops being ours while we read, we do not delete the new owner's file."""
+    with quiesced(tmp_path, "wicked-lock", 1.0):
+        (tmp_path / GLOBAL_LOCK).write_bytes(b"")  # portal-api restarted and someone re-locked
+    assert (tmp_path / GLOBAL_LOCK).read_bytes() == b""
