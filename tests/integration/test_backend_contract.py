@@ -361,8 +361,8 @@ def test_s3_list_beyond_one_page_returns_every_object(s3_server: S3Server,
     """list follows continuation tokens past S3's 1000-object page."""
     backend = _s3(s3_repository_config(s3_server.endpoint_url, s3_bucket))
     names = {f"data/{i % 16:02x}/{i:05d}" for i in range(1005)}
-    for name in names:
-        backend.put(name, b"")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda n: backend.put(n, b""), names))
     backend.put("index/x", b"")
     assert {i.name for i in backend.list("data/")} == names
 

@@ -132,9 +132,6 @@ def test_repository_open_key_mismatches_rejected(tmp_path: Path) -> None:
         Repository.open(plain, _key())
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: crypto.py Sealer shares one "
-                   "zstandard.ZstdCompressor (not thread-safe) between the backup thread and "
-                   "the lock-renewal thread; concurrent seals corrupt output or segfault")
 def test_sealer_concurrent_seals_from_two_threads_round_trip() -> None:
     """Two threads sealing through one Sealer (backup + lock renewal) produce valid envelopes."""
     script = textwrap.dedent("""

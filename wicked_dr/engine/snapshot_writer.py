@@ -31,6 +31,7 @@ from wicked_dr.sources.base import StreamRecord
 
 log = get_logger(__name__)
 INDEX_BLOBS_PER_OBJECT = 20_000
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 Progress = Callable[[str, int], None]
 
 
@@ -75,6 +76,14 @@ class SnapshotWriter:
         self._stat_out = StatCacheWriter(stat_dir, snapshot_id, scan_start_ns)
 
     # --- content -------------------------------------------------------------------------
+
+    def store_small(self, data: bytes) -> tuple[str, tuple[str, ...], int]:
+        """Store content of at most one blob (most of wicked's files); the fast path."""
+        self.stats.bytes_read += len(data)
+        if not data:
+            return EMPTY_SHA256, (), 0
+        blob_id = self._store_blob(data)
+        return blob_id, (blob_id,), len(data)
 
     def store(self, chunks: Iterable[bytes]) -> tuple[str, tuple[str, ...], int]:
         """Store content given as chunks; return (sha256, blob ids, size)."""
@@ -138,6 +147,8 @@ class SnapshotWriter:
         if known is not None:
             sha, blobs, size = known.sha256, known.blobs, known.size
             self.stats.files_unchanged += 1
+        elif st.st_size < BLOB_SIZE:
+            sha, blobs, size = self._store_maybe_small(read())
         else:
             sha, blobs, size = self.store(read())
         self.stats.files += 1
@@ -147,14 +158,21 @@ class SnapshotWriter:
         self._add_entry(Entry(rel, "file", statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
                               st.st_mtime_ns, size, sha, blobs))
 
+    def _store_maybe_small(self, chunks: Iterator[bytes]) -> tuple[str, tuple[str, ...], int]:
+        first = next(chunks, b"")
+        second = next(chunks, None)
+        if second is None:
+            return self.store_small(first)
+        return self.store([first, second, *chunks])  # the file grew since its stat
+
     def _unchanged(self, rel: str, st: os.stat_result) -> StatRecord | None:
         if self._previous is None:
             return None
         record = self._previous.find(rel)
         if record is None or not record.matches(st) or self._previous.is_racy(st):
             return None
-        if not all(self._cache.has(b) for b in record.blobs):
-            return None  # the cache outlived its data (pruned): read the file again
+        # The stat cache belongs to the parent snapshot, which exists: its blobs are
+        # referenced, so no correct prune removed them. No per-blob lookup needed.
         return record
 
     def add_error(self, rel: str, error: str) -> None:

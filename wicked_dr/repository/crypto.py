@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,20 +86,28 @@ class Sealer:
         self.repo_id = repo_id
         self.key = key
         self._aead = AESGCM(key.secret) if key else None
-        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+        # zstd contexts are not thread-safe and the lock-renewal thread seals too.
+        self._local = threading.local()
 
     def seal(self, kind: str, name: str, plaintext: bytes, *, compress: bool = True) -> bytes:
         """The envelope of ``plaintext`` stored as object ``name`` of type ``kind``."""
         flags = 0
         payload = plaintext
         if compress:
-            payload = self._compressor.compress(plaintext)
+            payload = self._compressor().compress(plaintext)
             flags |= FLAG_ZSTD
         if self._aead is None:
             return MAGIC + bytes([flags]) + payload
         nonce = os.urandom(NONCE_SIZE)
         sealed = self._aead.encrypt(nonce, payload, associated_data(self.repo_id, kind, name))
         return MAGIC + bytes([flags | FLAG_ENCRYPTED]) + nonce + sealed
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+            self._local.compressor = compressor
+        return compressor
 
     def open(self, kind: str, name: str, envelope: bytes, *, max_size: int) -> bytes:
         """The plaintext of an envelope; IntegrityError when it is damaged or misplaced.

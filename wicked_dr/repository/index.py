@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS loaded (index_id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 
+_HAS_QUERY = "SELECT 1 FROM blobs WHERE id=?"
+
+
 @dataclass(frozen=True)
 class BlobRef:
     """A blob's pack and position."""
@@ -46,11 +49,18 @@ class IndexCache:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("CREATE TEMP TABLE run_blobs (id BLOB PRIMARY KEY) WITHOUT ROWID")
+        try:
+            self._db = _connect(path)
+        except sqlite3.DatabaseError:
+            # A cache damaged by a crash is rebuilt from the repository's index objects.
+            log.warning("index cache unreadable; rebuilding it", path=str(path))
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            self._db = _connect(path)
+        # Blobs in this run's staged packs: trusted for dedup within the run only, never
+        # persisted, because those packs may never reach the repository.
+        self._run_blobs: set[bytes] = set()
+        self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
 
     @classmethod
     def for_repository(cls, repo: Repository, state_dir: Path) -> IndexCache:
@@ -72,6 +82,7 @@ class IndexCache:
             loaded = set()
         for index_id in sorted(stored - loaded):
             self._load(index_id, read_index(repo, index_id))
+        self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
 
     def _load(self, index_id: str, packs: list[PackRecord]) -> None:
         with self._transaction():
@@ -105,15 +116,15 @@ class IndexCache:
     def has(self, blob_id: str) -> bool:
         """Whether the repository (or this run) already holds ``blob_id``."""
         key = bytes.fromhex(blob_id)
-        for table in ("run_blobs", "blobs"):
-            if self._db.execute(f"SELECT 1 FROM {table} WHERE id=?", (key,)).fetchone():
-                return True
-        return False
+        if key in self._run_blobs:
+            return True
+        if self._empty:  # a first backup asks ~100 k times; skip the queries
+            return False
+        return self._db.execute(_HAS_QUERY, (key,)).fetchone() is not None
 
     def mark_written(self, blob_ids: list[str]) -> None:
         """Remember blobs of this run's packs (not trusted across runs until indexed)."""
-        self._db.executemany("INSERT OR IGNORE INTO run_blobs VALUES (?)",
-                             ((bytes.fromhex(b),) for b in blob_ids))
+        self._run_blobs.update(bytes.fromhex(b) for b in blob_ids)
 
     def pack_raw_size(self, pack_id: str) -> int | None:
         """The plaintext size of a pack, the bound for decompressing it."""
@@ -127,6 +138,17 @@ class IndexCache:
     def add_index(self, index_id: str, packs: list[PackRecord]) -> None:
         """Record an index object this process just wrote."""
         self._load(index_id, packs)
+        self._empty = False
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    # A cache, rebuilt from the repository when lost: durability buys nothing here.
+    db.execute("PRAGMA synchronous=OFF")
+    db.executescript(_SCHEMA)
+    db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone()
+    return db
 
 
 def read_index(repo: Repository, index_id: str) -> list[PackRecord]:

@@ -13,13 +13,14 @@ from wicked_dr.errors import RefusedError, SourceError
 from wicked_dr.sources.base import TreeSink
 from wicked_dr.wicked.quiesce import quiesced
 
-READ_CHUNK = 1024 * 1024
+READ_CHUNK = 4 * 1024 * 1024
 WICKED_MARKERS = ("meta.json", "users/_index.json")
 
 
 def is_excluded(name: str) -> bool:
-    """Lock files are transient and must never come back with a restore."""
-    return name.endswith(".lock")
+    """Lock files are transient and must never come back with a restore; neither may the
+    temporary file wicked-dr writes global.lock through (a kill -9 can leave one)."""
+    return name.endswith(".lock") or name.startswith(".wicked-dr-")
 
 
 class VolumeSource:
@@ -98,9 +99,11 @@ def _add_file(path: str, rel: str, st: os.stat_result, sink: TreeSink) -> None:
 def read_chunks(path: str) -> Iterator[bytes]:
     """A file's bytes in chunks, never following a symlink swapped in after the walk."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as handle:
-        while chunk := handle.read(READ_CHUNK):
+    try:
+        while chunk := os.read(fd, READ_CHUNK):
             yield chunk
+    finally:
+        os.close(fd)
 
 
 def count_files(root: Path) -> int:

@@ -51,23 +51,31 @@ def quiesced(volume: Path, mode: str, timeout_s: float) -> Iterator[QuiesceRepor
     lock = volume / GLOBAL_LOCK
     report.removed_stale = _remove_our_stale_lock(lock)
     holder = current_holder()
-    _create(lock, holder)
     started = time.monotonic()
+    created = False
     try:
+        _create(lock, holder)
+        created = True
         time.sleep(GRACE_S)
         report.waited_for_locks = _wait_for_writers(volume, timeout_s)
         yield report
     finally:
-        _release(lock, holder)
+        if created or _owner_of(lock) == holder.instance:
+            _release(lock, holder)
         report.window_s = round(time.monotonic() - started, 3)
         log.info("global.lock released", window_s=report.window_s)
 
 
 def _create(lock: Path, holder: Holder) -> None:
+    """Create global.lock with our marker already inside: written to a private temporary
+    file, then hard-linked into place (atomic, fails if the name exists), so an interrupt
+    can never leave an empty global.lock that the next run would take for somebody else's."""
     body = json.dumps({"created_by": MARKER, "holder": holder.to_json(),
                        "created": time.time()}).encode()
+    tmp = lock.with_name(f".wicked-dr-{holder.instance}.tmp")
     try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        tmp.write_bytes(body)
+        os.link(tmp, lock)
     except FileExistsError:
         raise LockedError(f"{lock} exists and is not ours (portal-api or an operator holds "
                           "wicked's global lock); wait for it to go, never delete it "
@@ -75,10 +83,8 @@ def _create(lock: Path, holder: Holder) -> None:
     except OSError as exc:
         raise OperationError(f"cannot create {lock}: {exc.strerror} (wicked-dr needs write "
                              "access to the volume: run as uid 888 or root)") from None
-    try:
-        os.write(fd, body)
     finally:
-        os.close(fd)
+        tmp.unlink(missing_ok=True)
 
 
 def _release(lock: Path, holder: Holder) -> None:
