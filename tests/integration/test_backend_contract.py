@@ -242,6 +242,7 @@ from wicked_dr.backends import open_backend
 from wicked_dr.backends.base import PreconditionFailed
 from wicked_dr.config import RepositoryConfig
 backend = open_backend(RepositoryConfig.model_validate(json.loads(sys.argv[1])))
+print("ready", flush=True)
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.002)
 try:
@@ -261,7 +262,8 @@ def test_concurrent_if_none_match_from_processes_exactly_one_wins(
                           str(go), f"process-{i}"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                          text=True)
         for i in range(4)]
-    time.sleep(1.5)  # let every child import and connect before the start signal
+    for child in children:  # every child has imported and connected: start them together
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
     go.touch()
     outcomes = [child.communicate(timeout=60)[0].strip() for child in children]
     assert sorted(outcomes) == ["lost", "lost", "lost", "won"]

@@ -1,9 +1,10 @@
 """A repository in an S3 bucket (AWS, MinIO, Ceph or any S3-compatible store).
 
 Objects live under ``s3://<bucket>/<prefix>/<name>``. botocore retries throttling, 5xx and
-connection errors itself ("standard" mode, 8 attempts, exponential backoff with jitter);
-what still fails afterwards is raised as ``RetryableBackendError``, everything permanent as
-``BackendError``/``NotFoundError``/``PreconditionFailed`` with a message that says what to fix.
+connection errors itself ("standard" mode, 8 attempts in all, exponential backoff with
+jitter); what still fails afterwards is raised as ``RetryableBackendError``, everything
+permanent as ``BackendError``/``NotFoundError``/``PreconditionFailed`` with a message that
+says what to fix.
 
 Conditional writes use S3's ``If-None-Match: *`` and ``If-Match: <etag>`` on PutObject, so the
 compare-and-swap happens on the server. Etags are S3's, without the surrounding quotes.
@@ -326,7 +327,8 @@ def _make_client(endpoint_url: str | None, region: str | None, access_key_id: st
                  secret_access_key: str | None, max_attempts: int, connect_timeout_s: float,
                  read_timeout_s: float) -> S3Client:
     config_args: dict[str, Any] = {
-        "retries": {"mode": "standard", "max_attempts": max_attempts},
+        # total_max_attempts counts the first try too (botocore's max_attempts does not).
+        "retries": {"mode": "standard", "total_max_attempts": max_attempts},
         "connect_timeout": connect_timeout_s,
         "read_timeout": read_timeout_s,
     }

@@ -64,8 +64,9 @@ def restore_tree(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
     stats = RestoreStats()
     dirs: list[Entry] = []
     links: list[Entry] = []
+    destinations = _Destinations(root)
     for entry in iter_entries(repo, snapshot):
-        dest = safe_destination(root, entry.path)
+        dest = destinations.of(entry.path)
         if entry.type == "dir":
             dest.mkdir(exist_ok=True)
             dirs.append(entry)
@@ -91,15 +92,38 @@ def restore_tree(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
 
 def safe_destination(root: Path, rel: str) -> Path:
     """``root/rel``, refusing anything that could escape ``root``."""
-    parts = rel.split("/")
-    if (not rel or rel.startswith("/") or "\0" in rel
-            or any(p in ("", ".", "..") for p in parts)):
-        raise IntegrityError(f"manifest entry {rel!r} would land outside the target; refused")
-    dest = root.joinpath(*parts)
+    _check_relative(rel)
+    dest = root.joinpath(*rel.split("/"))
     parent = dest.parent
     if parent != root and (parent.is_symlink() or not _inside(root, parent)):
         raise IntegrityError(f"manifest entry {rel!r} goes through a symlink; refused")
     return dest
+
+
+def _check_relative(rel: str) -> None:
+    if (not rel or rel.startswith("/") or "\0" in rel
+            or any(p in ("", ".", "..") for p in rel.split("/"))):
+        raise IntegrityError(f"manifest entry {rel!r} would land outside the target; refused")
+
+
+class _Destinations:
+    """``safe_destination`` for a whole restore: each parent directory is checked once.
+
+    Sound because nothing but this restore creates entries under the target meanwhile, and
+    the snapshot's own symlinks are created only after every file and directory."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._safe_parents: set[str] = {""}
+
+    def of(self, rel: str) -> Path:
+        parent = rel.rpartition("/")[0]
+        if parent in self._safe_parents:
+            _check_relative(rel)
+            return self._root / rel
+        dest = safe_destination(self._root, rel)
+        self._safe_parents.add(parent)
+        return dest
 
 
 def _inside(root: Path, path: Path) -> bool:
