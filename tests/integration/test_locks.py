@@ -284,7 +284,7 @@ def test_backup_global_lock_of_live_run_exit_4_left_untouched(volume_setup: Setu
 
 
 def test_backup_sigterm_while_quiescing_removes_global_lock(tmp_path: Path) -> None:
-    """SIGTERM during the lock window: exit 130, global.lock removed (never left to block wicked)."""
+    """SIGTERM in the lock window: exit 130, global.lock removed (never left to block wicked)."""
     s = make_setup(tmp_path, local_target(tmp_path), quiesce_timeout_s=60)
     generate(s.volume, users=10, seed=2)
     pending = s.volume / "meta.json.lock"
