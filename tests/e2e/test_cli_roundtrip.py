@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from tests.fixtures.repos import (
     repo_target,
     wait_past_second_of,
 )
+from wicked_dr.engine.catalog import snapshot_time
 from wicked_dr.testing.sample_volume import generate, mutate
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +64,7 @@ def test_cli_backup_snapshots_restore_check_export_round_trip(tmp_path: Path,
     assert run.code == 0, run.err
     assert_same_tree(first_tree, tmp_path / "by-prefix")
 
-    cutoff = datetime.strptime(second["snapshot"][:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    cutoff = snapshot_time(second["snapshot"])
     run = cli_process(s.config_path, "restore", "latest", "--before", cutoff.isoformat(),
                       "--target", str(tmp_path / "before"), "--json")
     assert run.code == 0, run.err

@@ -98,9 +98,6 @@ def test_backup_incremental_restore_round_trip_byte_identical(
     assert_same_tree(s.volume, tmp_path / "r2")
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: snapshot ids carry whole seconds plus a "
-                   "random suffix (actions/backup.py new_snapshot_id), so snapshots taken within "
-                   "one second sort randomly and 'latest'/parent pick an older one")
 def test_backups_within_one_second_latest_is_the_newest(tmp_path: Path) -> None:
     """Snapshots taken in quick succession list in creation order; 'latest' is the newest."""
     s = make_setup(tmp_path, RepoTarget("local", {"url": str(tmp_path / "repo")}),
@@ -159,9 +156,6 @@ def test_export_tar_extracts_to_the_volume(setup: Setup) -> None:
     assert_same_tree(setup.volume, out, mtime_resolution_ns=1_000_000)
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: engine/export.py _tarinfo sets mtime as a "
-                   "float (mtime_ns / 1e9), losing the nanoseconds the snapshot records; write "
-                   "pax_headers['mtime'] as an exact 'sec.nnnnnnnnn' string instead")
 def test_export_tar_keeps_nanosecond_mtimes(setup: Setup) -> None:
     """The tar export carries the exact recorded mtimes (as restore does)."""
     stamp = 1_700_000_000_123_456_789
@@ -342,9 +336,6 @@ def test_restore_manifest_escaping_target_refused_exit_3(setup: Setup, evil: str
     assert not outside.exists()
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason="engine bug: restore.py "
-                   "restore_tree writes 'link/x' before the symlink 'link' exists and lets the "
-                   "raw FileNotFoundError escape (traceback, exit 1) instead of refusing")
 def test_restore_manifest_path_through_symlink_entry_refused_exit_3(setup: Setup) -> None:
     """A symlink entry pointing outside, then a file 'through' it: refused with exit 3."""
     _backup(setup)
@@ -371,8 +362,6 @@ def test_restore_force_existing_symlink_in_target_not_followed(setup: Setup) -> 
     assert os.listdir(outside) == []
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: restore.py _apply_metadata os.chmod follows "
-                   "a symlink already in the --force target (chmods a directory outside it)")
 def test_restore_force_existing_symlink_dir_entry_outside_untouched(setup: Setup) -> None:
     """With --force, a dir entry whose name is a symlink in the target never changes the
     directory the symlink points to."""

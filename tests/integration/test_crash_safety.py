@@ -173,7 +173,7 @@ def test_backup_killed_mid_run_leaves_repository_usable(
 def populated(tmp_path: Path, target: RepoTarget) -> tuple[Setup, str]:
     """A repository with one snapshot of a volume spread over several 1 MiB packs."""
     s = make_setup(tmp_path, target)
-    generate(s.volume, users=600, seed=4)
+    generate(s.volume, users=900, seed=4)
     backdate(s.volume)
     return s, _backup(s)
 
@@ -246,10 +246,7 @@ def test_wrong_encryption_key_exit_3_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("encrypted", [
     True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "engine bug: Repository.load (repository/repo.py) never checks that a content-"
-        "addressed object (tree, index) hashes to its id, so without encryption a tree "
-        "copied over another is accepted"))),
+    False,
 ], ids=["encrypted", "plain"])
 def test_tree_object_swapped_under_another_name_rejected_exit_3(tmp_path: Path,
                                                                 encrypted: bool) -> None:

@@ -62,13 +62,8 @@ def _plant_lock(repo: Repository, holder: Holder, *, exclusive: bool, expires_in
 # --- repository locks ----------------------------------------------------------------------------
 
 
-RACE_BUG = ("engine bug: repository/locks.py _try_write ranks rivals by a 'created' stamp taken "
-            "before the write; a rival that stamped earlier but wrote after our re-check makes "
-            "both acquirers win (seen in ~1 of 4 races on the local backend)")
-
-
 @pytest.mark.parametrize(("kind", "rounds"), [
-    pytest.param("local", 20, marks=pytest.mark.xfail(strict=True, reason=RACE_BUG)),
+    ("local", 20),
     ("s3", 5),
 ])
 def test_two_exclusive_acquirers_exactly_one_wins(tmp_path: Path, request: pytest.FixtureRequest,

@@ -237,7 +237,7 @@ def test_backup_json_before_or_after_command_prints_json_result(
     out, err = capsys.readouterr()
     result = json.loads(out)
     assert result["files"] == 2
-    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", result["snapshot"])
+    assert re.fullmatch(r"\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}", result["snapshot"])
     assert result["errors"] == 0
     assert "Traceback" not in err
 

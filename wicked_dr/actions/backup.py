@@ -19,7 +19,7 @@ from wicked_dr.actions.common import (
     stat_cache_dir,
 )
 from wicked_dr.config import Config
-from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
+from wicked_dr.engine.catalog import load_snapshot, snapshot_ids, snapshot_time
 from wicked_dr.engine.snapshot_writer import SnapshotWriter, WriteStats
 from wicked_dr.errors import RefusedError
 from wicked_dr.log import get_logger
@@ -159,10 +159,10 @@ def _result(snapshot_id: str, stats: WriteStats, sources: dict[str, Any],
 
 
 def new_snapshot_id() -> str:
-    """Ids sort by time: ``20261126T051500Z-3fa2c1d0``."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+    """Ids sort by time: ``20261126T051500.123456Z-3fa2c1d0``."""
+    # Microseconds, so two snapshots in one second still sort in the order they were taken.
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(4)
 
 
 def _id_time(snapshot_id: str) -> str:
-    stamp = datetime.strptime(snapshot_id.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    return stamp.isoformat(timespec="seconds")
+    return snapshot_time(snapshot_id).isoformat(timespec="microseconds")

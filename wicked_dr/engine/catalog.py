@@ -46,7 +46,7 @@ def resolve(repo: Repository, ref: str, before: str | None = None) -> dict[str, 
     ids = snapshot_ids(repo)
     if before is not None:
         cutoff = parse_before(before)
-        ids = [i for i in ids if _id_time(i) < cutoff]
+        ids = [i for i in ids if snapshot_time(i) < cutoff]
     if not ids:
         where = f" before {before}" if before else ""
         raise NotFoundError(f"repository {repo.url} has no snapshots{where}")
@@ -82,5 +82,11 @@ def parse_before(text: str) -> datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
-def _id_time(snapshot_id: str) -> datetime:
-    return datetime.strptime(snapshot_id.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+def snapshot_time(snapshot_id: str) -> datetime:
+    """The UTC start time a snapshot id carries (with or without microseconds)."""
+    stamp = snapshot_id.split("-")[0]
+    fmt = "%Y%m%dT%H%M%S.%fZ" if "." in stamp else "%Y%m%dT%H%M%SZ"
+    try:
+        return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
+    except ValueError:
+        raise IntegrityError(f"snapshot id {snapshot_id!r} does not start with a time") from None

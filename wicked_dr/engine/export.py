@@ -63,7 +63,9 @@ def _tarinfo(entry: Entry) -> tarfile.TarInfo:
     info = tarfile.TarInfo(entry.path)
     info.mode = entry.mode
     info.uid, info.gid = entry.uid, entry.gid
-    info.mtime = entry.mtime_ns / 1e9
+    info.mtime = entry.mtime_ns // 10**9
+    # PAX keeps the nanoseconds a float would round away.
+    info.pax_headers = {"mtime": f"{entry.mtime_ns // 10**9}.{entry.mtime_ns % 10**9:09d}"}
     if entry.type == "dir":
         info.type = tarfile.DIRTYPE
     elif entry.type == "symlink":

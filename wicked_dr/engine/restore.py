@@ -1,9 +1,11 @@
 """Restoring a snapshot's file tree into a directory.
 
-Every file is written to a temporary name beside its final one, checked against its SHA-256
-while being written, and renamed into place only when the hash matches: wrong bytes are never
-left under a real name. Entries that would land outside the target (absolute paths, ``..``,
-a path through a symlink) are refused before anything is written for them.
+Every blob is checked against its SHA-256 before a byte of it is written, and each file's
+whole SHA-256 is checked after writing; a file that fails is removed, so wrong bytes are never
+left under a real name. (A crash mid-file can leave that one file partial: restore into an
+empty directory and rerun.) Entries that would land outside the target (absolute paths,
+``..``, a path through a symlink, a parent that is not a directory of the snapshot) are
+refused before anything is written for them.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def restore_tree(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
     for entry in iter_entries(repo, snapshot):
         dest = destinations.of(entry.path)
         if entry.type == "dir":
-            dest.mkdir(exist_ok=True)
+            _make_dir(dest, entry.path)
+            destinations.add_dir(entry.path)
             dirs.append(entry)
         elif entry.type == "file":
             _restore_file(reader, entry, dest, root, ownership)
@@ -84,7 +87,9 @@ def restore_tree(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
         _restore_symlink(link, safe_destination(root, link.path), root, ownership)
         stats.symlinks += 1
     for entry in reversed(dirs):  # deepest first, so setting an mtime sticks
-        _apply_metadata(safe_destination(root, entry.path), entry, ownership)
+        dest = safe_destination(root, entry.path)
+        _make_dir(dest, entry.path)  # still a real directory, not a symlink swapped in
+        _apply_metadata(dest, entry, ownership)
         stats.dirs += 1
     stats.packs_fetched = reader.packs_fetched
     return stats
@@ -114,16 +119,34 @@ class _Destinations:
 
     def __init__(self, root: Path) -> None:
         self._root = root
+        self._dirs: set[str] = {""}
         self._safe_parents: set[str] = {""}
 
+    def add_dir(self, rel: str) -> None:
+        """A directory entry of the snapshot was restored: entries may go inside it."""
+        self._dirs.add(rel)
+
     def of(self, rel: str) -> Path:
+        _check_relative(rel)
         parent = rel.rpartition("/")[0]
+        if parent not in self._dirs:
+            raise IntegrityError(f"manifest entry {rel!r} has no directory entry for its "
+                                 "parent; refused")
         if parent in self._safe_parents:
-            _check_relative(rel)
             return self._root / rel
         dest = safe_destination(self._root, rel)
         self._safe_parents.add(parent)
         return dest
+
+
+def _make_dir(dest: Path, rel: str) -> None:
+    """Create a directory, or accept an existing real one; never a symlink or a file."""
+    try:
+        dest.mkdir()
+    except FileExistsError:
+        if not statmod.S_ISDIR(os.lstat(dest).st_mode):
+            raise IntegrityError(f"{rel}: the target has a non-directory there (a symlink?); "
+                                 "refused") from None
 
 
 def _inside(root: Path, path: Path) -> bool:

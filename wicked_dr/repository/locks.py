@@ -6,8 +6,9 @@ Shared locks (backup) coexist; an exclusive lock (prune, live restore) excludes 
 A lock whose expiry passed, or whose holder is provably dead on this very host, is taken over
 (deleted by the next acquirer): nobody ever has to "unlock" by hand.
 
-Two writers that race past the first check both write and re-check; the older lock (by
-creation time, then id) stays and the newer one withdraws, so exactly one wins.
+Two writers that race past the first check both write and re-check; whoever sees a
+conflicting lock after its own write withdraws and retries after a random delay, so two
+conflicting holders can never both win.
 """
 
 from __future__ import annotations
@@ -142,9 +143,9 @@ def _try_write(repo: Repository, exclusive: bool, operation: str,
     info = LockInfo(secrets.token_hex(16), current_holder(), exclusive, operation, now,
                     now + expiry_s)
     etag = _write(repo, info, if_none_match=True)
-    rivals = [r for r in _conflicts(repo, exclusive, exclude=info.lock_id)
-              if (r.created, r.lock_id) < (info.created, info.lock_id)]
-    if rivals:
+    # Any conflicting lock seen after our write means a race: withdraw. Both sides may
+    # withdraw (they retry with jitter), but two can never both win.
+    if _conflicts(repo, exclusive, exclude=info.lock_id):
         repo.backend.delete(object_name("lock", info.lock_id))
         return None
     log.debug("repository lock taken", lock=info.lock_id, exclusive=exclusive,

@@ -36,6 +36,7 @@ from wicked_dr.repository.layout import (
 
 log = get_logger(__name__)
 KEY_CHECK_PLAINTEXT = b"wicked-dr key check"
+CONTENT_ADDRESSED = frozenset({"data", "index", "tree"})
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,11 @@ class Repository:
     def load(self, kind: Kind, object_id: str, *, max_size: int = MAX_METADATA_OBJECT) -> bytes:
         """Fetch and open one object; NotFoundError when absent, IntegrityError when damaged."""
         name = object_name(kind, object_id)
-        return self.sealer.open(kind, name, self.backend.get(name), max_size=max_size)
+        plaintext = self.sealer.open(kind, name, self.backend.get(name), max_size=max_size)
+        if kind in CONTENT_ADDRESSED and sha256_hex(plaintext) != object_id:
+            raise IntegrityError(f"{kind} object {object_id} does not match its id (corrupt "
+                                 "or swapped)")
+        return plaintext
 
     def load_json(self, kind: Kind, object_id: str) -> Any:
         """Fetch a JSON object."""
