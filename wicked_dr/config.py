@@ -74,8 +74,8 @@ class RepositoryConfig(Section):
     sse_kms_key_id: str | None = _field(None, "KMS key id when sse is aws:kms.")
     storage_class: str | None = _field(None, "S3 storage class for packs.",
                                        example="STANDARD_IA")
-    pack_size_mib: int = _field(16, "Target size of a pack before compression, in MiB.",
-                                example=16)
+    pack_size_mib: int = _field(8, "Target size of a pack before compression, in MiB.",
+                                example=8)
     lock_expiry_s: int = _field(
         300, "A repository lock expires this many seconds after its last renewal.", example=300)
 

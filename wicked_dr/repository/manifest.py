@@ -15,7 +15,7 @@ from typing import Any
 from wicked_dr.errors import IntegrityError
 from wicked_dr.repository.repo import Repository
 
-TREE_CHUNK_ENTRIES = 32768  # ~8 MiB of plaintext: few PUTs per backup, bounded memory
+TREE_CHUNK_ENTRIES = 16384  # ~4 MiB of plaintext: few PUTs per backup, bounded memory
 
 
 @dataclass(frozen=True, slots=True)
