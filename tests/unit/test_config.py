@@ -74,7 +74,7 @@ def test_load_empty_file_gives_schema_defaults(tmp_path: Path) -> None:
     """An empty file is a valid configuration equal to the schema's defaults."""
     config = load_config(_write(tmp_path, ""), {})
     assert config == Config()
-    assert config.repository.pack_size_mib == 16
+    assert config.repository.pack_size_mib == 8
     assert config.volume.quiesce == "wicked-lock"
     assert config.state_dir == Path("/var/lib/wicked-dr/state")
 
