@@ -96,6 +96,13 @@ def parse_percent(text: str) -> float:
     return float(match.group(1)) / 100
 
 
+class _ModeRequired(UsageError):
+    """restore without a mode: the explanation keeps its lines (one per mode)."""
+
+    def one_line(self) -> str:
+        return str(self)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message} (see --help)")
@@ -341,7 +348,7 @@ def _restore(config: Config, args: argparse.Namespace) -> Any:
             config, ref, args.target, force=args.force, dry_run=args.dry_run,
             before=args.before, options=o))
     if not (args.live or args.tokens_only):
-        raise UsageError(RESTORE_MODES)
+        raise _ModeRequired(RESTORE_MODES)
     if not args.dry_run:
         _confirm(args, "--live" if args.live else "--tokens-only")
     if args.tokens_only:

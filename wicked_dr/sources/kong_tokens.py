@@ -2,14 +2,15 @@
 
 Backup reads every unexpired token in one REPEATABLE READ, READ ONLY transaction with
 ``COPY (SELECT ...) TO STDOUT`` and hands the bytes to the sink as they arrive (no temporary
-file, memory flat). Each row carries what re-attaching needs: the ``client_id`` of its
+file, memory flat). Rows are counted from the newlines as they stream (no second pass over
+the join) and the count goes into a trailer after COPY's end-of-data marker. Each row carries what re-attaching needs: the ``client_id`` of its
 credential, the ``name`` of its service (and, on 0.x, of its API) and, on 0.x, the expiry
 from the ``ttls`` table.
 
 Restore runs after the Kong Adapter has rebuilt consumers, credentials and services with new
 UUIDs: it stages the stream in a temporary table (COPY FROM STDIN), remaps ``credential_id``
-by ``client_id`` and ``service_id`` by service name, and inserts what is missing, all in
-one transaction. The stream format is described in docs/format-kong-tokens.md.
+by ``client_id`` and ``service_id`` by service name, and inserts what is missing with one
+INSERT ... SELECT, all in one transaction. The stream format is described in docs/format-kong-tokens.md.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ log = get_logger(__name__)
 
 STREAM_NAME = "kong_tokens"
 FORMAT = "wicked-dr/kong-tokens"
-VERSION = 1
+VERSION = 2
+# Version 1 carried the row count in the header (it cost a second pass over the join).
+READABLE_VERSIONS = (1, 2)
+# COPY text's end-of-data marker: no data line can equal it (a backslash is escaped as \\).
+END_OF_DATA = b"\\.\n"
 # Columns the export adds after the token's own columns.
 CLIENT_ID = Column("x_client_id", "text")
 SERVICE_NAME = Column("x_service_name", "text")
@@ -45,6 +50,10 @@ TTLS_EXPIRE_AT = Column("x_ttls_expire_at", "timestamp without time zone")
 # The sink gets chunks of about this size: COPY delivers one message per row, far too small.
 CHUNK_BYTES = 1 << 20
 _MAX_HEADER_BYTES = 1 << 20
+_MAX_TRAILER_BYTES = 1 << 16
+# The export joins every token to its ttls row (0.x); with the default 4 MB work_mem that hash
+# join spills to disk in 16 batches. This is per session, for one statement.
+_EXPORT_WORK_MEM = "64MB"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 _BACKUP_APP = "wicked-dr kong_tokens backup"
 _RESTORE_APP = "wicked-dr kong_tokens restore"
@@ -74,6 +83,7 @@ class KongTokensSource:
             conn.read_only = True
             with conn.transaction():
                 schema = detect_schema(conn)
+                conn.execute("SELECT set_config('work_mem', %s, true)", (_EXPORT_WORK_MEM,))
                 header = _export_header(conn, schema)
                 query = _export_query(schema)
                 record = sink.add_stream(STREAM_NAME, _export_chunks(conn, header, query,
@@ -82,9 +92,9 @@ class KongTokensSource:
             raise SourceError(f"exporting Kong tokens failed: {_one_line(exc)}") from None
         finally:
             conn.close()
-        if counter.rows != header["rows"]:
-            raise SourceError(f"the token export ended after {counter.rows} of "
-                              f"{header['rows']} rows; the snapshot must not be used")
+        if not counter.complete:
+            raise SourceError("the token export stopped before its end; the snapshot must "
+                              "not be used")
         log.info("kong_tokens.backup.done", generation=schema.generation,
                  exported=counter.rows, skipped_expired=header["skipped_expired"],
                  size=record.size)
@@ -105,6 +115,7 @@ class KongTokensSource:
 @dataclass
 class _RowCounter:
     rows: int = 0
+    complete: bool = False
 
 
 def _expired_condition(schema: KongSchema) -> sql.Composable:
@@ -155,14 +166,24 @@ def _export_query(schema: KongSchema) -> sql.Composed:
         sql.SQL(", ").join(fields), sql.Composed(joins), _expired_condition(schema))
 
 
+def _expired_count_query(schema: KongSchema) -> sql.Composable:
+    """Count the expired tokens without the full join: they are few (Kong deletes them every
+    60 s), so only the expired side is joined; the exported rows are counted as they stream."""
+    if schema.uses_ttls_table:
+        return sql.SQL(
+            "SELECT count(*) FROM ttls x WHERE x.table_name = 'oauth2_tokens' AND {} AND "
+            "EXISTS (SELECT 1 FROM oauth2_tokens t WHERE t.id::text = x.primary_key_value)"
+        ).format(_expired_condition(schema))
+    return sql.SQL("SELECT count(*) FROM oauth2_tokens t WHERE {}").format(
+        _expired_condition(schema))
+
+
 def _export_header(conn: Conn, schema: KongSchema) -> dict[str, Any]:
-    """Counts and server time from the same snapshot the COPY will read."""
-    query = sql.SQL("SELECT count(*) FILTER (WHERE NOT {e}), count(*) FILTER (WHERE {e}), "
-                    "now() FROM oauth2_tokens t{j}").format(
-        e=_expired_condition(schema), j=_ttls_join(schema))
-    row = conn.execute(query).fetchone()
-    assert row is not None  # an aggregate always returns one row
-    exported, expired, server_time = row
+    """Expired count and server time from the same snapshot the COPY will read."""
+    row = conn.execute(sql.SQL("SELECT ({}), now()").format(
+        _expired_count_query(schema))).fetchone()
+    assert row is not None  # a SELECT without FROM always returns one row
+    expired, server_time = row
     assert isinstance(server_time, datetime)
     return {
         "format": FORMAT,
@@ -170,28 +191,40 @@ def _export_header(conn: Conn, schema: KongSchema) -> dict[str, Any]:
         "encoding": "postgresql-copy-text",
         "generation": schema.generation,
         "columns": [{"name": c.name, "type": c.type} for c in _export_columns(schema)],
-        "rows": int(str(exported)),
         "skipped_expired": int(str(expired)),
         "server_time": server_time.isoformat(),
     }
 
 
+def _json_line(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n").encode()
+
+
 def _export_chunks(conn: Conn, header: dict[str, Any], query: sql.Composed,
                    counter: _RowCounter) -> Iterator[bytes]:
-    """The header line, then COPY text rows gathered into chunks of about CHUNK_BYTES."""
-    yield (json.dumps(header, separators=(",", ":"), sort_keys=True) + "\n").encode()
-    buffer = bytearray()
+    """The header line, COPY text rows in chunks of about CHUNK_BYTES, then the end-of-data
+    marker and a trailer line with the row count (a cut stream lacks it)."""
+    yield _json_line(header)
+    pieces: list[bytes] = []
+    size = 0
     with conn.cursor() as cur, cur.copy(query) as copy:
-        for data in copy:
-            buffer += data
-            if len(buffer) >= CHUNK_BYTES:
-                # COPY text escapes newlines inside values, so each b"\n" ends one row.
-                counter.rows += buffer.count(b"\n")
-                yield bytes(buffer)
-                buffer.clear()
-    if buffer:
-        counter.rows += buffer.count(b"\n")
-        yield bytes(buffer)
+        # COPY delivers one message per row; gathering them keeps the sink's chunks large.
+        while data := copy.read():
+            pieces.append(bytes(data))
+            size += len(data)
+            if size >= CHUNK_BYTES:
+                yield _counted(pieces, counter)
+                pieces.clear()
+                size = 0
+    yield _counted(pieces, counter) + END_OF_DATA + _json_line({"rows": counter.rows})
+    counter.complete = True
+
+
+def _counted(pieces: list[bytes], counter: _RowCounter) -> bytes:
+    chunk = b"".join(pieces)
+    # COPY text escapes newlines inside values, so each b"\n" ends one row.
+    counter.rows += chunk.count(b"\n")
+    return chunk
 
 
 # --- restore -----------------------------------------------------------------------------
