@@ -79,7 +79,10 @@ def tree_size(path: Path) -> tuple[int, int]:
 
 
 def file_set(path: Path) -> set[str]:
-    return {os.path.join(d, n) for d, _s, names in os.walk(path) for n in names}
+    """Repository objects (a PUT each on S3). The local backend's own ``.locks/`` files are
+    not objects: S3 does the same compare-and-swap server-side."""
+    return {os.path.join(d, n) for d, _s, names in os.walk(path) for n in names
+            if "/.locks" not in d and not d.endswith(".locks")}
 
 
 def fresh(path: Path) -> Path:

@@ -7,11 +7,14 @@ one, even when the writer is killed with SIGKILL mid-write: a crash leaves at mo
 ``.tmp-*`` file, which ``list`` ignores and ``remove_stale_temp_files`` deletes.
 
 Durability rule: a put is *atomic* at once but *durable* only after ``sync()``. Puts do not
-fsync one by one, because a backup writes thousands of objects and one filesystem-wide
-``syncfs`` at the end is much cheaper; callers that need a durable point (the snapshot
-manifest, after its packs) call ``sync()`` first, then write the manifest, then ``sync()``
-again. After a power loss before ``sync()`` an object may be missing or empty, but an
-object the repository layer references is never lost once ``sync()`` returned.
+fsync one by one; ``sync()`` makes one pass over what was put since the last sync: an
+``fsync`` of each such file and of its directory, or one filesystem-wide ``syncfs`` when
+more than ``SYNC_FILES_MAX`` objects are pending (a busy filesystem makes ``syncfs`` pay for
+everybody's dirty pages, so a handful of packs is cheaper to fsync directly); callers that
+need a durable point (the snapshot manifest, after its packs) call ``sync()`` first, then
+write the manifest, then ``sync()`` again. After a power loss before ``sync()`` an object
+may be missing or empty, but an object the repository layer references is never lost once
+``sync()`` returned.
 
 Etags are ``<inode>-<size>-<mtime_ns>`` in hex: cheap (one ``stat``), stable while the
 object is unchanged, and new after every put, because each put creates a new inode and
@@ -54,6 +57,7 @@ class LocalBackend:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.url = str(self.root)
+        self._unsynced: set[Path] = set()
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -150,7 +154,14 @@ class LocalBackend:
             raise _os_error(exc, f"create {self.root}") from None
 
     def sync(self) -> None:
-        """Make every completed put durable: one ``syncfs`` of the repository's filesystem."""
+        """Make every completed put durable (see the module docstring)."""
+        pending, self._unsynced = self._unsynced, set()
+        if len(pending) <= SYNC_FILES_MAX:
+            try:
+                _fsync_all(pending, self.root)
+                return
+            except OSError:
+                pass  # e.g. an object replaced meanwhile: fall back to the whole filesystem
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
@@ -249,6 +260,7 @@ class LocalBackend:
                     if if_match is not None:
                         self._check_etag(name, final, if_match)
                     os.replace(tmp, final)
+            self._unsynced.add(final)
         except OSError as exc:
             raise _os_error(exc, f"write {final}") from None
         finally:
@@ -338,6 +350,32 @@ def _os_error(exc: OSError, action: str) -> BackendError:
     if exc.errno == errno.EROFS:
         return BackendError(f"read-only filesystem: cannot {action}")
     return BackendError(f"cannot {action}: {exc.strerror or exc}")
+
+
+SYNC_FILES_MAX = 256
+
+
+def _fsync_all(paths: set[Path], root: Path) -> None:
+    """fsync each file, then every directory from its parent up to ``root`` (new names and
+    new fan-out directories become durable too)."""
+    for path in sorted(paths):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    directories: set[Path] = set()
+    for path in paths:
+        directory = path.parent
+        while directory not in directories and (directory == root or root in directory.parents):
+            directories.add(directory)
+            directory = directory.parent
+    for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _syncfs(fd: int) -> None:

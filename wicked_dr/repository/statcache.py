@@ -23,6 +23,13 @@ from wicked_dr.repository.manifest import sort_key
 
 _quote = json.encoder.encode_basestring_ascii
 
+
+def _field_path(path: str) -> str:
+    """The path as a tab-separated field: JSON-quoted only when it needs to be."""
+    if path.startswith('"') or "\t" in path or "\n" in path or "\r" in path:
+        return str(_quote(path))
+    return path
+
 # Filesystem timestamps can be coarse (ext4 without nanoseconds, overlayfs, NFS): treat
 # anything modified within this much of the previous scan's start as racy.
 RACY_WINDOW_NS = 2_000_000_000
@@ -55,16 +62,15 @@ class StatCacheWriter:
         self._tmp = directory / f".{snapshot_id}.tmp"
         self._raw = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._out: IO[bytes] = zstandard.ZstdCompressor(level=1).stream_writer(self._raw)
-        self._write({"snapshot": snapshot_id, "scan_start_ns": scan_start_ns})
+        self._write({"snapshot": snapshot_id, "scan_start_ns": scan_start_ns, "format": 2})
 
     def _write(self, doc: object) -> None:
         self._out.write(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
 
     def add(self, rec: StatRecord) -> None:
-        # Hand-formatted JSON (same bytes as json.dumps): one line per file, 100 k per run.
-        blobs = ",".join(f'"{b}"' for b in rec.blobs)
-        self._out.write(f'[{_quote(rec.path)},{rec.size},{rec.mtime_ns},{rec.ctime_ns},'
-                        f'{rec.inode},"{rec.sha256}",[{blobs}]]\n'.encode())
+        # Tab-separated, 100 k lines per run: much cheaper than JSON to write and to parse.
+        self._out.write(f"{_field_path(rec.path)}\t{rec.size}\t{rec.mtime_ns}\t{rec.ctime_ns}\t"
+                        f"{rec.inode}\t{rec.sha256}\t{','.join(rec.blobs)}\n".encode())
 
     def commit(self) -> None:
         """Make the cache usable by the next backup (only after the snapshot exists)."""
@@ -87,6 +93,8 @@ class StatCacheReader:
             zstandard.ZstdDecompressor().stream_reader(open(path, "rb")),  # noqa: SIM115
             encoding="utf-8")
         header = json.loads(self._stream.readline())
+        if header.get("format") != 2:
+            raise ValueError("stat cache of an older wicked-dr: not used")
         self.snapshot_id: str = header["snapshot"]
         self.scan_start_ns: int = header["scan_start_ns"]
         self._records = self._iter()
@@ -105,20 +113,24 @@ class StatCacheReader:
 
     def _iter(self) -> Iterator[StatRecord]:
         for line in self._stream:
-            p, size, mtime, ctime, ino, sha, blobs = json.loads(line)
-            yield StatRecord(p, size, mtime, ctime, ino, sha, tuple(blobs))
+            p, size, mtime, ctime, ino, sha, blobs = line.rstrip("\n").split("\t")
+            yield StatRecord(json.loads(p) if p.startswith('"') else p, int(size), int(mtime),
+                             int(ctime), int(ino), sha, tuple(blobs.split(",")) if blobs else ())
 
     def find(self, path: str) -> StatRecord | None:
         """The record for ``path``; callers ask in manifest order."""
         current = self._current
-        if current is not None and current.path == path:  # the usual case: walks in step
-            return current
-        key = sort_key(path)
-        while self._current is not None and sort_key(self._current.path) < key:
-            self._current = next(self._records, None)
-        if self._current is not None and self._current.path == path:
-            return self._current
-        return None
+        if current is None or current.path != path:
+            key = sort_key(path)
+            while current is not None and sort_key(current.path) < key:
+                current = next(self._records, None)
+            self._current = current
+            if current is None or current.path != path:
+                return None
+        # Paths are unique and ascending: step past the match, so the next lookup of a walk
+        # that runs in step with the cache is one string comparison.
+        self._current = next(self._records, None)
+        return current
 
     def is_racy(self, st: os.stat_result) -> bool:
         """Whether the file changed too close to the previous scan to trust its stat."""
