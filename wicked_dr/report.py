@@ -21,7 +21,19 @@ def render(command: str, result: Any) -> str:
                  f"{result['packs_read']} packs read: no problems"]
         lines += [f"warning: {w}" for w in result["warnings"]]
         return "\n".join(lines)
+    if command == "restore" and isinstance(result, dict) and "kong_restarts" in result:
+        return _restore_with_restarts(dict(result))
     return _mapping(result)
+
+
+def _restore_with_restarts(result: dict[str, Any]) -> str:
+    rows = result.pop("kong_restarts")
+    lines = [_mapping(result)]
+    for r in rows:
+        done = (f"restarted, {r['state']} after {r['seconds']} s" if r["restarted"]
+                else f"left {r['state']}")
+        lines.append(f"kong node {r['name']}: {done}")
+    return "\n".join(lines)
 
 
 def _snapshots(rows: list[dict[str, Any]]) -> str:

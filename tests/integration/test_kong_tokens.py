@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -266,6 +267,96 @@ def test_restore_truncated_stream_refused_nothing_written(
         restore_tokens(scenario.config, [cut], metadata=metadata, dry_run=False)
     with kong_data.connect(pg_database) as conn:
         assert _count(conn, "oauth2_tokens") == 0
+
+
+def _split_stream(data: bytes) -> tuple[dict[str, Any], list[bytes], dict[str, Any]]:
+    """(header, data lines with their newline, trailer) of a version 2 token stream."""
+    head, _, rest = data.partition(b"\n")
+    body, marker, trailer = rest.rpartition(kong_tokens.END_OF_DATA)
+    assert marker, "a version 2 stream ends with COPY's end-of-data marker"
+    return json.loads(head), body.splitlines(keepends=True), json.loads(trailer)
+
+
+def _join_stream(header: dict[str, Any], lines: list[bytes], trailer: dict[str, Any]) -> bytes:
+    return (json.dumps(header).encode() + b"\n" + b"".join(lines) + kong_tokens.END_OF_DATA
+            + json.dumps(trailer).encode() + b"\n")
+
+
+def test_backup_stream_ends_with_marker_and_row_count_trailer(
+        pg_database: str, wicked_subs: list[Subscription]) -> None:
+    """The stream is header, one COPY line per token, end-of-data marker, then the count."""
+    scenario = _build(pg_database, "3.x", wicked_subs)
+    sink, metadata = _backup(scenario.config)
+    header, lines, trailer = _split_stream(sink.read("kong_tokens"))
+    assert header["version"] == kong_tokens.VERSION == 2
+    assert "rows" not in header
+    assert trailer == {"rows": len(lines)} and metadata["exported"] == len(lines)
+    assert {line.split(b"\t", 1)[0].decode() for line in lines} == {
+        t.id for t in [*scenario.live, scenario.short_lived]}
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, 5, 4096])
+def test_restore_stream_in_small_chunks_marker_split_restores_all(
+        chunk_size: int, pg_database: str, wicked_subs: list[Subscription]) -> None:
+    """The end-of-data marker is found wherever chunk boundaries cut it."""
+    scenario = _build(pg_database, "1.x", wicked_subs)
+    sink, metadata = _backup(scenario.config)
+    _rebuild_after_loss(scenario)
+    data = sink.read("kong_tokens")
+    chunks = [data[i:i + chunk_size] for i in range(0, len(data), chunk_size)]
+    report = restore_tokens(scenario.config, chunks, metadata=metadata, dry_run=False)
+    assert report.ok and report.total == metadata["exported"]
+    assert report.restored == len(scenario.expected_back()) + 1  # short-lived still valid
+    with kong_data.connect(pg_database) as conn:
+        assert _count(conn, "oauth2_tokens") == report.restored
+
+
+def test_restore_version_1_stream_row_count_in_header_restores(
+        pg_database: str, wicked_subs: list[Subscription]) -> None:
+    """A version 1 stream (count in the header, no marker or trailer) still restores."""
+    scenario = _build(pg_database, "0.14", wicked_subs)
+    sink, metadata = _backup(scenario.config)
+    _rebuild_after_loss(scenario)
+    header, lines, trailer = _split_stream(sink.read("kong_tokens"))
+    v1 = json.dumps(header | {"version": 1, "rows": trailer["rows"]}).encode() + b"\n"
+    report = restore_tokens(scenario.config, [v1, b"".join(lines)], metadata=metadata,
+                            dry_run=False)
+    assert report.ok and report.restored == len(scenario.expected_back()) + 1
+    with pytest.raises(IntegrityError, match="truncated"):
+        restore_tokens(scenario.config, [v1, b"".join(lines[:-1])], metadata={},
+                       dry_run=True)
+
+
+def test_restore_duplicate_refresh_token_in_stream_counts_conflict_not_ok(
+        pg_database: str, wicked_subs: list[Subscription]) -> None:
+    """A token refused by a unique key is counted as a conflict, gets no ttls row, and the
+    report is not ok; every other token is restored."""
+    scenario = _build(pg_database, "0.14", wicked_subs)
+    sink, metadata = _backup(scenario.config)
+    _rebuild_after_loss(scenario)
+    header, lines, trailer = _split_stream(sink.read("kong_tokens"))
+    names = [c["name"] for c in header["columns"]]
+    keep = next(t for t in scenario.expected_back() if t.refresh_token)
+    fields = next(line for line in lines if line.startswith(keep.id.encode())).split(b"\t")
+    dup_id = str(uuid.uuid4())
+    fields[names.index("id")] = dup_id.encode()
+    # Sorts after the original's access token, so the original is inserted first and wins.
+    fields[names.index("access_token")] = keep.access_token.encode() + b"-dup"
+    stream = _join_stream(header, [*lines, b"\t".join(fields)], {"rows": trailer["rows"] + 1})
+
+    report = restore_tokens(scenario.config, [stream],
+                            metadata=metadata | {"exported": trailer["rows"] + 1}, dry_run=False)
+
+    assert (report.conflicts, report.ok) == (1, False)
+    assert report.restored == len(scenario.expected_back()) + 1  # short-lived still valid
+    with kong_data.connect(pg_database) as conn:
+        assert _count(conn, "oauth2_tokens") == report.restored
+        ids = {r[0] for r in conn.execute("SELECT id::text FROM oauth2_tokens").fetchall()}
+        with_ttl = {r[0] for r in conn.execute(
+            "SELECT primary_key_value FROM ttls WHERE primary_key_value = ANY(%s)",
+            ([keep.id, dup_id],)).fetchall()}
+    assert keep.id in ids and dup_id not in ids
+    assert with_ttl == {keep.id}
 
 
 BIG = 120_000

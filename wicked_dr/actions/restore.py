@@ -48,11 +48,23 @@ def run_restore_tokens(config: Config, snapshot_ref: str, *, dry_run: bool,
     stream, metadata = _token_stream(repo, config, snapshot)
     if config.kong_tokens.dsn is None:
         raise NotFoundError("kong_tokens.dsn is not configured: set it to Kong's database")
+    from wicked_dr.errors import DockerError
+    from wicked_dr.wicked.containers import restart_kong_nodes
+
     report = restore_tokens(config.kong_tokens, stream, metadata=metadata, dry_run=dry_run)
-    return {"snapshot": snapshot["id"], "mode": "tokens-only", "dry_run": dry_run,
-            "tokens": report.to_dict(), "ok": report.ok,
-            "next_step": "restart every Kong node, one at a time: Kong caches 'not found' "
-                         "lookups, so tokens written by SQL stay invisible until then"}
+    result: dict[str, Any] = {"snapshot": snapshot["id"], "mode": "tokens-only",
+                              "dry_run": dry_run, "tokens": report.to_dict(), "ok": report.ok}
+    if dry_run or not report.ok or not config.containers.kong:
+        result["next_step"] = ("restart every Kong node, one at a time: Kong caches 'not found' "
+                               "lookups, so tokens written by SQL stay invisible until then")
+        return result
+    try:
+        result["kong_restarts"] = restart_kong_nodes(config.containers)
+    except (DockerError, NotFoundError) as exc:
+        # The tokens are committed: say so, so that nobody restores them again in a panic.
+        raise type(exc)(f"tokens restored ({report.restored} new), but restarting Kong "
+                        f"failed: {exc.one_line()}") from exc
+    return result
 
 
 def _token_stream(repo: Repository, config: Config,
