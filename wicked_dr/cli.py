@@ -265,6 +265,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     handler = _HANDLERS[args.command]
     result = handler(config, args)
     _emit(args, result)
+    if isinstance(result, dict) and result.get("ok") is False:
+        # e.g. a token restore that could not put every token in place: the report is
+        # printed, but scripts must not read success.
+        print("wicked-dr: error: not every item is in place; see the report above",
+              file=sys.stderr)
+        return int(ExitCode.FAILED)
     return 0
 
 
