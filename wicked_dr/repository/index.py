@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS loaded (index_id TEXT PRIMARY KEY) WITHOUT ROWID;
 
 _HAS_QUERY = "SELECT 1 FROM blobs WHERE id=?"
 RUN_FILTER_BITS = 1 << 24  # 2 MiB; about 6 % false positives at a million blobs
+RUN_SET_MAX = 150_000  # about 15 MiB of Python set before spilling to the temp table
 
 
 def _filter_position(key: bytes) -> tuple[int, int]:
@@ -65,9 +66,11 @@ class IndexCache:
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             self._db = _connect(path)
         # Blobs in this run's staged packs: trusted for dedup within the run only, never
-        # persisted, because those packs may never reach the repository. A one-hash bit
-        # filter answers most misses without a query; memory stays flat at a million blobs.
+        # persisted, because those packs may never reach the repository. The first
+        # RUN_SET_MAX live in a set (fast); beyond, a temp table behind a one-hash bit filter
+        # that answers most misses without a query, so memory stays flat at a million blobs.
         self._db.execute("CREATE TEMP TABLE run_blobs (id BLOB PRIMARY KEY) WITHOUT ROWID")
+        self._run_set: set[bytes] = set()
         self._run_filter = bytearray(RUN_FILTER_BITS // 8)
         self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
 
@@ -125,6 +128,8 @@ class IndexCache:
     def has(self, blob_id: str) -> bool:
         """Whether the repository (or this run) already holds ``blob_id``."""
         key = bytes.fromhex(blob_id)
+        if key in self._run_set:
+            return True
         byte, bit = _filter_position(key)
         if self._run_filter[byte] & bit and self._db.execute(
                 "SELECT 1 FROM run_blobs WHERE id=?", (key,)).fetchone() is not None:
@@ -136,6 +141,9 @@ class IndexCache:
     def mark_written(self, blob_ids: list[str]) -> None:
         """Remember blobs of this run's packs (not trusted across runs until indexed)."""
         keys = [bytes.fromhex(b) for b in blob_ids]
+        if len(self._run_set) + len(keys) <= RUN_SET_MAX:
+            self._run_set.update(keys)
+            return
         for key in keys:
             byte, bit = _filter_position(key)
             self._run_filter[byte] |= bit
