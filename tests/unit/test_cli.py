@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.minimal import minimal_volume_and_config
 from tests.fixtures.services import service_missing
 from wicked_dr import __version__
 from wicked_dr.cli import build_parser, main
@@ -37,15 +38,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture()
 def setup(tmp_path: Path) -> Path:
     """A config file pointing at a minimal wicked volume and a local repository in tmp_path."""
-    volume = tmp_path / "volume"
-    (volume / "users").mkdir(parents=True)
-    (volume / "meta.json").write_text('{"dynamicVersion": 1}', encoding="utf-8")
-    (volume / "users" / "_index.json").write_text("[]", encoding="utf-8")
-    config = tmp_path / "config.yaml"
-    config.write_text(f"state_dir: {tmp_path / 'state'}\n"
-                      f"repository:\n  url: {tmp_path / 'repo'}\n"
-                      f"volume:\n  path: {volume}\n", encoding="utf-8")
-    return config
+    return minimal_volume_and_config(tmp_path)
 
 
 def _tree(root: Path) -> dict[str, str]:

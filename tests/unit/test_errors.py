@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.minimal import minimal_volume_and_config
 from wicked_dr import errors
 from wicked_dr.cli import main
 from wicked_dr.errors import ConfigError, ExitCode, WickedDRError
@@ -188,16 +189,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in list(os.environ):
         if name.startswith("WICKED_DR_"):
             monkeypatch.delenv(name)
-    volume = tmp_path / "volume"
-    (volume / "users").mkdir(parents=True)
-    (volume / "meta.json").write_text('{"dynamicVersion": 1}', encoding="utf-8")
-    (volume / "users" / "_index.json").write_text("[]", encoding="utf-8")
-    config = tmp_path / "config.yaml"
-    config.write_text(f"state_dir: {tmp_path / 'state'}\n"
-                      f"repository:\n  url: {tmp_path / 'repo'}\n"
-                      f"volume:\n  path: {volume}\n  quiesce_timeout_s: 60\n",
-                      encoding="utf-8")
-    return config
+    return minimal_volume_and_config(tmp_path, "  quiesce_timeout_s: 60\n")
 
 
 def _one_error_line(err: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import structlog
 
+from tests.fixtures.minimal import minimal_volume_and_config
 from wicked_dr import log
 from wicked_dr.cli import main
 from wicked_dr.config import Config, secret_values
@@ -204,15 +205,7 @@ def test_redactor_short_values_are_not_registered() -> None:
 
 
 def _volume_and_config(tmp_path: Path) -> Path:
-    volume = tmp_path / "volume"
-    (volume / "users").mkdir(parents=True)
-    (volume / "meta.json").write_text('{"dynamicVersion": 1}', encoding="utf-8")
-    (volume / "users" / "_index.json").write_text("[]", encoding="utf-8")
-    config = tmp_path / "config.yaml"
-    config.write_text(f"state_dir: {tmp_path / 'state'}\n"
-                      f"repository:\n  url: {tmp_path / 'repo'}\n"
-                      f"volume:\n  path: {volume}\n", encoding="utf-8")
-    return config
+    return minimal_volume_and_config(tmp_path)
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
