@@ -27,6 +27,7 @@ from tests.fixtures.repos import (
     repo_target,
     wait_past_second_of,
 )
+from tests.fixtures.services import service_missing
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.repository.manifest import Entry, encode_tree, iter_entries
 from wicked_dr.repository.repo import content_id
@@ -251,7 +252,8 @@ def shared_dir() -> Iterator[Path]:
 def test_backup_permission_denied_files_reported_counted_not_claimed(shared_dir: Path) -> None:
     """Run as an unprivileged uid: a 000 file and a 000 folder are errors, not manifest entries."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to switch to an unprivileged uid")
+        service_missing("root privileges", "run the suite as root (scripts/test.sh does) so "
+                        "the test can switch to an unprivileged uid")
     import wicked_dr.actions.backup
     import wicked_dr.progress
     import wicked_dr.report  # noqa: F401
