@@ -8,7 +8,7 @@ import tarfile
 from typing import IO, Any
 
 from wicked_dr.engine.blobs import BlobReader
-from wicked_dr.engine.restore import safe_destination
+from wicked_dr.engine.restore import check_relative
 from wicked_dr.errors import IntegrityError
 from wicked_dr.repository.manifest import Entry, iter_entries
 from wicked_dr.repository.repo import Repository
@@ -49,10 +49,9 @@ def export_tar(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
                out: IO[bytes]) -> int:
     """Write ``snapshot`` as a tar stream to ``out``; return the number of entries."""
     count = 0
-    root = _FakeRoot()
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for entry in iter_entries(repo, snapshot):
-            root.check(entry.path)
+            check_relative(entry.path)  # tar members obey the restore path rules
             tar.addfile(_tarinfo(entry), _BlobStream(reader, entry)
                         if entry.type == "file" else None)
             count += 1
@@ -75,12 +74,3 @@ def _tarinfo(entry: Entry) -> tarfile.TarInfo:
         info.size = entry.size
     return info
 
-
-class _FakeRoot:
-    """Applies the restore path rules to tar member names (no filesystem involved)."""
-
-    def check(self, rel: str) -> None:
-        from pathlib import Path
-
-        root = Path("/nonexistent-wicked-dr-root")
-        safe_destination(root, rel)

@@ -97,7 +97,7 @@ def restore_tree(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
 
 def safe_destination(root: Path, rel: str) -> Path:
     """``root/rel``, refusing anything that could escape ``root``."""
-    _check_relative(rel)
+    check_relative(rel)
     dest = root.joinpath(*rel.split("/"))
     parent = dest.parent
     if parent != root and (parent.is_symlink() or not _inside(root, parent)):
@@ -105,7 +105,8 @@ def safe_destination(root: Path, rel: str) -> Path:
     return dest
 
 
-def _check_relative(rel: str) -> None:
+def check_relative(rel: str) -> None:
+    """Refuse a manifest path that is absolute, empty, or has ``.``/``..`` components."""
     if (not rel or rel.startswith("/") or "\0" in rel
             or any(p in ("", ".", "..") for p in rel.split("/"))):
         raise IntegrityError(f"manifest entry {rel!r} would land outside the target; refused")
@@ -127,7 +128,7 @@ class _Destinations:
         self._dirs.add(rel)
 
     def of(self, rel: str) -> Path:
-        _check_relative(rel)
+        check_relative(rel)
         parent = rel.rpartition("/")[0]
         if parent not in self._dirs:
             raise IntegrityError(f"manifest entry {rel!r} has no directory entry for its "

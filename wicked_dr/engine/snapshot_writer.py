@@ -10,7 +10,6 @@ and at worst some unreferenced objects, which readers ignore.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import stat as statmod
@@ -247,11 +246,6 @@ class SnapshotWriter:
                                               max_size=MAX_METADATA_OBJECT)
             self._cache.add_index(index_id, parse_index(index_id, plaintext))
 
-    @property
-    def staged_bytes(self) -> int:
-        """Bytes waiting in staging for upload."""
-        return sum(p.stat().st_size for p in self._staging.iterdir())
-
     def abort(self) -> None:
         """Drop everything staged; the repository is untouched."""
         self._stat_out.abort()
@@ -272,7 +266,3 @@ def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     if buffer:
         yield bytes(buffer)
 
-
-def snapshot_json(doc: dict[str, Any]) -> str:
-    """Pretty JSON for humans (used by --json outputs)."""
-    return json.dumps(doc, indent=2, sort_keys=True)

@@ -155,10 +155,6 @@ class IndexCache:
         row = self._db.execute("SELECT raw_size FROM packs WHERE id=?", (pack_id,)).fetchone()
         return int(row[0]) if row else None
 
-    def packs(self) -> Iterator[tuple[str, int, int]]:
-        """``(pack_id, raw_size, stored_size)`` of every indexed pack."""
-        yield from self._db.execute("SELECT id, raw_size, stored_size FROM packs ORDER BY id")
-
     def add_index(self, index_id: str, packs: list[PackRecord]) -> None:
         """Record an index object this process just wrote."""
         self._load(index_id, packs)

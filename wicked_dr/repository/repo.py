@@ -11,7 +11,6 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from wicked_dr.backends.base import Backend, PreconditionFailed
@@ -204,8 +203,3 @@ def _check_key(url: str, config: RepoConfig, key: Key | None) -> None:
         raise WrongKeyError(f"wrong encryption key for repository at {url}: it needs key id "
                             f"{config.key_id}, the configured key is {key.key_id}")
 
-
-def ensure_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and return it."""
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -106,16 +106,3 @@ def read_chunks(path: str) -> Iterator[bytes]:
     finally:
         os.close(fd)
 
-
-def count_files(root: Path) -> int:
-    """Regular files under ``root`` (the shrink guard's measure), lock files excluded."""
-    total = 0
-    stack = [str(root)]
-    while stack:
-        with os.scandir(stack.pop()) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False) and not is_excluded(entry.name):
-                    total += 1
-    return total
