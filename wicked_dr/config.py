@@ -117,11 +117,21 @@ class VolumeConfig(Section):
     max_shrink_percent: float = _field(
         20.0, "Refuse a backup whose file count fell by more than this since the last snapshot.",
         example=20)
+    scan_workers: int | None = _field(
+        None,
+        "Processes that stat, read and hash files in parallel (0: all in the main process; "
+        "empty: the number of CPUs, at most 4).", example=2)
 
-    @field_validator("quiesce_timeout_s", "max_shrink_percent")
+    def workers(self) -> int:
+        """How many scan worker processes to run."""
+        if self.scan_workers is not None:
+            return self.scan_workers
+        return min(4, os.cpu_count() or 1)
+
+    @field_validator("quiesce_timeout_s", "max_shrink_percent", "scan_workers")
     @classmethod
-    def _not_negative(cls, value: float) -> float:
-        if value < 0:
+    def _not_negative(cls, value: float | None) -> float | None:
+        if value is not None and value < 0:
             raise ValueError("must not be negative")
         return value
 

@@ -82,7 +82,7 @@ def test_two_exclusive_acquirers_exactly_one_wins(tmp_path: Path, request: pytes
             barrier.wait()
             try:
                 # The winner keeps its lock until both are done, so the loser must fail.
-                results.append(acquire(mine, exclusive=True, operation="prune", wait_s=0.3,
+                results.append(acquire(mine, exclusive=True, operation="prune", wait_s=1.0,
                                        expiry_s=30))
             except LockedError as exc:
                 results.append(exc)

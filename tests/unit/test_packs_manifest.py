@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,6 @@ from wicked_dr.repository.packs import (
     decode_pack,
     encode_pack,
 )
-from wicked_dr.sources.base import StreamRecord
-from wicked_dr.sources.volume import walk
 
 
 def _blob(data: bytes) -> tuple[str, bytes]:
@@ -84,12 +81,14 @@ def test_pack_builder_seals_when_full_and_on_flush(tmp_path: Path) -> None:
     first, second, third = (_blob(os.urandom(600)) for _ in range(3))
     builder.add(*first)
     assert builder.is_pending(first[0]) and not sealed
-    builder.add(*second)
-    assert len(sealed) == 1 and not builder.is_pending(first[0])
+    builder.add(*second)  # full: sealed in the background, pending until reported
+    assert builder.is_pending(first[0]) or len(sealed) == 1
     builder.add(*third)
     builder.flush()
     builder.flush()  # nothing pending: no empty pack
+    builder.close()
     assert [len(rec.blobs) for rec, _ in sealed] == [2, 1]
+    assert not any(builder.is_pending(b) for b, _ in (first, second, third))
     record, path = sealed[0]
     plaintext = sealer.open("data", f"data/{record.pack_id[:2]}/{record.pack_id}",
                             path.read_bytes(), max_size=record.raw_size)
@@ -124,58 +123,20 @@ def test_decode_tree_malformed_rejected() -> None:
         decode_tree("t", b'{"path": "x"}\n')
 
 
-class _RecordingSink:
-    """A TreeSink that consumes file contents like the engine does and records the order."""
-
-    def __init__(self, before_read: Callable[[str], None] | None = None) -> None:
-        self.order: list[str] = []
-        self.errors: list[str] = []
-        self._before_read = before_read
-
-    def add_dir(self, rel: str, st: os.stat_result) -> None:
-        self.order.append(rel)
-
-    def add_symlink(self, rel: str, st: os.stat_result, target: str) -> None:
-        self.order.append(rel)
-
-    def add_file(self, rel: str, st: os.stat_result,
-                 read: Callable[[], Iterator[bytes]]) -> None:
-        if self._before_read:
-            self._before_read(rel)
-        b"".join(read())
-        self.order.append(rel)
-
-    def add_error(self, rel: str, error: str) -> None:
-        self.errors.append(rel)
-
-    def add_stream(self, name: str, chunks: object) -> StreamRecord:
-        raise AssertionError("not used")
+def test_pack_builder_sealer_failure_reaches_the_caller(tmp_path: Path) -> None:
+    """A pack that cannot be written (staging gone) fails the caller, not a lost thread."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    builder = PackBuilder(Sealer("r" * 32, None), staging, 1000, lambda rec, path: None)
+    staging.rmdir()
+    builder.add(*_blob(os.urandom(2000)))
+    with pytest.raises(FileNotFoundError):
+        builder.flush()
+    builder.close()
 
 
-def test_walk_order_is_manifest_sort_order(tmp_path: Path) -> None:
-    """The walker emits entries in sort_key order (the merge-join depends on it)."""
-    for rel in ["a/b", "a-b", "a.b", "ab", "a/c/d", "A", "z", "a0"]:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(rel)
-    os.symlink("z", tmp_path / "y")
-    (tmp_path / "skip.lock").write_text("")
-    sink = _RecordingSink()
-    walk(tmp_path, sink)
-    assert "skip.lock" not in sink.order and "y" in sink.order
-    assert sink.order == sorted(sink.order, key=sort_key)
-    assert sink.order.index("a/c/d") < sink.order.index("a-b")
-
-
-def test_walk_file_vanishing_before_read_reported_not_recorded(tmp_path: Path) -> None:
-    """A file deleted between its stat and its read is reported as an error, not recorded."""
-    for rel in ["a.json", "b.json", "c.json"]:
-        (tmp_path / rel).write_text("{}")
-
-    def vanish(rel: str) -> None:
-        if rel == "b.json":
-            (tmp_path / rel).unlink()
-
-    sink = _RecordingSink(before_read=vanish)
-    walk(tmp_path, sink)
-    assert sink.order == ["a.json", "c.json"]
-    assert sink.errors == ["b.json"]
+def test_sort_key_is_directory_blocks_then_names() -> None:
+    """The manifest order: the root's entries, then each directory's block in path order."""
+    paths = ["a/c/d", "a-b", "a/b", "a", "z", "a/c", "users/1.json"]
+    assert sorted(paths, key=sort_key) == ["a", "a-b", "z", "a/b", "a/c", "a/c/d",
+                                           "users/1.json"]

@@ -2,89 +2,111 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import time
+import json
 from pathlib import Path
 
 import pytest
+import zstandard
 
-from wicked_dr.repository.manifest import sort_key
 from wicked_dr.repository.statcache import (
     RACY_WINDOW_NS,
+    Cached,
     StatCacheReader,
     StatCacheWriter,
-    StatRecord,
+    stat_line,
 )
 
+SCAN_START = 100 * RACY_WINDOW_NS
+OLD = 10  # an mtime far older than the scan: not racy
 
-def _record(path: str, size: int = 1) -> StatRecord:
-    return StatRecord(path, size, 10, 20, 30, "s" * 64, ("s" * 64,))
+
+def _manifest_line(path: str) -> str:
+    return json.dumps({"path": path, "type": "file"}) + "\n"
 
 
-def _write(directory: Path, snapshot: str, paths: list[str], scan_start_ns: int = 1000) -> None:
+def _write(directory: Path, snapshot: str, blocks: dict[str, list[str]],
+           scan_start_ns: int = SCAN_START, mtime_ns: int = OLD) -> None:
+    """``blocks``: directory -> file names, given in manifest order."""
     writer = StatCacheWriter(directory, snapshot, scan_start_ns)
-    for path in sorted(paths, key=sort_key):
-        writer.add(_record(path))
+    for rel_dir, names in blocks.items():
+        writer.enter_dir(rel_dir)
+        for name in names:
+            path = f"{rel_dir}/{name}" if rel_dir else name
+            writer.add(stat_line(name, (len(name), mtime_ns, 20, 30), _manifest_line(path)))
     writer.commit()
 
 
-def test_reader_finds_records_in_manifest_order(tmp_path: Path) -> None:
-    """Records come back by path when asked in manifest order; absent paths give None."""
-    paths = ["a/b", "a-b", "users/1.json", "users/2.json", "z"]
-    _write(tmp_path, "s1", paths, scan_start_ns=77)
+def _expected(rel_dir: str, name: str, mtime_ns: int = OLD) -> Cached:
+    path = f"{rel_dir}/{name}" if rel_dir else name
+    key = (len(name), mtime_ns, 20, 30)
+    return Cached(key, stat_line(name, key, _manifest_line(path)), _manifest_line(path))
+
+
+def test_reader_vouches_in_manifest_order(tmp_path: Path) -> None:
+    """Blocks are found by directory (gone ones skipped), names by merge-join; absent → None."""
+    _write(tmp_path, "s1", {"": ["a-b", "z"], "a": ["b"], "gone": ["x"],
+                            "users": ["1.json", "2.json"]}, scan_start_ns=SCAN_START)
     reader = StatCacheReader.latest(tmp_path, "s1")
-    assert reader is not None and reader.scan_start_ns == 77
-    assert reader.find("a/b") == _record("a/b")
-    assert reader.find("a/x") is None           # between records: cursor stays usable
-    assert reader.find("a-b") == _record("a-b")
-    assert reader.find("users/2.json") == _record("users/2.json")  # skips users/1.json
-    assert reader.find("zz") is None
+    assert reader is not None and reader.scan_start_ns == SCAN_START
+    reader.enter_dir("")
+    assert reader.vouch(["a-b", "new", "z"]) == [_expected("", "a-b"), None, _expected("", "z")]
+    reader.enter_dir("a")
+    assert reader.vouch(["a", "b"]) == [None, _expected("a", "b")]
+    reader.enter_dir("new-dir")               # between blocks: nothing known, cursor intact
+    assert reader.vouch(["x"]) == [None]
+    reader.enter_dir("users")                 # skips the block of "gone"
+    assert reader.vouch(["2.json"]) == [_expected("users", "2.json")]  # skips 1.json
+    assert reader.vouch(["3.json"]) == [None]
+    reader.enter_dir("zz")
+    assert reader.vouch(["x"]) == [None]
     reader.close()
 
 
-def test_latest_missing_or_corrupt_cache_is_none(tmp_path: Path) -> None:
-    """No cache for the snapshot, no previous snapshot, or a damaged file: read everything."""
+def test_names_needing_quotes_round_trip(tmp_path: Path) -> None:
+    """Names with tabs, newlines or a leading quote survive the tab-separated format."""
+    names = sorted(['"quoted', "new\nline", "tab\there"])
+    _write(tmp_path, "s1", {"": names, "dir\twith tab": ["f"]})
+    reader = StatCacheReader.latest(tmp_path, "s1")
+    assert reader is not None
+    reader.enter_dir("")
+    assert reader.vouch(names) == [_expected("", n) for n in names]
+    reader.enter_dir("dir\twith tab")
+    assert reader.vouch(["f"]) == [_expected("dir\twith tab", "f")]
+    reader.close()
+
+
+def test_latest_missing_corrupt_or_older_format_is_none(tmp_path: Path) -> None:
+    """No cache for the snapshot, no previous snapshot, a damaged file or an older format:
+    everything is read."""
     assert StatCacheReader.latest(tmp_path, "nope") is None
     assert StatCacheReader.latest(tmp_path, None) is None
-    (tmp_path / "bad.jsonl.zst").write_bytes(b"not zstd")
+    (tmp_path / "bad.stat.zst").write_bytes(b"not zstd")
     assert StatCacheReader.latest(tmp_path, "bad") is None
+    (tmp_path / "v2.stat.zst").write_bytes(zstandard.compress(
+        b'{"snapshot":"v2","scan_start_ns":1,"format":2}\n'))
+    assert StatCacheReader.latest(tmp_path, "v2") is None
 
 
 def test_commit_keeps_only_the_newest_and_abort_leaves_nothing(tmp_path: Path) -> None:
-    """A committed cache replaces older ones; an aborted one leaves no file behind."""
-    _write(tmp_path, "s1", ["a"])
-    _write(tmp_path, "s2", ["a"])
+    """A committed cache replaces older ones (older formats too); an aborted one leaves no
+    file behind."""
+    (tmp_path / "s0.jsonl.zst").write_bytes(b"format 2 leftover")
+    _write(tmp_path, "s1", {"": ["a"]})
+    _write(tmp_path, "s2", {"": ["a"]})
     aborted = StatCacheWriter(tmp_path, "s3", 0)
-    aborted.add(_record("a"))
+    aborted.enter_dir("")
     aborted.abort()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s2.jsonl.zst"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s2.stat.zst"]
 
 
-def test_matches_requires_size_mtime_ctime_and_inode(tmp_path: Path) -> None:
-    """A record matches only the very same, unchanged file."""
-    path = tmp_path / "f"
-    path.write_text("hello")
-    st = path.stat()
-    rec = StatRecord("f", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, "x", ())
-    assert rec.matches(st)
-    for changed in ({"size": st.st_size + 1}, {"mtime_ns": st.st_mtime_ns + 1},
-                    {"ctime_ns": st.st_ctime_ns + 1}, {"inode": st.st_ino + 1}):
-        other = dataclasses.replace(rec, **changed)
-        assert not other.matches(st), changed
-
-
-@pytest.mark.parametrize(("age_s", "racy"), [(0.0, True), (1.0, True), (5.0, False)])
-def test_is_racy_mtime_near_previous_scan(tmp_path: Path, age_s: float, racy: bool) -> None:
+@pytest.mark.parametrize(("age_s", "vouched"), [(0.0, False), (1.0, False), (5.0, True)])
+def test_racy_files_are_not_vouched_for(tmp_path: Path, age_s: float, vouched: bool) -> None:
     """A file modified within the racy window of the previous scan's start is re-read."""
-    scan_start = time.time_ns()
-    _write(tmp_path, "s1", ["f"], scan_start_ns=scan_start)
+    mtime = SCAN_START - int(age_s * 1e9)
+    _write(tmp_path, "s1", {"": ["f"]}, mtime_ns=mtime)
     reader = StatCacheReader.latest(tmp_path, "s1")
     assert reader is not None
-    path = tmp_path / "f"
-    path.write_text("x")
-    stamp = scan_start - int(age_s * 1e9)
-    os.utime(path, ns=(stamp, stamp))
-    assert reader.is_racy(path.stat()) is racy
+    reader.enter_dir("")
+    assert (reader.vouch(["f"]) == [_expected("", "f", mtime)]) is vouched
     assert RACY_WINDOW_NS >= 1_000_000_000  # coarse filesystems tick in whole seconds
     reader.close()

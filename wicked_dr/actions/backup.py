@@ -30,6 +30,7 @@ from wicked_dr.sources.volume import VolumeSource
 
 log = get_logger(__name__)
 MAX_ERRORS_RECORDED = 1000
+SNAPSHOT_VERSION = 2  # 2: the manifest comes in directory blocks (docs/format.md section 7)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _snapshot_doc(writer: SnapshotWriter, previous: dict[str, Any] | None,
                   sources: dict[str, Any], started: float) -> dict[str, Any]:
     stats = writer.stats
     return {
-        "version": 1,
+        "version": SNAPSHOT_VERSION,
         "id": writer.snapshot_id,
         "time": _id_time(writer.snapshot_id),
         "end_time": datetime.now(UTC).isoformat(timespec="seconds"),

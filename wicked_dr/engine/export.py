@@ -10,7 +10,7 @@ from typing import IO, Any
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.engine.restore import check_relative
 from wicked_dr.errors import IntegrityError
-from wicked_dr.repository.manifest import Entry, iter_entries
+from wicked_dr.repository.manifest import Entry, depth_first_order, iter_entries
 from wicked_dr.repository.repo import Repository
 
 
@@ -50,7 +50,8 @@ def export_tar(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
     """Write ``snapshot`` as a tar stream to ``out``; return the number of entries."""
     count = 0
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for entry in iter_entries(repo, snapshot):
+        entries = iter_entries(repo, snapshot)
+        for entry in depth_first_order(entries, int(snapshot.get("version", 1))):
             check_relative(entry.path)  # tar members obey the restore path rules
             tar.addfile(_tarinfo(entry), _BlobStream(reader, entry)
                         if entry.type == "file" else None)

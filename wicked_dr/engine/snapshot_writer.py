@@ -10,23 +10,28 @@ and at worst some unreferenced objects, which readers ignore.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import stat as statmod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wicked_dr.log import get_logger
 from wicked_dr.repository.crypto import sha256_hex
-from wicked_dr.repository.index import IndexCache, index_document, parse_index
+from wicked_dr.repository.index import IndexCache, index_document
 from wicked_dr.repository.layout import BLOB_SIZE, MAX_METADATA_OBJECT, object_name
-from wicked_dr.repository.manifest import TREE_CHUNK_ENTRIES, Entry, encode_tree
+from wicked_dr.repository.manifest import TREE_CHUNK_ENTRIES, Entry, encode_entry
 from wicked_dr.repository.packs import PackBuilder, PackRecord
 from wicked_dr.repository.repo import Repository
-from wicked_dr.repository.statcache import StatCacheReader, StatCacheWriter, StatRecord
-from wicked_dr.sources.base import StreamRecord
+from wicked_dr.repository.statcache import (
+    Cached,
+    Key,
+    StatCacheReader,
+    StatCacheWriter,
+    stat_line,
+)
+from wicked_dr.sources.base import FileMeta, StreamRecord
 
 log = get_logger(__name__)
 INDEX_BLOBS_PER_OBJECT = 20_000
@@ -68,20 +73,24 @@ class SnapshotWriter:
         self._pending_index_blobs = 0
         self._staged_packs: list[Path] = []
         self._staged_indexes: list[tuple[str, Path]] = []
-        self._tree_entries: list[Entry] = []
+        self._tree_lines: list[str] = []  # manifest lines of the open tree object
         self._trees: list[str] = []
         self._streams: dict[str, dict[str, Any]] = {}
         self._previous = previous
+        self._vouched: dict[str, Cached] = {}  # by name, in the open directory
+        self._dir_prefix = ""
         self._stat_out = StatCacheWriter(stat_dir, snapshot_id, scan_start_ns)
 
     # --- content -------------------------------------------------------------------------
 
-    def store_small(self, data: bytes) -> tuple[str, tuple[str, ...], int]:
-        """Store content of at most one blob (most of wicked's files); the fast path."""
+    def store_small(self, data: bytes,
+                    sha256: str | None = None) -> tuple[str, tuple[str, ...], int]:
+        """Store content of at most one blob (most of wicked's files); the fast path.
+        ``sha256`` is the content's hash when a scan worker computed it already."""
         self.stats.bytes_read += len(data)
         if not data:
             return EMPTY_SHA256, (), 0
-        blob_id = self._store_blob(data)
+        blob_id = self._store_blob(data, sha256)
         return blob_id, (blob_id,), len(data)
 
     def store(self, chunks: Iterable[bytes]) -> tuple[str, tuple[str, ...], int]:
@@ -96,8 +105,8 @@ class SnapshotWriter:
         self.stats.bytes_read += size
         return whole.hexdigest(), tuple(blobs), size
 
-    def _store_blob(self, data: bytes) -> str:
-        blob_id = sha256_hex(data)
+    def _store_blob(self, data: bytes, blob_id: str | None = None) -> str:
+        blob_id = blob_id or sha256_hex(data)
         if self._packs.is_pending(blob_id) or self._cache.has(blob_id):
             return blob_id
         self._packs.add(blob_id, data)
@@ -127,52 +136,74 @@ class SnapshotWriter:
 
     # --- the sink side: entries ------------------------------------------------------------
 
-    def add_dir(self, rel: str, st: os.stat_result) -> None:
+    def enter_dir(self, rel_dir: str) -> None:
+        """A directory's block starts: position the stat caches."""
+        self._vouched.clear()
+        self._stat_out.enter_dir(rel_dir)
+        self._dir_prefix = f"{rel_dir}/" if rel_dir else ""
+        if self._previous is not None:
+            self._previous.enter_dir(rel_dir)
+
+    def vouched(self, names: Sequence[str]) -> list[Key | None]:
+        """The previous snapshot's keys of these files, where it has them and they are not racy."""
+        if self._previous is None:
+            return [None] * len(names)
+        keys: list[Key | None] = []
+        for name, cached in zip(names, self._previous.vouch(names), strict=True):
+            if cached is None:
+                keys.append(None)
+            else:
+                # The stat cache belongs to the parent snapshot, which exists: its blobs are
+                # referenced, so no correct prune removed them. No per-blob lookup needed.
+                self._vouched[name] = cached
+                keys.append(cached.key)
+        return keys
+
+    def add_unchanged(self, rel: str, meta: FileMeta) -> None:
+        """A file whose stat matches the cache: its cache and manifest lines are reused.
+        Same size, mtime, ctime and inode also means the same mode and owner: chmod and
+        chown change ctime."""
+        cached = self._vouched.pop(rel[len(self._dir_prefix):])
+        self.stats.files += 1
+        self.stats.files_unchanged += 1
+        self.stats.bytes_total += meta.size
+        self._stat_out.add(cached.line)
+        self._add_line(cached.manifest_line)
+
+    def add_dir(self, rel: str, meta: FileMeta) -> None:
         """Record a directory."""
         self.stats.dirs += 1
-        self._add_entry(Entry(rel, "dir", statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                              st.st_mtime_ns))
+        self._add_line(encode_entry(Entry(rel, "dir", statmod.S_IMODE(meta.mode), meta.uid,
+                                          meta.gid, meta.mtime_ns)))
 
-    def add_symlink(self, rel: str, st: os.stat_result, target: str) -> None:
+    def add_symlink(self, rel: str, meta: FileMeta, target: str) -> None:
         """Record a symbolic link (never followed)."""
         self.stats.symlinks += 1
-        self._add_entry(Entry(rel, "symlink", statmod.S_IMODE(st.st_mode), st.st_uid,
-                              st.st_gid, st.st_mtime_ns, target=target))
+        self._add_line(encode_entry(Entry(rel, "symlink", statmod.S_IMODE(meta.mode), meta.uid,
+                                          meta.gid, meta.mtime_ns, target=target)))
 
-    def add_file(self, rel: str, st: os.stat_result,
-                 read: Callable[[], Iterator[bytes]]) -> None:
-        """Record a regular file, reading it only when the stat cache cannot vouch for it."""
-        known = self._unchanged(rel, st)
-        if known is not None:
-            sha, blobs, size = known.sha256, known.blobs, known.size
-            self.stats.files_unchanged += 1
-        elif st.st_size < BLOB_SIZE:
-            sha, blobs, size = self._store_maybe_small(read())
+    def add_file(self, rel: str, meta: FileMeta, chunks: Iterable[bytes],
+                 sha256: str | None = None) -> None:
+        """Record a regular file from its content."""
+        if meta.size < BLOB_SIZE:
+            sha, blobs, size = self._store_maybe_small(iter(chunks), sha256)
         else:
-            sha, blobs, size = self.store(read())
+            sha, blobs, size = self.store(chunks)
         self.stats.files += 1
         self.stats.bytes_total += size
-        self._stat_out.add(StatRecord(rel, size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                                      sha, blobs))
-        self._add_entry(Entry(rel, "file", statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                              st.st_mtime_ns, size, sha, blobs))
+        line = encode_entry(Entry(rel, "file", statmod.S_IMODE(meta.mode), meta.uid, meta.gid,
+                                  meta.mtime_ns, size, sha, blobs))
+        key = (size, meta.mtime_ns, meta.ctime_ns, meta.ino)
+        self._stat_out.add(stat_line(rel[len(self._dir_prefix):], key, line))
+        self._add_line(line)
 
-    def _store_maybe_small(self, chunks: Iterator[bytes]) -> tuple[str, tuple[str, ...], int]:
+    def _store_maybe_small(self, chunks: Iterator[bytes],
+                           sha256: str | None) -> tuple[str, tuple[str, ...], int]:
         first = next(chunks, b"")
         second = next(chunks, None)
         if second is None:
-            return self.store_small(first)
+            return self.store_small(first, sha256)
         return self.store([first, second, *chunks])  # the file grew since its stat
-
-    def _unchanged(self, rel: str, st: os.stat_result) -> StatRecord | None:
-        if self._previous is None:
-            return None
-        record = self._previous.find(rel)
-        if record is None or not record.matches(st) or self._previous.is_racy(st):
-            return None
-        # The stat cache belongs to the parent snapshot, which exists: its blobs are
-        # referenced, so no correct prune removed them. No per-blob lookup needed.
-        return record
 
     def add_error(self, rel: str, error: str) -> None:
         """Count a file that could not be read; the manifest does not claim it."""
@@ -186,26 +217,27 @@ class SnapshotWriter:
         self._streams[name] = {"size": size, "sha256": sha, "blobs": list(blobs)}
         return record
 
-    def _add_entry(self, entry: Entry) -> None:
-        self._tree_entries.append(entry)
-        if len(self._tree_entries) >= TREE_CHUNK_ENTRIES:
+    def _add_line(self, line: str) -> None:
+        self._tree_lines.append(line)
+        if len(self._tree_lines) >= TREE_CHUNK_ENTRIES:
             self._stage_tree()
 
     def _stage_tree(self) -> None:
-        if not self._tree_entries:
+        if not self._tree_lines:
             return
-        plaintext = encode_tree(self._tree_entries)
+        plaintext = "".join(self._tree_lines).encode()
         tree_id = sha256_hex(plaintext)
         path = self._staging / f"tree-{tree_id}"
         path.write_bytes(self.repo.sealer.seal("tree", object_name("tree", tree_id), plaintext))
         self._trees.append(tree_id)
-        self._tree_entries = []
+        self._tree_lines = []
 
     # --- finishing -------------------------------------------------------------------------
 
     def seal(self) -> None:
         """Flush the open pack, index and tree into staging (end of reading)."""
         self._packs.flush()
+        self._packs.close()
         self._stage_index()
         self._stage_tree()
 
@@ -244,10 +276,11 @@ class SnapshotWriter:
             name = object_name("index", index_id)
             plaintext = self.repo.sealer.open("index", name, path.read_bytes(),
                                               max_size=MAX_METADATA_OBJECT)
-            self._cache.add_index(index_id, parse_index(index_id, plaintext))
+            self._cache.add_index(index_id, plaintext)
 
     def abort(self) -> None:
         """Drop everything staged; the repository is untouched."""
+        self._packs.close()
         self._stat_out.abort()
         self.cleanup()
 

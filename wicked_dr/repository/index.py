@@ -93,21 +93,20 @@ class IndexCache:
             self._db.executescript("DELETE FROM blobs; DELETE FROM packs; DELETE FROM loaded;")
             loaded = set()
         for index_id in sorted(stored - loaded):
-            self._load(index_id, read_index(repo, index_id))
+            self.add_index(index_id, repo.load("index", index_id))
         self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
 
-    def _load(self, index_id: str, packs: list[PackRecord]) -> None:
+    def add_index(self, index_id: str, plaintext: bytes) -> None:
+        """Record an index object (its plaintext), e.g. one this process just wrote."""
+        packs, blobs = _index_rows(index_id, plaintext)
+        # Sorted by blob id, the inserts walk the B-tree left to right instead of at random
+        # pages: about twice as fast for a backup's ~100 k new blobs.
+        blobs.sort()
         with self._transaction():
-            for pack in packs:
-                self._add_pack(index_id, pack)
+            self._db.executemany("INSERT OR IGNORE INTO packs VALUES (?,?,?,?)", packs)
+            self._db.executemany("INSERT OR IGNORE INTO blobs VALUES (?,?,?,?)", blobs)
             self._db.execute("INSERT OR IGNORE INTO loaded VALUES (?)", (index_id,))
-
-    def _add_pack(self, index_id: str, pack: PackRecord) -> None:
-        self._db.execute("INSERT OR IGNORE INTO packs VALUES (?,?,?,?)",
-                         (pack.pack_id, pack.raw_size, pack.stored_size, index_id))
-        self._db.executemany(
-            "INSERT OR IGNORE INTO blobs VALUES (?,?,?,?)",
-            ((bytes.fromhex(b.blob_id), pack.pack_id, b.offset, b.length) for b in pack.blobs))
+        self._empty = self._empty and not blobs
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -155,10 +154,6 @@ class IndexCache:
         row = self._db.execute("SELECT raw_size FROM packs WHERE id=?", (pack_id,)).fetchone()
         return int(row[0]) if row else None
 
-    def add_index(self, index_id: str, packs: list[PackRecord]) -> None:
-        """Record an index object this process just wrote."""
-        self._load(index_id, packs)
-        self._empty = False
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -182,6 +177,24 @@ def parse_index(index_id: str, plaintext: bytes) -> list[PackRecord]:
         return [PackRecord.from_json(p) for p in json.loads(plaintext)["packs"]]
     except (KeyError, TypeError, ValueError, IndexError):
         raise IntegrityError(f"index object {index_id} is malformed") from None
+
+
+def _index_rows(index_id: str, plaintext: bytes,
+                ) -> tuple[list[tuple[str, int, int, str]], list[tuple[bytes, str, int, int]]]:
+    """The rows of the ``packs`` and ``blobs`` tables for one index object.
+
+    Straight from the JSON, without PackRecord objects: this runs for every blob a backup
+    writes and every blob of a repository whose cache is rebuilt."""
+    packs: list[tuple[str, int, int, str]] = []
+    blobs: list[tuple[bytes, str, int, int]] = []
+    try:
+        for pack in json.loads(plaintext)["packs"]:
+            pack_id = str(pack["id"])
+            packs.append((pack_id, int(pack["raw_size"]), int(pack["stored_size"]), index_id))
+            blobs.extend((bytes.fromhex(b), pack_id, int(o), int(n)) for b, o, n in pack["blobs"])
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise IntegrityError(f"index object {index_id} is malformed") from None
+    return packs, blobs
 
 
 def index_document(packs: list[PackRecord]) -> bytes:

@@ -132,8 +132,9 @@ def acquire(repo: Repository, *, exclusive: bool, operation: str, wait_s: float,
             what = blockers[0].describe() if blockers else "a concurrent holder"
             raise LockedError(f"repository {repo.url} is locked: {what}; retry later or "
                               "pass --lock-wait")
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())) + secrets.randbelow(100)
-                   / 1000)
+        # Full jitter: two contenders that both withdrew retry at clearly different times.
+        pause = delay * (0.5 + secrets.randbelow(1000) / 1000)
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic()) + 0.05))
         delay = min(delay * 2, 5.0)
 
 

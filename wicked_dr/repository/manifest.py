@@ -1,14 +1,16 @@
 """Snapshot manifests: sorted file entries in chunked ``tree`` objects, and the snapshot object.
 
-Entries are sorted by their path components (the order of a depth-first walk with names
-sorted per directory), which lets a backup merge-join the new walk with the previous
-snapshot without holding either in memory.
+Entries come one directory block at a time (a directory's direct children, names ascending;
+blocks in ascending order of their directory's path components, the root's first), which
+lets a backup scan a directory in parallel batches and merge-join it with the previous
+snapshot's stat cache without holding either in memory.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,20 +63,49 @@ def implied_blobs(size: int, sha256: str | None) -> tuple[str, ...]:
     return (sha256,)
 
 
-def sort_key(path: str) -> tuple[str, ...]:
-    """The manifest order: by path components."""
-    return tuple(path.split("/"))
+def dir_key(rel_dir: str) -> tuple[str, ...]:
+    """The order of directory blocks: by path components, the root (``""``) first."""
+    return tuple(rel_dir.split("/")) if rel_dir else ()
+
+
+def sort_key(path: str) -> tuple[tuple[str, ...], str]:
+    """The manifest order (snapshot version 2): by directory block, then by name."""
+    parent, _, name = path.rpartition("/")
+    return (dir_key(parent), name)
+
+
+def depth_first_order(entries: Iterable[Entry], snapshot_version: int) -> Iterator[Entry]:
+    """The entries with each directory's own entry moved to just before its block, so that a
+    directory's whole subtree follows it without interruption (what ``tar -x`` expects to
+    restore directory times). Version 1 snapshots are in that order already."""
+    if snapshot_version < 2:
+        yield from entries
+        return
+    held: list[tuple[tuple[str, ...], Entry]] = []  # directories whose block is still ahead
+    block: str | None = None
+    for entry in entries:
+        parent = entry.path.rpartition("/")[0]
+        if parent != block:
+            block, here = parent, dir_key(parent)
+            while held and held[0][0] <= here:  # this block's directory, or empty ones passed
+                yield heapq.heappop(held)[1]
+        if entry.type == "dir":
+            heapq.heappush(held, (dir_key(entry.path), entry))
+        else:
+            yield entry
+    while held:
+        yield heapq.heappop(held)[1]
 
 
 def encode_tree(entries: list[Entry]) -> bytes:
     """A tree object's plaintext: one JSON entry per line."""
-    return "".join(_encode_entry(e) for e in entries).encode()
+    return "".join(encode_entry(e) for e in entries).encode()
 
 
 _quote = json.encoder.encode_basestring_ascii
 
 
-def _encode_entry(e: Entry) -> str:
+def encode_entry(e: Entry) -> str:
     """One entry as a JSON line; hand-formatted because a snapshot has ~100 k of them."""
     head = (f'{{"path":{_quote(e.path)},"type":"{e.type}","mode":{e.mode},"uid":{e.uid},'
             f'"gid":{e.gid},"mtime_ns":{e.mtime_ns}')

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +58,13 @@ class PackRecord:
 
 
 class PackBuilder:
-    """Accumulates blobs and seals a pack into a staging file when it is full."""
+    """Accumulates blobs; a full pack is sealed (compressed, encrypted, written to staging)
+    by a background thread while the caller goes on reading files.
+
+    zstd, AES-GCM, SHA-256 and file writes release the GIL, so sealing runs on another core.
+    At most one pack waits for the sealer, so memory holds about three packs at most.
+    ``on_pack`` always runs in the caller's thread, in pack order.
+    """
 
     def __init__(self, sealer: Sealer, staging: Path, target_size: int,
                  on_pack: Callable[[PackRecord, Path], None]) -> None:
@@ -66,35 +74,91 @@ class PackBuilder:
         self._on_pack = on_pack
         self._chunks: list[bytes] = []
         self._blobs: list[BlobLocation] = []
-        self._pending: set[str] = set()
+        self._pending: set[str] = set()  # added, not yet reported through on_pack
         self._size = 0
+        self._todo: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
+        self._done: queue.Queue[_Sealed | BaseException] = queue.Queue()
+        self._in_flight = 0
+        self._thread: threading.Thread | None = None
 
     def is_pending(self, blob_id: str) -> bool:
-        """Whether ``blob_id`` was added but not yet sealed into a pack."""
+        """Whether ``blob_id`` was added but its pack is not reported yet."""
         return blob_id in self._pending
 
     def add(self, blob_id: str, data: bytes) -> None:
-        """Append a blob; seal the pack once it reaches the target size."""
+        """Append a blob; hand the pack to the sealer once it reaches the target size."""
         self._pending.add(blob_id)
         self._blobs.append(BlobLocation(blob_id, self._size, len(data)))
         self._chunks.append(data)
         self._size += len(data)
         if self._size >= self._target:
-            self.flush()
+            self._submit()
+            self._report(block=False)
 
     def flush(self) -> None:
-        """Seal whatever is pending into a pack (nothing when empty)."""
+        """Seal whatever is pending and wait until every pack is reported."""
+        self._submit()
+        while self._in_flight:
+            self._report(block=True)
+
+    def close(self) -> None:
+        """Stop the sealer thread (after ``flush``, or to abandon the run)."""
+        if self._thread is not None:
+            self._todo.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _submit(self) -> None:
         if not self._blobs:
             return
-        plaintext = encode_pack(self._blobs, self._chunks)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._seal_loop, name="pack-sealer",
+                                            daemon=True)
+            self._thread.start()
+        job = _Job(tuple(self._blobs), self._chunks)
+        self._chunks, self._blobs, self._size = [], [], 0
+        self._in_flight += 1
+        self._todo.put(job)
+
+    def _report(self, *, block: bool) -> None:
+        while self._in_flight:
+            try:
+                sealed = self._done.get(block=block)
+            except queue.Empty:
+                return
+            self._in_flight -= 1
+            if isinstance(sealed, BaseException):
+                raise sealed
+            self._on_pack(sealed.record, sealed.path)
+            self._pending.difference_update(b.blob_id for b in sealed.record.blobs)
+            block = False
+
+    def _seal_loop(self) -> None:
+        while (job := self._todo.get()) is not None:
+            try:
+                self._done.put(self._seal(job))
+            except BaseException as exc:  # re-raised in the caller's thread
+                self._done.put(exc)
+
+    def _seal(self, job: _Job) -> _Sealed:
+        plaintext = encode_pack(list(job.blobs), job.chunks)
         pack_id = hashlib.sha256(plaintext).hexdigest()
         envelope = self._sealer.seal("data", object_name("data", pack_id), plaintext)
         path = self._staging / pack_id
         path.write_bytes(envelope)
-        record = PackRecord(pack_id, len(plaintext), len(envelope), tuple(self._blobs))
-        self._chunks, self._blobs, self._size = [], [], 0
-        self._pending = set()
-        self._on_pack(record, path)
+        return _Sealed(PackRecord(pack_id, len(plaintext), len(envelope), job.blobs), path)
+
+
+@dataclass(frozen=True)
+class _Job:
+    blobs: tuple[BlobLocation, ...]
+    chunks: list[bytes]
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    record: PackRecord
+    path: Path
 
 
 def encode_pack(blobs: list[BlobLocation], chunks: list[bytes]) -> bytes:

@@ -1,10 +1,21 @@
 """The local stat cache: what each file looked like at the previous snapshot.
 
-An unchanged file then costs one ``stat``. The cache is a zstd-compressed JSON-lines file per
-snapshot under ``state_dir/cache/<repo-id>/stat/``, sorted like the manifest, read by a cursor
-that only moves forward (a merge-join, so memory does not grow with the volume).
+An unchanged file then costs one ``lstat`` (in a scan worker) and no parsing here: the cache
+line holds the file's manifest line, which is reused as it is. The cache is a zstd-compressed
+text file per snapshot under ``state_dir/cache/<repo-id>/stat/``, in manifest order, read by
+a cursor that only moves forward (a merge-join, so memory does not grow with the volume).
+
+Format 3, after a JSON header line::
+
+    /<directory>                                  the block of that directory's children
+    <name> TAB size TAB mtime_ns TAB ctime_ns TAB inode TAB <manifest line of the file>
+
+Blocks come in ascending order of their directory's path components (``/`` alone is the
+root), names ascending within a block. Names and directories are JSON-quoted only when they
+start with a quote or hold a tab, newline or carriage return.
+
 Racy timestamps (git's rule): a file whose mtime is not safely older than the previous scan's
-start may have changed within the same timestamp tick, so it is re-read.
+start may have changed within the same timestamp tick, so it is not vouched for.
 """
 
 from __future__ import annotations
@@ -12,73 +23,84 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import zstandard
 
-from wicked_dr.repository.manifest import sort_key
+from wicked_dr.repository.manifest import dir_key
 
+FORMAT = 3
+Key = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+
+
+class Cached(NamedTuple):
+    """A file as the previous snapshot saw it."""
+
+    key: Key
+    line: str  # its whole cache line, reused verbatim while the file is unchanged
+    manifest_line: str  # its manifest line, likewise
 _quote = json.encoder.encode_basestring_ascii
-
-
-def _field_path(path: str) -> str:
-    """The path as a tab-separated field: JSON-quoted only when it needs to be."""
-    if path.startswith('"') or "\t" in path or "\n" in path or "\r" in path:
-        return str(_quote(path))
-    return path
 
 # Filesystem timestamps can be coarse (ext4 without nanoseconds, overlayfs, NFS): treat
 # anything modified within this much of the previous scan's start as racy.
 RACY_WINDOW_NS = 2_000_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class StatRecord:
-    """A file's identity at the previous snapshot and its content address."""
+def _field(text: str) -> str:
+    """A name or directory as a field: JSON-quoted only when it needs to be."""
+    if text.startswith('"') or "\t" in text or "\n" in text or "\r" in text:
+        return str(_quote(text))
+    return text
 
-    path: str
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    inode: int
-    sha256: str
-    blobs: tuple[str, ...]
 
-    def matches(self, st: os.stat_result) -> bool:
-        """Whether ``st`` shows the same file, unchanged."""
-        return (st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
-                and st.st_ctime_ns == self.ctime_ns and st.st_ino == self.inode)
+def _unfield(field: str) -> str:
+    return str(json.loads(field)) if field.startswith('"') else field
+
+
+def stat_line(name: str, key: Key, manifest_line: str) -> str:
+    """The cache line of one file (``manifest_line`` ends with a newline)."""
+    size, mtime_ns, ctime_ns, inode = key
+    return f"{_field(name)}\t{size}\t{mtime_ns}\t{ctime_ns}\t{inode}\t{manifest_line}"
 
 
 class StatCacheWriter:
-    """Streams the stat records of the snapshot being written."""
+    """Streams the stat lines of the snapshot being written."""
 
     def __init__(self, directory: Path, snapshot_id: str, scan_start_ns: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self._final = directory / f"{snapshot_id}.jsonl.zst"
+        self._final = directory / f"{snapshot_id}.stat.zst"
         self._tmp = directory / f".{snapshot_id}.tmp"
         self._raw = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._out: IO[bytes] = zstandard.ZstdCompressor(level=1).stream_writer(self._raw)
-        self._write({"snapshot": snapshot_id, "scan_start_ns": scan_start_ns, "format": 2})
+        header = {"snapshot": snapshot_id, "scan_start_ns": scan_start_ns, "format": FORMAT}
+        self._lines: list[str] = [json.dumps(header, separators=(",", ":")) + "\n"]
 
-    def _write(self, doc: object) -> None:
-        self._out.write(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+    def enter_dir(self, rel_dir: str) -> None:
+        self._add("/" + _field(rel_dir) + "\n")
 
-    def add(self, rec: StatRecord) -> None:
-        # Tab-separated, 100 k lines per run: much cheaper than JSON to write and to parse.
-        self._out.write(f"{_field_path(rec.path)}\t{rec.size}\t{rec.mtime_ns}\t{rec.ctime_ns}\t"
-                        f"{rec.inode}\t{rec.sha256}\t{','.join(rec.blobs)}\n".encode())
+    def add(self, line: str) -> None:
+        """A line made by ``stat_line`` (or reused from the previous cache)."""
+        self._add(line)
+
+    def _add(self, line: str) -> None:
+        self._lines.append(line)
+        if len(self._lines) >= 4096:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._out.write("".join(self._lines).encode())
+        self._lines = []
 
     def commit(self) -> None:
         """Make the cache usable by the next backup (only after the snapshot exists)."""
+        self._flush()
         self._out.close()
         os.replace(self._tmp, self._final)
-        for old in self._final.parent.glob("*.jsonl.zst"):
-            if old != self._final:
-                old.unlink(missing_ok=True)
+        for old in self._final.parent.iterdir():
+            if old != self._final and not old.name.startswith("."):
+                old.unlink(missing_ok=True)  # older snapshots' caches, older formats too
 
     def abort(self) -> None:
         self._out.close()
@@ -86,55 +108,67 @@ class StatCacheWriter:
 
 
 class StatCacheReader:
-    """A forward-only cursor over a previous snapshot's stat records."""
+    """A forward-only cursor over a previous snapshot's stat lines."""
 
     def __init__(self, path: Path) -> None:
         self._stream = io.TextIOWrapper(
             zstandard.ZstdDecompressor().stream_reader(open(path, "rb")),  # noqa: SIM115
-            encoding="utf-8")
+            encoding="utf-8", newline="\n")
         header = json.loads(self._stream.readline())
-        if header.get("format") != 2:
-            raise ValueError("stat cache of an older wicked-dr: not used")
+        if header.get("format") != FORMAT:
+            raise ValueError("stat cache of another wicked-dr version: not used")
         self.snapshot_id: str = header["snapshot"]
         self.scan_start_ns: int = header["scan_start_ns"]
-        self._records = self._iter()
-        self._current: StatRecord | None = next(self._records, None)
+        self._line = self._stream.readline()  # the line under the cursor ("" at the end)
+        self._in_block = False
 
     @classmethod
     def latest(cls, directory: Path, snapshot_id: str | None) -> StatCacheReader | None:
         """The cache of ``snapshot_id`` if this machine has it."""
         if snapshot_id is None:
             return None
-        path = directory / f"{snapshot_id}.jsonl.zst"
         try:
-            return cls(path)
+            return cls(directory / f"{snapshot_id}.stat.zst")
         except (OSError, ValueError, KeyError, zstandard.ZstdError):
             return None
 
-    def _iter(self) -> Iterator[StatRecord]:
-        for line in self._stream:
-            p, size, mtime, ctime, ino, sha, blobs = line.rstrip("\n").split("\t")
-            yield StatRecord(json.loads(p) if p.startswith('"') else p, int(size), int(mtime),
-                             int(ctime), int(ino), sha, tuple(blobs.split(",")) if blobs else ())
+    def enter_dir(self, rel_dir: str) -> None:
+        """Move to the block of ``rel_dir`` (blocks of directories that are gone are skipped)."""
+        wanted = dir_key(rel_dir)
+        self._in_block = False
+        while self._line:
+            if self._line.startswith("/"):
+                here = dir_key(_unfield(self._line[1:-1]))
+                if here == wanted:
+                    self._line = self._stream.readline()
+                    self._in_block = True
+                    return
+                if here > wanted:
+                    return
+            self._line = self._stream.readline()
 
-    def find(self, path: str) -> StatRecord | None:
-        """The record for ``path``; callers ask in manifest order."""
-        current = self._current
-        if current is None or current.path != path:
-            key = sort_key(path)
-            while current is not None and sort_key(current.path) < key:
-                current = next(self._records, None)
-            self._current = current
-            if current is None or current.path != path:
+    def vouch(self, names: Sequence[str]) -> list[Cached | None]:
+        """Per name (ascending, across calls within one block): what the cache knows."""
+        racy_from = self.scan_start_ns - RACY_WINDOW_NS
+        return [self._find(name, racy_from) for name in names]
+
+    def _find(self, name: str, racy_from: int) -> Cached | None:
+        while self._in_block and self._line:
+            if self._line.startswith("/"):
+                self._in_block = False
                 return None
-        # Paths are unique and ascending: step past the match, so the next lookup of a walk
-        # that runs in step with the cache is one string comparison.
-        self._current = next(self._records, None)
-        return current
-
-    def is_racy(self, st: os.stat_result) -> bool:
-        """Whether the file changed too close to the previous scan to trust its stat."""
-        return st.st_mtime_ns >= self.scan_start_ns - RACY_WINDOW_NS
+            fields = self._line.split("\t", 5)
+            here = _unfield(fields[0])
+            if here < name:
+                self._line = self._stream.readline()
+                continue
+            if here > name:
+                return None
+            line, self._line = self._line, self._stream.readline()
+            key = (int(fields[1]), int(fields[2]), int(fields[3]), int(fields[4]))
+            # A file changed within the timestamp tick of the last scan may look unchanged.
+            return None if key[1] >= racy_from else Cached(key, line, fields[5])
+        return None
 
     def close(self) -> None:
         self._stream.close()

@@ -83,7 +83,7 @@ def detect_schema(conn: psycopg.Connection[tuple[object, ...]]) -> KongSchema:
             raise SourceError(
                 f"Kong database {database!r} has no table {needed}: the oauth2 plugin's "
                 "migrations have not run there (kong migrations up)")
-    columns = _token_columns(conn)
+    columns = table_columns(conn, TOKENS)
     generation = _generation(conn, {c.name for c in columns})
     _require_tables(database, generation, tables, {c.name for c in columns})
     return KongSchema(generation=generation, token_columns=columns, tables=frozenset(tables))
@@ -102,11 +102,13 @@ def _present_tables(conn: psycopg.Connection[tuple[object, ...]]) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
-def _token_columns(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[Column, ...]:
+def table_columns(conn: psycopg.Connection[tuple[object, ...]],
+                  table: str) -> tuple[Column, ...]:
+    """``table``'s columns in catalog order (empty when there is no such table)."""
     rows = conn.execute(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
-        "ORDER BY a.attnum", (TOKENS,)).fetchall()
+        "WHERE a.attrelid = to_regclass(quote_ident(%s)) AND a.attnum > 0 "
+        "AND NOT a.attisdropped ORDER BY a.attnum", (table,)).fetchall()
     return tuple(Column(str(name), str(typ)) for name, typ in rows)
 
 

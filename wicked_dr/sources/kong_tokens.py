@@ -1,49 +1,72 @@
 """Kong's OAuth2 tokens: stream them into a snapshot, and re-attach them after a rebuild.
 
-Backup reads every unexpired token in one REPEATABLE READ, READ ONLY transaction with
-``COPY (SELECT ...) TO STDOUT`` and hands the bytes to the sink as they arrive (no temporary
-file, memory flat). Rows are counted from the newlines as they stream (no second pass over
-the join) and the count goes into a trailer after COPY's end-of-data marker. Each row
-carries what re-attaching needs: the ``client_id`` of its credential, the ``name`` of its
-service (and, on 0.x, of its API) and, on 0.x, the expiry from the ``ttls`` table.
+Backup reads, in one REPEATABLE READ, READ ONLY transaction, the unexpired tokens with a plain
+``COPY (SELECT ... FROM oauth2_tokens) TO STDOUT`` (no join), then the small tables that
+re-attaching needs as further COPY sections: credentials (id -> client_id), services and APIs
+(id -> name) and, on 0.x, the unexpired ``ttls`` rows of the tokens (id -> expiry). The bytes go
+to the sink as they arrive (no temporary file, memory flat); rows are counted from the
+newlines as they stream and the counts go into a trailer. Joining on the server cost more than
+the whole ``pg_dump`` of the table (a hash join of every token with ``ttls`` on ``id::text``);
+restore joins instead, where it is a small part of the work.
 
 Restore runs after the Kong Adapter has rebuilt consumers, credentials and services with new
-UUIDs: it stages the stream in a temporary table (COPY FROM STDIN), remaps ``credential_id``
-by ``client_id`` and ``service_id`` by service name, and inserts what is missing with one
-INSERT ... SELECT, all in one transaction. The stream format is described in
-docs/format-kong-tokens.md.
+UUIDs: it stages each section in a temporary table (COPY FROM STDIN), joins them back into
+one row per token, remaps ``credential_id`` by ``client_id`` and ``service_id`` by service
+name, and inserts what is missing with one INSERT ... SELECT, all in one transaction. The
+stream format is described in docs/format-kong-tokens.md.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import selectors
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from itertools import chain
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.rows import TupleRow
 
 from wicked_dr.config import KongTokensConfig
 from wicked_dr.errors import DatabaseError, IntegrityError, SourceError
 from wicked_dr.log import REDACTOR, get_logger
 from wicked_dr.sources.base import SnapshotSink
-from wicked_dr.sources.kong_schema import SAFE_TYPE, Column, KongSchema, detect_schema
+from wicked_dr.sources.kong_schema import (
+    SAFE_TYPE,
+    Column,
+    KongSchema,
+    detect_schema,
+    table_columns,
+)
 
 log = get_logger(__name__)
 
 STREAM_NAME = "kong_tokens"
 FORMAT = "wicked-dr/kong-tokens"
-VERSION = 2
-# Version 1 carried the row count in the header (it cost a second pass over the join).
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+# Version 1 carried the row count in the header (it cost a second pass over the join);
+# version 2 held one joined COPY section; version 3 holds the tables unjoined.
+READABLE_VERSIONS = (1, 2, 3)
 # COPY text's end-of-data marker: no data line can equal it (a backslash is escaped as \\).
 END_OF_DATA = b"\\.\n"
-# Columns the export adds after the token's own columns.
+# The sections of a version 3 stream, and the columns restore joins on in each.
+TOKENS = "oauth2_tokens"
+CREDENTIALS = "oauth2_credentials"
+SERVICES = "services"
+APIS = "apis"
+TTLS = "ttls"
+SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    TOKENS: ("id", "access_token", "credential_id"),
+    CREDENTIALS: ("id", "client_id"),
+    SERVICES: ("id", "name"),
+    APIS: ("id", "name"),
+    TTLS: ("primary_key_value", "expire_at"),
+}
+# Columns a token has once restore joined the sections (version 2 streamed them joined).
 CLIENT_ID = Column("x_client_id", "text")
 SERVICE_NAME = Column("x_service_name", "text")
 API_NAME = Column("x_api_name", "text")
@@ -52,14 +75,27 @@ TTLS_EXPIRE_AT = Column("x_ttls_expire_at", "timestamp without time zone")
 CHUNK_BYTES = 1 << 20
 _MAX_HEADER_BYTES = 1 << 20
 _MAX_TRAILER_BYTES = 1 << 16
-# The export joins every token to its ttls row (0.x); with the default 4 MB work_mem that hash
-# join spills to disk in 16 batches. This is per session, for one statement.
-_EXPORT_WORK_MEM = "64MB"
+# ttls.primary_key_value is text; only the canonical form of a uuid can equal a token's
+# id::text, and only such a value is cast (a cast of anything else would fail the export).
+_UUID_TEXT = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 _BACKUP_APP = "wicked-dr kong_tokens backup"
 _RESTORE_APP = "wicked-dr kong_tokens restore"
 
 Conn = psycopg.Connection[TupleRow]
+
+
+@dataclass(frozen=True)
+class Section:
+    """One COPY section of a version 3 stream: some columns of one table."""
+
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Column names in stream order."""
+        return tuple(c.name for c in self.columns)
 
 
 # --- backup ------------------------------------------------------------------------------
@@ -84,10 +120,10 @@ class KongTokensSource:
             conn.read_only = True
             with conn.transaction():
                 schema = detect_schema(conn)
-                conn.execute("SELECT set_config('work_mem', %s, true)", (_EXPORT_WORK_MEM,))
-                header = _export_header(conn, schema)
-                query = _export_query(schema)
-                record = sink.add_stream(STREAM_NAME, _export_chunks(conn, header, query,
+                expired, server_time = _expired_and_now(conn, schema)
+                plan = export_plan(conn, schema, expired=expired)
+                header = _export_header(schema, plan, expired, server_time)
+                record = sink.add_stream(STREAM_NAME, _export_chunks(conn, header, plan,
                                                                      counter))
         except psycopg.Error as exc:
             raise SourceError(f"exporting Kong tokens failed: {_one_line(exc)}") from None
@@ -96,9 +132,9 @@ class KongTokensSource:
         if not counter.complete:
             raise SourceError("the token export stopped before its end; the snapshot must "
                               "not be used")
-        log.info("kong_tokens.backup.done", generation=schema.generation,
-                 exported=counter.rows, skipped_expired=header["skipped_expired"],
-                 size=record.size)
+        exported = counter.rows[TOKENS]
+        log.info("kong_tokens.backup.done", generation=schema.generation, exported=exported,
+                 skipped_expired=expired, size=record.size)
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -106,21 +142,22 @@ class KongTokensSource:
             "size": record.size,
             "sha256": record.sha256,
             "generation": schema.generation,
-            "columns": [c["name"] for c in header["columns"]],
-            "exported": counter.rows,
-            "skipped_expired": header["skipped_expired"],
-            "server_time": header["server_time"],
+            "columns": [c.name for c in _joined_columns([s for s, _ in plan])],
+            "sections": dict(counter.rows),
+            "exported": exported,
+            "skipped_expired": expired,
+            "server_time": server_time.isoformat(),
         }
 
 
 @dataclass
 class _RowCounter:
-    rows: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
     complete: bool = False
 
 
 def _expired_condition(schema: KongSchema) -> sql.Composable:
-    """SQL that is true for an expired token (never NULL)."""
+    """SQL that is true for an expired token (never NULL); ``x`` is its ttls row on 0.x."""
     if schema.uses_ttls_table:
         # 0.x writes expire_at as UTC wall time into a column without time zone.
         return sql.SQL("(x.expire_at IS NOT NULL AND x.expire_at <= (now() AT TIME ZONE 'UTC'))")
@@ -129,70 +166,99 @@ def _expired_condition(schema: KongSchema) -> sql.Composable:
     return sql.SQL("false")
 
 
-def _ttls_join(schema: KongSchema) -> sql.Composable:
-    if not schema.uses_ttls_table:
-        return sql.SQL("")
-    return sql.SQL(" LEFT JOIN ttls x ON x.primary_key_value = t.id::text"
-                   " AND x.table_name = 'oauth2_tokens'")
+def _expired_ttls_of_token(schema: KongSchema) -> sql.Composable:
+    """``x`` ranges over the expired ttls rows of token ``t``. The key is compared as a uuid
+    (the tokens' primary key index, or a hash on uuids) instead of as ``t.id::text``, which
+    made PostgreSQL hash every token's id as text."""
+    return sql.SQL(
+        "SELECT 1 FROM ttls x WHERE x.table_name = 'oauth2_tokens' AND {expired} AND "
+        "t.id = CASE WHEN x.primary_key_value ~ {pattern} THEN x.primary_key_value::uuid END"
+    ).format(expired=_expired_condition(schema), pattern=sql.Literal(_UUID_TEXT))
 
 
-def _export_columns(schema: KongSchema) -> list[Column]:
-    columns = [*schema.token_columns, CLIENT_ID]
-    if schema.has("service_id"):
-        columns.append(SERVICE_NAME)
-    if schema.has("api_id"):
-        columns.append(API_NAME)
+def _expired_and_now(conn: Conn, schema: KongSchema) -> tuple[int, datetime]:
+    """Expired tokens and the server time, from the snapshot the COPY sections will read.
+
+    On 0.x only the expired ttls rows are read (Kong deletes them every 60 s, so they are
+    few), each probing the tokens' primary key."""
     if schema.uses_ttls_table:
-        columns.append(TTLS_EXPIRE_AT)
-    return columns
-
-
-def _export_query(schema: KongSchema) -> sql.Composed:
-    """``COPY (SELECT tokens + client_id + service name ...) TO STDOUT`` for unexpired rows."""
-    fields: list[sql.Composable] = [sql.SQL("t.{}").format(sql.Identifier(c))
-                                    for c in schema.column_names]
-    fields.append(sql.SQL("c.client_id"))
-    joins: list[sql.Composable] = [
-        sql.SQL(" LEFT JOIN oauth2_credentials c ON c.id = t.credential_id")]
-    if schema.has("service_id"):
-        fields.append(sql.SQL("s.name"))
-        joins.append(sql.SQL(" LEFT JOIN services s ON s.id = t.service_id"))
-    if schema.has("api_id"):
-        fields.append(sql.SQL("a.name"))
-        joins.append(sql.SQL(" LEFT JOIN apis a ON a.id = t.api_id"))
-    if schema.uses_ttls_table:
-        fields.append(sql.SQL("x.expire_at"))
-        joins.append(_ttls_join(schema))
-    return sql.SQL("COPY (SELECT {} FROM oauth2_tokens t{} WHERE NOT {}) TO STDOUT").format(
-        sql.SQL(", ").join(fields), sql.Composed(joins), _expired_condition(schema))
-
-
-def _expired_count_query(schema: KongSchema) -> sql.Composable:
-    """Count the expired tokens without the full join: they are few (Kong deletes them every
-    60 s), so only the expired side is joined; the exported rows are counted as they stream."""
-    if schema.uses_ttls_table:
-        return sql.SQL(
+        count = sql.SQL(
             "SELECT count(*) FROM ttls x WHERE x.table_name = 'oauth2_tokens' AND {} AND "
-            "EXISTS (SELECT 1 FROM oauth2_tokens t WHERE t.id::text = x.primary_key_value)"
-        ).format(_expired_condition(schema))
-    return sql.SQL("SELECT count(*) FROM oauth2_tokens t WHERE {}").format(
-        _expired_condition(schema))
-
-
-def _export_header(conn: Conn, schema: KongSchema) -> dict[str, Any]:
-    """Expired count and server time from the same snapshot the COPY will read."""
-    row = conn.execute(sql.SQL("SELECT ({}), now()").format(
-        _expired_count_query(schema))).fetchone()
+            "EXISTS (SELECT 1 FROM oauth2_tokens t WHERE t.id = CASE WHEN "
+            "x.primary_key_value ~ {} THEN x.primary_key_value::uuid END)"
+        ).format(_expired_condition(schema), sql.Literal(_UUID_TEXT))
+    else:
+        count = sql.SQL("SELECT count(*) FROM oauth2_tokens t WHERE {}").format(
+            _expired_condition(schema))
+    row = conn.execute(sql.SQL("SELECT ({}), now()").format(count)).fetchone()
     assert row is not None  # a SELECT without FROM always returns one row
     expired, server_time = row
     assert isinstance(server_time, datetime)
+    return int(str(expired)), server_time
+
+
+def _token_filter(schema: KongSchema, expired: int) -> sql.Composable:
+    """The WHERE clause that leaves out expired tokens; none at all when there are none (the
+    count ran on the same snapshot at the same ``now()``)."""
+    if expired == 0:
+        return sql.SQL("")
+    if schema.uses_ttls_table:
+        return sql.SQL(" WHERE NOT EXISTS ({})").format(_expired_ttls_of_token(schema))
+    return sql.SQL(" WHERE NOT {}").format(_expired_condition(schema))
+
+
+def _select(columns: Iterable[Column], table: str, alias: str,
+            rest: sql.Composable | None = None) -> sql.Composed:
+    fields = sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias),
+                                                       sql.Identifier(c.name))
+                                for c in columns)
+    return sql.SQL("COPY (SELECT {} FROM {} {}{}) TO STDOUT").format(
+        fields, sql.Identifier(table), sql.Identifier(alias), rest or sql.SQL(""))
+
+
+def _lookup_section(conn: Conn, table: str) -> Section:
+    """The key columns of a lookup table, typed as the catalog has them."""
+    by_name = {c.name: c for c in table_columns(conn, table)}
+    missing = [n for n in SECTION_KEYS[table] if n not in by_name]
+    if missing:
+        raise SourceError(f"Kong's table {table} has no column {', '.join(missing)}; its "
+                          "migrations are incomplete (kong migrations up)")
+    return Section(table, tuple(by_name[n] for n in SECTION_KEYS[table]))
+
+
+def export_plan(conn: Conn, schema: KongSchema, *,
+                expired: int) -> list[tuple[Section, sql.Composed]]:
+    """The stream's sections and the COPY statement of each, tokens first."""
+    tokens = Section(TOKENS, schema.token_columns)
+    plan = [(tokens, _select(tokens.columns, TOKENS, "t", _token_filter(schema, expired)))]
+    lookups = [CREDENTIALS]
+    if schema.has("service_id"):
+        lookups.append(SERVICES)
+    if schema.has("api_id"):
+        lookups.append(APIS)
+    for table in lookups:
+        section = _lookup_section(conn, table)
+        plan.append((section, _select(section.columns, table, "l")))
+    if schema.uses_ttls_table:
+        # Only the unexpired rows: a token without one here had no ttls row (never expires),
+        # since the tokens with an expired one are not in the stream.
+        section = _lookup_section(conn, TTLS)
+        plan.append((section, _select(section.columns, TTLS, "x", sql.SQL(
+            " WHERE x.table_name = 'oauth2_tokens' AND NOT {}").format(
+                _expired_condition(schema)))))
+    return plan
+
+
+def _export_header(schema: KongSchema, plan: list[tuple[Section, sql.Composed]],
+                   expired: int, server_time: datetime) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "version": VERSION,
         "encoding": "postgresql-copy-text",
         "generation": schema.generation,
-        "columns": [{"name": c.name, "type": c.type} for c in _export_columns(schema)],
-        "skipped_expired": int(str(expired)),
+        "sections": [{"name": s.name, "columns": [{"name": c.name, "type": c.type}
+                                                  for c in s.columns]} for s, _ in plan],
+        "skipped_expired": expired,
         "server_time": server_time.isoformat(),
     }
 
@@ -201,31 +267,126 @@ def _json_line(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n").encode()
 
 
-def _export_chunks(conn: Conn, header: dict[str, Any], query: sql.Composed,
+def _export_chunks(conn: Conn, header: dict[str, Any],
+                   plan: list[tuple[Section, sql.Composed]],
                    counter: _RowCounter) -> Iterator[bytes]:
-    """The header line, COPY text rows in chunks of about CHUNK_BYTES, then the end-of-data
-    marker and a trailer line with the row count (a cut stream lacks it)."""
+    """The header line; per section its COPY text rows in chunks of about CHUNK_BYTES and
+    the end-of-data marker; then a trailer line with the row counts (a cut stream lacks it)."""
     yield _json_line(header)
-    pieces: list[bytes] = []
-    size = 0
-    with conn.cursor() as cur, cur.copy(query) as copy:
-        # COPY delivers one message per row; gathering them keeps the sink's chunks large.
-        while data := copy.read():
-            pieces.append(bytes(data))
-            size += len(data)
-            if size >= CHUNK_BYTES:
-                yield _counted(pieces, counter)
-                pieces.clear()
-                size = 0
-    yield _counted(pieces, counter) + END_OF_DATA + _json_line({"rows": counter.rows})
+    for section, query in plan:
+        counter.rows[section.name] = 0
+        for chunk, rows in _copy_out(conn, query.as_bytes(conn), END_OF_DATA):
+            counter.rows[section.name] += rows
+            yield chunk
+    yield _json_line({"rows": counter.rows})
     counter.complete = True
 
 
-def _counted(pieces: list[bytes], counter: _RowCounter) -> bytes:
+def _copy_out(conn: Conn, query: bytes, end: bytes) -> Iterator[tuple[bytes, int]]:
+    """Run ``COPY ... TO STDOUT`` through libpq directly; yield (chunk, rows in it) of about
+    CHUNK_BYTES each, ``end`` appended to the last one.
+
+    psycopg's ``Copy.read()`` runs a generator and a wait per CopyData message, i.e. per row:
+    with 1 M tokens that made the client, not the server, the bottleneck (0.14: 2.9 s instead
+    of 2.0 s). Here a row costs one non-blocking ``get_copy_data`` call while libpq's buffer
+    holds rows, and the socket is waited on only when the buffer is empty (the wait stays
+    interruptible). On any failure the connection is closed, so that no COPY is left open
+    on it.
+    """
+    pgconn = conn.pgconn
+    done = False
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(pgconn.socket, selectors.EVENT_READ)
+            _send(pgconn, selector, query)
+            _expect(_next_result(pgconn, selector), pq.ExecStatus.COPY_OUT, pgconn)
+            get_copy_data = pgconn.get_copy_data
+            pieces: list[bytes] = []
+            size = 0
+            while True:
+                nbytes, data = get_copy_data(1)
+                if nbytes > 0:
+                    pieces.append(bytes(data))
+                    size += nbytes
+                    if size >= CHUNK_BYTES:
+                        chunk = b"".join(pieces)
+                        pieces.clear()
+                        size = 0
+                        # COPY text escapes newlines inside values: each b"\n" ends a row.
+                        yield chunk, chunk.count(b"\n")
+                elif nbytes == 0:
+                    _wait(selector, selectors.EVENT_READ)
+                    pgconn.consume_input()
+                else:
+                    break
+            if nbytes == -2:
+                raise SourceError(f"exporting Kong tokens failed: {_pq_error(pgconn)}")
+            _expect(_next_result(pgconn, selector), pq.ExecStatus.COMMAND_OK, pgconn)
+            while _next_result(pgconn, selector) is not None:
+                pass
+        done = True
+    finally:
+        if not done:
+            conn.close()
     chunk = b"".join(pieces)
-    # COPY text escapes newlines inside values, so each b"\n" ends one row.
-    counter.rows += chunk.count(b"\n")
-    return chunk
+    yield chunk + end, chunk.count(b"\n")
+
+
+def _wait(selector: selectors.BaseSelector, events: int) -> int:
+    """Block until the socket is ready for ``events``; return the ready events."""
+    key = next(iter(selector.get_map().values()))
+    if key.events != events:
+        selector.modify(key.fileobj, events)
+    ready = 0
+    while not ready:
+        ready = sum(mask for _, mask in selector.select())
+    return ready
+
+
+def _send(pgconn: pq.abc.PGconn, selector: selectors.BaseSelector, query: bytes) -> None:
+    """Send a query on psycopg's non-blocking connection, as libpq's manual says to."""
+    pgconn.send_query(query)
+    while pgconn.flush():
+        if _wait(selector, selectors.EVENT_READ | selectors.EVENT_WRITE) & \
+                selectors.EVENT_READ:
+            pgconn.consume_input()
+
+
+def _next_result(pgconn: pq.abc.PGconn,
+                 selector: selectors.BaseSelector) -> pq.abc.PGresult | None:
+    """The next result, waiting on the socket (not inside libpq) while it is incomplete."""
+    pgconn.consume_input()
+    while pgconn.is_busy():
+        _wait(selector, selectors.EVENT_READ)
+        pgconn.consume_input()
+    return pgconn.get_result()
+
+
+def _expect(result: pq.abc.PGresult | None, status: pq.ExecStatus,
+            pgconn: pq.abc.PGconn) -> None:
+    if result is None or result.status != status:
+        message = (result.error_message if result is not None else b"") or b""
+        detail = message.decode("utf-8", "replace") or _pq_error(pgconn)
+        raise SourceError(f"exporting Kong tokens failed: {_one_line_text(detail)}")
+
+
+def _pq_error(pgconn: pq.abc.PGconn) -> str:
+    return _one_line_text(pgconn.error_message.decode("utf-8", "replace")
+                          or "the connection failed")
+
+
+def _joined_columns(sections: list[Section]) -> list[Column]:
+    """The columns of one token once restore joined the sections (version 2's layout)."""
+    by_name = {s.name: s for s in sections}
+    columns = [*by_name[TOKENS].columns, CLIENT_ID]
+    token_names = set(by_name[TOKENS].column_names)
+    if SERVICES in by_name and "service_id" in token_names:
+        columns.append(SERVICE_NAME)
+    if APIS in by_name and "api_id" in token_names:
+        columns.append(API_NAME)
+    if TTLS in by_name:
+        columns.append(TTLS_EXPIRE_AT)
+    return columns
 
 
 # --- restore -----------------------------------------------------------------------------
@@ -268,13 +429,11 @@ def restore_tokens(config: KongTokensConfig, chunks: Iterable[bytes], *,
         raise SourceError("kong_tokens.dsn is not set; configure Kong's database to restore "
                           "tokens")
     header, data = _split_header(chunks)
-    _check_header(header)
-    stage = _stage_columns(header)
-    body = _Body(data, header)
+    layout = _layout(header)
     conn = _connect(config, _RESTORE_APP, "restore tokens into")
     try:
         with conn.transaction():
-            report = _restore_in_transaction(conn, config, metadata, stage, body, dry_run)
+            report = _restore_in_transaction(conn, config, metadata, layout, data, dry_run)
             if dry_run:
                 raise psycopg.Rollback()
     except psycopg.errors.InsufficientPrivilege as exc:
@@ -293,20 +452,19 @@ def restore_tokens(config: KongTokensConfig, chunks: Iterable[bytes], *,
 
 
 def _restore_in_transaction(conn: Conn, config: KongTokensConfig, metadata: dict[str, Any],
-                            stage: list[Column], body: _Body,
+                            layout: _Layout, data: Iterator[bytes],
                             dry_run: bool) -> TokenRestoreReport:
     schema = detect_schema(conn)
     if not dry_run:
         _require_write(conn, schema)
     ws_id = _workspace_id(conn, schema, config.workspace)
-    staged = _stage(conn, stage, body)
-    _check_row_count(staged, body.rows(), metadata)
-    names = {c.name for c in stage}
-    conn.execute(_plan_query(schema, names), {"ws": ws_id})
+    staged = _stage(conn, layout, data, metadata)
+    names = {c.name for c in layout.token_columns}
+    conn.execute(_plan_query(schema, names, layout.token_source()), {"ws": ws_id})
     counts, present_found = _status_counts(conn)
     restored = counts.get("ok", 0)
     if not dry_run:
-        restored = _insert(conn, schema, stage, ws_id)
+        restored = _insert(conn, schema, layout.token_columns, ws_id)
         if schema.uses_ttls_table:
             _write_ttls(conn, every_ok_row_inserted=restored == counts.get("ok", 0))
     # A present token counts as in place when its id or access token is in the table (a
@@ -342,99 +500,228 @@ def _split_header(chunks: Iterable[bytes]) -> tuple[dict[str, Any], Iterator[byt
                          "wicked-dr kong_tokens stream")
 
 
-def _check_header(header: dict[str, Any]) -> None:
-    if header.get("format") != FORMAT or header.get("version") not in READABLE_VERSIONS:
+# Versions 1 and 2 held one section, the tokens already joined, staged under this name.
+_JOINED = "joined"
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a stream's data is laid out, from its header."""
+
+    version: int
+    sections: tuple[Section, ...]
+    # The columns of one token as the plan reads it (version 2's joined layout).
+    token_columns: tuple[Column, ...]
+    header_rows: int | None = None  # version 1 only
+
+    def table(self, section: Section) -> sql.Identifier:
+        """The temporary table a section is staged in."""
+        if section.name == _JOINED:
+            return sql.Identifier("wdr_stage")
+        return sql.Identifier(f"wdr_s_{section.name}")
+
+    def token_source(self) -> sql.Composable:
+        """A FROM item with one row per staged token in the joined layout."""
+        if self.version < 3:
+            return sql.SQL("wdr_stage")
+        return _joined_sections(self)
+
+
+def _layout(header: dict[str, Any]) -> _Layout:
+    version = header.get("version")
+    if header.get("format") != FORMAT or version not in READABLE_VERSIONS:
         raise IntegrityError(f"unsupported token stream {header.get('format')!r} version "
-                             f"{header.get('version')!r}; expected {FORMAT} version "
+                             f"{version!r}; expected {FORMAT} version "
                              f"{' or '.join(map(str, READABLE_VERSIONS))}")
-    if header["version"] == 1 and not isinstance(header.get("rows"), int):
+    if version == 3:
+        sections = _v3_sections(header)
+        return _Layout(3, sections, tuple(_joined_columns(list(sections))))
+    columns = _columns(header.get("columns"), "the token stream's header")
+    _require_columns(columns, ("id", "access_token", CLIENT_ID.name), "the token stream")
+    rows = header.get("rows")
+    if version == 1 and not isinstance(rows, int):
         raise IntegrityError("the token stream's header has no row count")
+    return _Layout(int(version), (Section(_JOINED, columns),), columns,
+                   rows if version == 1 else None)
 
 
-def _check_row_count(staged: int, rows: int, metadata: dict[str, Any]) -> None:
-    exported = metadata.get("exported")
-    if exported is not None and exported != rows:
-        raise IntegrityError(f"the snapshot records {exported} tokens but the token stream "
-                             f"says {rows}; the snapshot is inconsistent")
-    if staged != rows:
-        raise IntegrityError(f"the token stream holds {staged} rows but says {rows}: the "
-                             "snapshot's token stream is truncated")
+def _v3_sections(header: dict[str, Any]) -> tuple[Section, ...]:
+    entries = header.get("sections")
+    if not isinstance(entries, list):
+        raise IntegrityError("the token stream's header lists no sections")
+    sections: list[Section] = []
+    for entry in entries:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if name not in SECTION_KEYS or name in {s.name for s in sections}:
+            raise IntegrityError(f"the token stream's header has an unknown or repeated "
+                                 f"section {name!r}")
+        columns = _columns(entry.get("columns"), f"the token stream's section {name}")
+        _require_columns(columns, SECTION_KEYS[name], f"the token stream's section {name}")
+        sections.append(Section(name, columns))
+    names = {s.name for s in sections}
+    tokens = next((s for s in sections if s.name == TOKENS), None)
+    needed = {TOKENS, CREDENTIALS}
+    if tokens is not None:
+        # Without these a token would be attached to no service, or never expire.
+        token_names = set(tokens.column_names)
+        needed |= {SERVICES} if "service_id" in token_names else set()
+        needed |= {APIS} if "api_id" in token_names else set()
+        needed |= {TTLS} if "ttl" not in token_names else set()
+    missing = sorted(needed - names)
+    if missing:
+        raise IntegrityError(f"the token stream lacks section {', '.join(missing)}")
+    return tuple(sections)
 
 
-class _Body:
-    """The COPY data after the header. Version 2 ends with the end-of-data marker and a
-    trailer line; the marker and trailer are held back here, so the server only sees rows."""
+def _columns(entries: Any, where: str) -> tuple[Column, ...]:
+    columns: list[Column] = []
+    for entry in entries if isinstance(entries, list) else []:
+        name = str(entry.get("name", "")) if isinstance(entry, dict) else ""
+        typ = str(entry.get("type", "")) if isinstance(entry, dict) else ""
+        if not _IDENTIFIER.match(name) or not SAFE_TYPE.match(typ):
+            raise IntegrityError(f"{where} has a bad column {name!r} {typ!r}")
+        columns.append(Column(name, typ))
+    return tuple(columns)
 
-    def __init__(self, data: Iterator[bytes], header: dict[str, Any]) -> None:
+
+def _require_columns(columns: tuple[Column, ...], needed: tuple[str, ...], where: str) -> None:
+    missing = sorted(set(needed) - {c.name for c in columns})
+    if missing:
+        raise IntegrityError(f"{where} lacks column {', '.join(missing)}")
+
+
+class _SectionReader:
+    """The data after the header: sections each ended by COPY's end-of-data marker (versions
+    2 and 3), then a trailer line; version 1 is one section that ends with the stream."""
+
+    def __init__(self, data: Iterator[bytes], *, marked: bool) -> None:
         self._data = data
-        self._header_rows: int | None = header["rows"] if header["version"] == 1 else None
-        self._trailer_rows: int | None = None
+        self._marked = marked
+        self._rest = b""
 
-    def rows(self) -> int:
-        """The row count the stream declares (call after iterating)."""
-        if self._header_rows is not None:
-            return self._header_rows
-        if self._trailer_rows is None:
-            raise IntegrityError("the token stream has no end-of-data trailer: the snapshot's "
-                                 "token stream is truncated")
-        return self._trailer_rows
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self._header_rows is not None:
+    def section(self) -> Iterator[bytes]:
+        """The next section's rows, without its marker; the server only sees rows.
+        IntegrityError when the stream ends first (it was cut)."""
+        if not self._marked:
             yield from self._data
             return
         marker = b"\n" + END_OF_DATA
-        # The header's newline goes first, so a marker right at the start is found too; the
-        # last len(END_OF_DATA) bytes are held back in case a marker spans two chunks.
-        held = bytearray(b"\n")
+        # A newline goes first, so a marker right at the start (an empty section) is found
+        # too; the last len(END_OF_DATA) bytes are held back in case a marker spans chunks.
+        held = bytearray(b"\n" + self._rest)
         skip = 1
-        for chunk in self._data:
-            held += chunk
-            end = held.find(marker)
-            if end >= 0:
-                if end + 1 > skip:
-                    yield bytes(held[skip:end + 1])
-                self._read_trailer(bytes(held[end + len(marker):]))
-                return
+        while (end := held.find(marker)) < 0:
             cut = len(held) - len(END_OF_DATA)
             if cut > skip:
                 yield bytes(held[skip:cut])
                 del held[:cut]
                 skip = 0
-        # No marker: whatever came is handed on; rows() then reports the truncation.
-        if len(held) > skip:
-            yield bytes(held[skip:])
+            chunk = next(self._data, None)
+            if chunk is None:
+                raise IntegrityError("the token stream ends inside a section: the snapshot's "
+                                     "token stream is truncated")
+            held += chunk
+        if end + 1 > skip:
+            yield bytes(held[skip:end + 1])
+        self._rest = bytes(held[end + len(marker):])
 
-    def _read_trailer(self, rest: bytes) -> None:
-        buffer = bytearray(rest)
+    def trailer(self) -> dict[str, Any]:
+        """The trailer line after the last section."""
+        buffer = bytearray(self._rest)
         for chunk in self._data:
             buffer += chunk
             if len(buffer) > _MAX_TRAILER_BYTES:
                 raise IntegrityError("the token stream's trailer is too long; this is not a "
                                      "wicked-dr kong_tokens stream")
         line, newline, extra = bytes(buffer).partition(b"\n")
-        if not newline or extra:
-            return
         try:
-            trailer = json.loads(line)
+            trailer = json.loads(line) if newline and not extra else None
         except ValueError:
-            return
-        if isinstance(trailer, dict) and isinstance(trailer.get("rows"), int):
-            self._trailer_rows = trailer["rows"]
+            trailer = None
+        if not isinstance(trailer, dict) or "rows" not in trailer:
+            raise IntegrityError("the token stream has no end-of-data trailer: the snapshot's "
+                                 "token stream is truncated")
+        return trailer
 
 
-def _stage_columns(header: dict[str, Any]) -> list[Column]:
-    columns: list[Column] = []
-    for entry in header.get("columns") or []:
-        name, typ = str(entry.get("name", "")), str(entry.get("type", ""))
-        if not _IDENTIFIER.match(name) or not SAFE_TYPE.match(typ):
-            raise IntegrityError(f"the token stream's header has a bad column {name!r} {typ!r}")
-        columns.append(Column(name, typ))
-    present = {c.name for c in columns}
-    missing = sorted({"id", "access_token", CLIENT_ID.name} - present)
-    if missing:
-        raise IntegrityError(f"the token stream lacks column {', '.join(missing)}")
-    return columns
+def _declared_rows(layout: _Layout, reader: _SectionReader) -> dict[str, int]:
+    """Rows per section as the stream declares them (read after the last section)."""
+    if layout.header_rows is not None:
+        return {_JOINED: layout.header_rows}
+    rows = reader.trailer()["rows"]
+    if layout.version == 2:
+        rows = {_JOINED: rows}
+    if not isinstance(rows, dict) or not all(
+            isinstance(rows.get(s.name), int) for s in layout.sections):
+        raise IntegrityError("the token stream's trailer lacks a row count per section")
+    return {s.name: int(rows[s.name]) for s in layout.sections}
+
+
+def _stage(conn: Conn, layout: _Layout, data: Iterator[bytes],
+           metadata: dict[str, Any]) -> int:
+    """COPY every section into its temporary table; check the counts; return the tokens."""
+    reader = _SectionReader(data, marked=layout.version >= 2)
+    staged = {s.name: _copy_in(conn, layout.table(s), s.columns, reader.section())
+              for s in layout.sections}
+    declared = _declared_rows(layout, reader)
+    token_section = _JOINED if layout.version < 3 else TOKENS
+    exported = metadata.get("exported")
+    if exported is not None and exported != declared[token_section]:
+        raise IntegrityError(f"the snapshot records {exported} tokens but the token stream "
+                             f"says {declared[token_section]}; the snapshot is inconsistent")
+    for name, rows in staged.items():
+        if rows != declared[name]:
+            raise IntegrityError(f"the token stream's section {name} holds {rows} rows but "
+                                 f"says {declared[name]}: the snapshot's token stream is "
+                                 "truncated")
+    for section in layout.sections:
+        # Temporary tables are never analysed automatically; the plan joins on them.
+        conn.execute(sql.SQL("ANALYZE {}").format(layout.table(section)))
+    return staged[token_section]
+
+
+def _copy_in(conn: Conn, table: sql.Identifier, columns: tuple[Column, ...],
+             data: Iterable[bytes]) -> int:
+    """Create a temporary table and COPY ``data`` into it; return its row count."""
+    definition = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in columns)
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(table, definition))
+    names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+    with conn.cursor() as cur:
+        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(table, names)) as copy:
+            for chunk in data:
+                if chunk:
+                    copy.write(chunk)
+        return cur.rowcount
+
+
+def _joined_sections(layout: _Layout) -> sql.Composed:
+    """The version 3 sections joined back into one row per token, with the columns version 2
+    streamed: ``x_client_id``, ``x_service_name``, ``x_api_name``, ``x_ttls_expire_at``.
+    Every lookup comes from a table's primary key, so no join adds rows."""
+    names = {c.name for c in layout.token_columns}
+    by_name = {s.name: s for s in layout.sections}
+
+    def table(name: str) -> sql.Identifier:
+        return layout.table(by_name[name])
+
+    fields: list[sql.Composable] = [sql.SQL("t.*, c.client_id AS {}").format(
+        sql.Identifier(CLIENT_ID.name))]
+    joins: list[sql.Composable] = [sql.SQL(" LEFT JOIN {} c ON c.id = t.credential_id").format(
+        table(CREDENTIALS))]
+    if SERVICE_NAME.name in names:
+        fields.append(sql.SQL("sv.name AS {}").format(sql.Identifier(SERVICE_NAME.name)))
+        joins.append(sql.SQL(" LEFT JOIN {} sv ON sv.id = t.service_id").format(
+            table(SERVICES)))
+    if API_NAME.name in names:
+        fields.append(sql.SQL("ap.name AS {}").format(sql.Identifier(API_NAME.name)))
+        joins.append(sql.SQL(" LEFT JOIN {} ap ON ap.id = t.api_id").format(table(APIS)))
+    if TTLS_EXPIRE_AT.name in names:
+        fields.append(sql.SQL("x.expire_at AS {}").format(sql.Identifier(TTLS_EXPIRE_AT.name)))
+        joins.append(sql.SQL(" LEFT JOIN {} x ON x.primary_key_value = t.id::text").format(
+            table(TTLS)))
+    return sql.SQL("(SELECT {} FROM {} t{})").format(
+        sql.SQL(", ").join(fields), table(TOKENS), sql.Composed(joins))
 
 
 def _require_write(conn: Conn, schema: KongSchema) -> None:
@@ -457,23 +744,6 @@ def _workspace_id(conn: Conn, schema: KongSchema, workspace: str) -> str | None:
         raise SourceError(f"Kong has no workspace {workspace!r}; set kong_tokens.workspace to "
                           "an existing one")
     return str(row[0])
-
-
-def _stage(conn: Conn, stage: list[Column], data: Iterable[bytes]) -> int:
-    """COPY the stream into a temporary table; return its row count."""
-    definition = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in stage)
-    conn.execute(sql.SQL("CREATE TEMP TABLE wdr_stage ({}) ON COMMIT DROP").format(definition))
-    columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in stage)
-    with conn.cursor() as cur:
-        with cur.copy(sql.SQL("COPY wdr_stage ({}) FROM STDIN").format(columns)) as copy:
-            for chunk in data:
-                if chunk:
-                    copy.write(chunk)
-        staged = cur.rowcount
-    # Temporary tables are never analysed automatically; the plan below joins on it.
-    conn.execute("ANALYZE wdr_stage")
-    return staged
 
 
 def _expiry(names: set[str]) -> sql.Composable:
@@ -510,7 +780,8 @@ def _reference(schema: KongSchema, names: set[str], stage_col: Column, target_co
     return sql.SQL("{}.id").format(sql.Identifier(alias)), join, missing
 
 
-def _plan_query(schema: KongSchema, names: set[str]) -> sql.Composed:
+def _plan_query(schema: KongSchema, names: set[str],
+                source: sql.Composable) -> sql.Composed:
     """One pass over the stage: the remapped ids and a status per token."""
     service_id, service_join, no_service = _reference(schema, names, SERVICE_NAME,
                                                       "service_id", "services", "sv")
@@ -528,7 +799,7 @@ def _plan_query(schema: KongSchema, names: set[str]) -> sql.Composed:
         "WHEN o1.id IS NOT NULL OR o2.id IS NOT NULL{refresh_hit} THEN 'present' "
         "ELSE 'ok' END AS wdr_status, "
         "(o1.id IS NOT NULL OR o2.id IS NOT NULL) AS wdr_found "
-        "FROM wdr_stage s CROSS JOIN LATERAL (SELECT {expiry} AS expiry) e "
+        "FROM {source} s CROSS JOIN LATERAL (SELECT {expiry} AS expiry) e "
         "LEFT JOIN oauth2_credentials c ON c.client_id = s.x_client_id{ws_c}"
         "{service_join}{api_join} "
         "LEFT JOIN oauth2_tokens o1 ON o1.id = s.id "
@@ -536,7 +807,7 @@ def _plan_query(schema: KongSchema, names: set[str]) -> sql.Composed:
     ).format(service_id=service_id, api_id=api_id, no_service=no_service, no_api=no_api,
              refresh_hit=refresh_hit, expiry=_expiry(names), ws_c=_ws(schema, "c"),
              service_join=service_join, api_join=api_join, ws_o2=_ws(schema, "o2"),
-             refresh=refresh)
+             refresh=refresh, source=source)
 
 
 def _status_counts(conn: Conn) -> tuple[dict[str, int], int]:
@@ -570,7 +841,8 @@ def _target_value(column: Column, stage: dict[str, Column]) -> sql.Composable | 
     return sql.SQL("{}::{}").format(value, sql.SQL(column.type))
 
 
-def _insert(conn: Conn, schema: KongSchema, stage: list[Column], ws_id: str | None) -> int:
+def _insert(conn: Conn, schema: KongSchema, stage: tuple[Column, ...],
+            ws_id: str | None) -> int:
     by_name = {c.name: c for c in stage}
     targets: list[sql.Composable] = []
     values: list[sql.Composable] = []
@@ -641,4 +913,8 @@ def _connect(config: KongTokensConfig, application: str, doing: str) -> Conn:
 
 def _one_line(exc: BaseException) -> str:
     """The error as one line, without any password the driver might have echoed."""
-    return REDACTOR.scrub(" ".join(str(exc).split()))
+    return _one_line_text(str(exc))
+
+
+def _one_line_text(text: str) -> str:
+    return REDACTOR.scrub(" ".join(text.split()))
