@@ -269,30 +269,117 @@ def test_restore_truncated_stream_refused_nothing_written(
         assert _count(conn, "oauth2_tokens") == 0
 
 
-def _split_stream(data: bytes) -> tuple[dict[str, Any], list[bytes], dict[str, Any]]:
-    """(header, data lines with their newline, trailer) of a version 2 token stream."""
+Stream = tuple[dict[str, Any], dict[str, list[bytes]], dict[str, Any]]
+
+
+def _split_stream(data: bytes) -> Stream:
+    """(header, data lines with their newline per section, trailer) of a version 3 stream."""
     head, _, rest = data.partition(b"\n")
-    body, marker, trailer = rest.rpartition(kong_tokens.END_OF_DATA)
-    assert marker, "a version 2 stream ends with COPY's end-of-data marker"
-    return json.loads(head), body.splitlines(keepends=True), json.loads(trailer)
+    header = json.loads(head)
+    assert header["version"] == 3
+    sections: dict[str, list[bytes]] = {}
+    for section in header["sections"]:
+        lines: list[bytes] = []
+        while not rest.startswith(kong_tokens.END_OF_DATA):
+            line, _, rest = rest.partition(b"\n")
+            lines.append(line + b"\n")
+        rest = rest[len(kong_tokens.END_OF_DATA):]
+        sections[section["name"]] = lines
+    return header, sections, json.loads(rest)
 
 
-def _join_stream(header: dict[str, Any], lines: list[bytes], trailer: dict[str, Any]) -> bytes:
+def _join_stream(header: dict[str, Any], sections: dict[str, list[bytes]],
+                 trailer: dict[str, Any]) -> bytes:
+    body = b"".join(b"".join(sections[s["name"]]) + kong_tokens.END_OF_DATA
+                    for s in header["sections"])
+    return json.dumps(header).encode() + b"\n" + body + json.dumps(trailer).encode() + b"\n"
+
+
+def _fields(lines: list[bytes]) -> list[list[bytes]]:
+    return [line.rstrip(b"\n").split(b"\t") for line in lines]
+
+
+def _as_version_2(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """What the version 2 export wrote for the same tokens: one section, each token joined
+    with its client_id, service and API name and (0.x) ttls expiry, as COPY text lines."""
+    header, sections, _ = _split_stream(data)
+    columns = {s["name"]: s["columns"] for s in header["sections"]}
+    names = [c["name"] for c in columns["oauth2_tokens"]]
+
+    def lookup(section: str) -> dict[bytes, bytes]:
+        return {f[0]: f[1] for f in _fields(sections.get(section, []))}
+
+    extra: list[tuple[str, str, str, dict[bytes, bytes]]] = [
+        ("x_client_id", "text", "credential_id", lookup("oauth2_credentials"))]
+    if "service_id" in names:
+        extra.append(("x_service_name", "text", "service_id", lookup("services")))
+    if "api_id" in names:
+        extra.append(("x_api_name", "text", "api_id", lookup("apis")))
+    if "ttls" in columns:
+        extra.append(("x_ttls_expire_at", "timestamp without time zone", "id", lookup("ttls")))
+    lines = []
+    for row in _fields(sections["oauth2_tokens"]):
+        joined = [*row, *(table.get(row[names.index(key)], b"\\N")
+                          for _, _, key, table in extra)]
+        lines.append(b"\t".join(joined) + b"\n")
+    v2 = {k: v for k, v in header.items() if k != "sections"} | {
+        "version": 2, "columns": [*columns["oauth2_tokens"],
+                                  *({"name": n, "type": t} for n, t, _, _ in extra)]}
+    return v2, lines
+
+
+def _v2_stream(header: dict[str, Any], lines: list[bytes], rows: int | None = None) -> bytes:
     return (json.dumps(header).encode() + b"\n" + b"".join(lines) + kong_tokens.END_OF_DATA
-            + json.dumps(trailer).encode() + b"\n")
+            + json.dumps({"rows": len(lines) if rows is None else rows}).encode() + b"\n")
 
 
-def test_backup_stream_ends_with_marker_and_row_count_trailer(
-        pg_database: str, wicked_subs: list[Subscription]) -> None:
-    """The stream is header, one COPY line per token, end-of-data marker, then the count."""
-    scenario = _build(pg_database, "3.x", wicked_subs)
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_backup_stream_has_unjoined_sections_each_ending_with_marker_then_counts(
+        generation: str, pg_database: str, wicked_subs: list[Subscription]) -> None:
+    """Version 3: header, the tokens and each lookup table as a COPY section ending with the
+    end-of-data marker, then the row count of every section; no expired token or ttls row."""
+    scenario = _build(pg_database, generation, wicked_subs)
     sink, metadata = _backup(scenario.config)
-    header, lines, trailer = _split_stream(sink.read("kong_tokens"))
-    assert header["version"] == kong_tokens.VERSION == 2
+    header, sections, trailer = _split_stream(sink.read("kong_tokens"))
+    expected = {"0.11": ["oauth2_tokens", "oauth2_credentials", "apis", "ttls"],
+                "0.14": ["oauth2_tokens", "oauth2_credentials", "services", "apis", "ttls"]}
+    assert [s["name"] for s in header["sections"]] == expected.get(
+        generation, ["oauth2_tokens", "oauth2_credentials", "services"])
+    assert header["version"] == kong_tokens.VERSION == 3
     assert "rows" not in header
-    assert trailer == {"rows": len(lines)} and metadata["exported"] == len(lines)
-    assert {line.split(b"\t", 1)[0].decode() for line in lines} == {
-        t.id for t in [*scenario.live, scenario.short_lived]}
+    assert trailer == {"rows": {name: len(lines) for name, lines in sections.items()}}
+    assert metadata["sections"] == trailer["rows"]
+    live_ids = {t.id for t in [*scenario.live, scenario.short_lived]}
+    assert metadata["exported"] == len(sections["oauth2_tokens"]) == len(live_ids)
+    assert {f[0].decode() for f in _fields(sections["oauth2_tokens"])} == live_ids
+    client_ids = {f[1].decode() for f in _fields(sections["oauth2_credentials"])}
+    assert client_ids == {s.client_id for s in scenario.subs}
+    if "ttls" in sections:
+        # Only unexpired rows; the expired tokens' rows are left out with the tokens.
+        assert {f[0].decode() for f in _fields(sections["ttls"])} == live_ids
+    assert metadata["columns"] == [c["name"] for c in _as_version_2(
+        sink.read("kong_tokens"))[0]["columns"]]
+
+
+@pytest.mark.parametrize("generation", ["0.11", "0.14", "3.x"])
+def test_restore_version_2_stream_joined_rows_restores_the_same(
+        generation: str, pg_database: str, wicked_subs: list[Subscription]) -> None:
+    """A version 2 stream (one section of joined rows) restores exactly as version 3 does."""
+    scenario = _build(pg_database, generation, wicked_subs)
+    sink, metadata = _backup(scenario.config)
+    _rebuild_after_loss(scenario)
+    v2_header, lines = _as_version_2(sink.read("kong_tokens"))
+    v2_metadata = {k: v for k, v in metadata.items() if k != "sections"} | {"version": 2}
+    report = restore_tokens(scenario.config, [_v2_stream(v2_header, lines)],
+                            metadata=v2_metadata, dry_run=False)
+    assert report.ok and report.restored == len(scenario.expected_back()) + 1
+    with kong_data.connect(pg_database) as conn:
+        assert _attached(conn, generation) == {
+            t.id: (t.client_id, t.api_id)
+            for t in [*scenario.expected_back(), scenario.short_lived]}
+    with pytest.raises(IntegrityError, match="truncated"):
+        restore_tokens(scenario.config, [_v2_stream(v2_header, lines[:-1], len(lines))],
+                       metadata={}, dry_run=True)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 4, 5, 4096])
@@ -317,8 +404,8 @@ def test_restore_version_1_stream_row_count_in_header_restores(
     scenario = _build(pg_database, "0.14", wicked_subs)
     sink, metadata = _backup(scenario.config)
     _rebuild_after_loss(scenario)
-    header, lines, trailer = _split_stream(sink.read("kong_tokens"))
-    v1 = json.dumps(header | {"version": 1, "rows": trailer["rows"]}).encode() + b"\n"
+    header, lines = _as_version_2(sink.read("kong_tokens"))
+    v1 = json.dumps(header | {"version": 1, "rows": len(lines)}).encode() + b"\n"
     report = restore_tokens(scenario.config, [v1, b"".join(lines)], metadata=metadata,
                             dry_run=False)
     assert report.ok and report.restored == len(scenario.expected_back()) + 1
@@ -334,18 +421,24 @@ def test_restore_duplicate_refresh_token_in_stream_counts_conflict_not_ok(
     scenario = _build(pg_database, "0.14", wicked_subs)
     sink, metadata = _backup(scenario.config)
     _rebuild_after_loss(scenario)
-    header, lines, trailer = _split_stream(sink.read("kong_tokens"))
-    names = [c["name"] for c in header["columns"]]
+    header, sections, trailer = _split_stream(sink.read("kong_tokens"))
+    names = [c["name"] for c in header["sections"][0]["columns"]]
     keep = next(t for t in scenario.expected_back() if t.refresh_token)
+    lines = sections["oauth2_tokens"]
     fields = next(line for line in lines if line.startswith(keep.id.encode())).split(b"\t")
     dup_id = str(uuid.uuid4())
     fields[names.index("id")] = dup_id.encode()
     # Sorts after the original's access token, so the original is inserted first and wins.
     fields[names.index("access_token")] = keep.access_token.encode() + b"-dup"
-    stream = _join_stream(header, [*lines, b"\t".join(fields)], {"rows": trailer["rows"] + 1})
+    lines.append(b"\t".join(fields))
+    ttl = next(line for line in sections["ttls"] if line.startswith(keep.id.encode()))
+    sections["ttls"].append(dup_id.encode() + ttl[len(keep.id):])
+    counts = {name: len(lines) for name, lines in sections.items()}
+    stream = _join_stream(header, sections, {"rows": counts})
 
     report = restore_tokens(scenario.config, [stream],
-                            metadata=metadata | {"exported": trailer["rows"] + 1}, dry_run=False)
+                            metadata=metadata | {"exported": trailer["rows"]["oauth2_tokens"]
+                                                 + 1}, dry_run=False)
 
     assert (report.conflicts, report.ok) == (1, False)
     assert report.restored == len(scenario.expected_back()) + 1  # short-lived still valid
@@ -357,6 +450,49 @@ def test_restore_duplicate_refresh_token_in_stream_counts_conflict_not_ok(
             ([keep.id, dup_id],)).fetchall()}
     assert keep.id in ids and dup_id not in ids
     assert with_ttl == {keep.id}
+
+
+@pytest.mark.parametrize("generation", ["0.14", "3.x"])
+def test_backup_without_expired_tokens_exports_all_and_restores(
+        generation: str, pg_database: str, wicked_subs: list[Subscription]) -> None:
+    """With no expired token the export reads the table without a filter; on 0.14 a token
+    that has no ttls row at all is kept and restored without one (it never expires)."""
+    scenario = _build(pg_database, generation, wicked_subs)
+    never = scenario.expected_back()[0]
+    with kong_data.connect(pg_database) as conn:
+        conn.execute("DELETE FROM oauth2_tokens WHERE id = ANY(%s)",
+                     ([t.id for t in scenario.expired],))
+        if generation == "0.14":
+            conn.execute("DELETE FROM ttls WHERE primary_key_value = %s", (never.id,))
+    sink, metadata = _backup(scenario.config)
+    assert (metadata["exported"], metadata["skipped_expired"]) == (len(scenario.live) + 1, 0)
+    _rebuild_after_loss(scenario)
+    report = restore_tokens(scenario.config, sink.chunks("kong_tokens"), metadata=metadata,
+                            dry_run=False)
+    assert report.ok and report.restored == len(scenario.expected_back()) + 1
+    if generation == "0.14":
+        with kong_data.connect(pg_database) as conn:
+            assert conn.execute("SELECT count(*) FROM oauth2_tokens WHERE id = %s",
+                                (never.id,)).fetchone() == (1,)
+            assert conn.execute("SELECT count(*) FROM ttls WHERE primary_key_value = %s",
+                                (never.id,)).fetchone() == (0,)
+
+
+def test_restore_stream_cut_inside_a_later_section_refused_nothing_written(
+        pg_database: str, wicked_subs: list[Subscription]) -> None:
+    """A stream that ends inside the ttls section (after the tokens) is an IntegrityError
+    and nothing is written."""
+    scenario = _build(pg_database, "0.14", wicked_subs)
+    sink, metadata = _backup(scenario.config)
+    _rebuild_after_loss(scenario)
+    data = sink.read("kong_tokens")
+    last_marker = data.rindex(kong_tokens.END_OF_DATA)
+    cut = data[: data.rindex(b"\n", 0, last_marker - 1) + 1]  # inside the ttls rows
+    with pytest.raises(IntegrityError, match="truncated"):
+        restore_tokens(scenario.config, [cut], metadata=metadata, dry_run=False)
+    with kong_data.connect(pg_database) as conn:
+        assert (_count(conn, "oauth2_tokens"), _count(conn, "ttls")) == (0, len(
+            scenario.live) + 3)  # only the old, orphaned ttls rows
 
 
 BIG = 120_000
@@ -407,3 +543,96 @@ def test_restore_connection_dropped_mid_copy_rolls_back(
         restore_tokens(config, killing_chunks(), metadata=metadata, dry_run=False)
     with kong_data.connect(pg_database) as conn:
         assert _count(conn, "oauth2_tokens") == 0
+
+
+def _section_ends(data: bytes) -> list[int]:
+    """Offsets just past each section's end-of-data marker line."""
+    ends: list[int] = []
+    offset = data.index(b"\n") + 1
+    sections = len(json.loads(data[:offset])["sections"])
+    while len(ends) < sections:
+        line_end = data.index(b"\n", offset) + 1
+        if data[offset:line_end] == kong_tokens.END_OF_DATA:
+            ends.append(line_end)
+        offset = line_end
+    return ends
+
+
+def _first_chunk_of_section(chunks: list[bytes], section: int) -> int:
+    """The index of the chunk where section ``section`` (0 = tokens) begins."""
+    start = _section_ends(b"".join(chunks))[section - 1]
+    offset = 0
+    for index, chunk in enumerate(chunks):
+        if offset >= start:
+            return index
+        offset += len(chunk)
+    raise AssertionError("no such section start")
+
+
+def test_backup_connection_dropped_before_ttls_section_raises_source_error(
+        pg_server: PgServer, pg_database: str, wicked_subs: list[Subscription]) -> None:
+    """Terminating the backend after the tokens and lookups were read, before the ttls
+    section, fails the backup: a stream without its last section and trailer is never
+    reported as done. (Killed during a section, the backend may already have written the
+    rest of it into the socket buffers: then the export is complete and rightly succeeds.)"""
+    _big_kong(pg_database, wicked_subs)
+    config = KongTokensConfig(dsn=SecretStr(pg_database))
+    complete, _ = _backup(config)
+    chunks = list(complete.chunks("kong_tokens"))
+    # The chunk that ends the apis section: the sink holds it while the export waits.
+    before_ttls = _first_chunk_of_section(chunks, 4) - 1
+    killed: list[int] = []
+
+    def kill_before_ttls(_name: str, index: int) -> None:
+        if index == before_ttls:
+            killed.append(pg_server.terminate_backends(kong_tokens._BACKUP_APP))
+
+    with pytest.raises(SourceError, match="exporting Kong tokens failed"):
+        KongTokensSource(config).backup(MemorySink(on_chunk=kill_before_ttls))
+    assert killed == [1]
+
+
+def test_backup_sink_failure_mid_copy_propagates_and_closes_connection(
+        pg_server: PgServer, pg_database: str, wicked_subs: list[Subscription]) -> None:
+    """When the sink fails while COPY streams, its error comes out unchanged and the export
+    leaves no session behind (no COPY left open on a pooled connection)."""
+    _big_kong(pg_database, wicked_subs)
+
+    def fail(_name: str, index: int) -> None:
+        if index == 2:
+            raise OSError("disk full")
+
+    config = KongTokensConfig(dsn=SecretStr(pg_database))
+    with pytest.raises(OSError, match="disk full"):
+        KongTokensSource(config).backup(MemorySink(on_chunk=fail))
+    deadline = time.monotonic() + 10
+    while pg_server.terminate_backends(kong_tokens._BACKUP_APP) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pg_server.terminate_backends(kong_tokens._BACKUP_APP) == 0
+
+
+def test_restore_connection_dropped_in_ttls_section_rolls_back(
+        pg_server: PgServer, pg_database: str, wicked_subs: list[Subscription]) -> None:
+    """Terminating the backend while a later section (ttls) is staged leaves nothing written."""
+    _big_kong(pg_database, wicked_subs)
+    config = KongTokensConfig(dsn=SecretStr(pg_database))
+    sink, metadata = _backup(config)
+    with kong_data.connect(pg_database) as conn:
+        kong_data.lose_kong(conn, "0.14")
+        kong_data.sync_like_adapter(conn, "0.14", wicked_subs)
+        ttls_before = _count(conn, "ttls")
+    chunks = list(sink.chunks("kong_tokens"))
+    # Killed before the ttls section's second chunk: its COPY FROM STDIN is under way.
+    in_ttls = _first_chunk_of_section(chunks, 4) + 1
+    assert _first_chunk_of_section(chunks, 5) > in_ttls + 1
+
+    def killing_chunks() -> Iterator[bytes]:
+        for index, chunk in enumerate(chunks):
+            if index == in_ttls:
+                assert pg_server.terminate_backends(kong_tokens._RESTORE_APP) == 1
+            yield chunk
+
+    with pytest.raises(DatabaseError, match="nothing was written"):
+        restore_tokens(config, killing_chunks(), metadata=metadata, dry_run=False)
+    with kong_data.connect(pg_database) as conn:
+        assert (_count(conn, "oauth2_tokens"), _count(conn, "ttls")) == (0, ttls_before)

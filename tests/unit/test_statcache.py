@@ -5,60 +5,48 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import zstandard
 
-from wicked_dr.repository.statcache import (
-    RACY_WINDOW_NS,
-    Cached,
-    StatCacheReader,
-    StatCacheWriter,
-    stat_line,
-)
+from wicked_dr.repository.entry_lines import stat_line
+from wicked_dr.repository.statcache import StatCacheReader, StatCacheWriter
 
-SCAN_START = 100 * RACY_WINDOW_NS
-OLD = 10  # an mtime far older than the scan: not racy
+SCAN_START = 123
 
 
-def _manifest_line(path: str) -> str:
-    return json.dumps({"path": path, "type": "file"}) + "\n"
+def _line(rel_dir: str, name: str) -> str:
+    path = f"{rel_dir}/{name}" if rel_dir else name
+    return stat_line(name, f"{len(name)}:10:20:30",
+                     json.dumps({"path": path, "type": "file"}) + "\n")
 
 
-def _write(directory: Path, snapshot: str, blocks: dict[str, list[str]],
-           scan_start_ns: int = SCAN_START, mtime_ns: int = OLD) -> None:
+def _write(directory: Path, snapshot: str, blocks: dict[str, list[str]]) -> None:
     """``blocks``: directory -> file names, given in manifest order."""
-    writer = StatCacheWriter(directory, snapshot, scan_start_ns)
+    writer = StatCacheWriter(directory, snapshot, SCAN_START)
     for rel_dir, names in blocks.items():
         writer.enter_dir(rel_dir)
-        for name in names:
-            path = f"{rel_dir}/{name}" if rel_dir else name
-            writer.add(stat_line(name, (len(name), mtime_ns, 20, 30), _manifest_line(path)))
+        writer.add("".join(_line(rel_dir, name) for name in names))
     writer.commit()
 
 
-def _expected(rel_dir: str, name: str, mtime_ns: int = OLD) -> Cached:
-    path = f"{rel_dir}/{name}" if rel_dir else name
-    key = (len(name), mtime_ns, 20, 30)
-    return Cached(key, stat_line(name, key, _manifest_line(path)), _manifest_line(path))
-
-
-def test_reader_vouches_in_manifest_order(tmp_path: Path) -> None:
-    """Blocks are found by directory (gone ones skipped), names by merge-join; absent → None."""
+def test_reader_hands_out_lines_per_block_in_order(tmp_path: Path) -> None:
+    """Blocks are found by directory (gone ones skipped); a block's lines come out up to a
+    name, across calls; lines are the ones written, verbatim."""
     _write(tmp_path, "s1", {"": ["a-b", "z"], "a": ["b"], "gone": ["x"],
-                            "users": ["1.json", "2.json"]}, scan_start_ns=SCAN_START)
+                            "users": ["1.json", "2.json", "3.json"]})
     reader = StatCacheReader.latest(tmp_path, "s1")
     assert reader is not None and reader.scan_start_ns == SCAN_START
     reader.enter_dir("")
-    assert reader.vouch(["a-b", "new", "z"]) == [_expected("", "a-b"), None, _expected("", "z")]
+    assert reader.take_until("m") == [_line("", "a-b")]
+    assert reader.take_until("zz") == [_line("", "z")]
     reader.enter_dir("a")
-    assert reader.vouch(["a", "b"]) == [None, _expected("a", "b")]
+    assert reader.take_until("b") == [_line("a", "b")]
     reader.enter_dir("new-dir")               # between blocks: nothing known, cursor intact
-    assert reader.vouch(["x"]) == [None]
+    assert reader.take_until("x") == []
     reader.enter_dir("users")                 # skips the block of "gone"
-    assert reader.vouch(["2.json"]) == [_expected("users", "2.json")]  # skips 1.json
-    assert reader.vouch(["3.json"]) == [None]
+    assert reader.take_until("2.json") == [_line("users", "1.json"), _line("users", "2.json")]
+    assert reader.take_until("4.json") == [_line("users", "3.json")]
     reader.enter_dir("zz")
-    assert reader.vouch(["x"]) == [None]
+    assert reader.take_until("x") == []
     reader.close()
 
 
@@ -69,9 +57,9 @@ def test_names_needing_quotes_round_trip(tmp_path: Path) -> None:
     reader = StatCacheReader.latest(tmp_path, "s1")
     assert reader is not None
     reader.enter_dir("")
-    assert reader.vouch(names) == [_expected("", n) for n in names]
+    assert reader.take_until("zzz") == [_line("", n) for n in names]
     reader.enter_dir("dir\twith tab")
-    assert reader.vouch(["f"]) == [_expected("dir\twith tab", "f")]
+    assert reader.take_until("f") == [_line("dir\twith tab", "f")]
     reader.close()
 
 
@@ -97,16 +85,3 @@ def test_commit_keeps_only_the_newest_and_abort_leaves_nothing(tmp_path: Path) -
     aborted.enter_dir("")
     aborted.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s2.stat.zst"]
-
-
-@pytest.mark.parametrize(("age_s", "vouched"), [(0.0, False), (1.0, False), (5.0, True)])
-def test_racy_files_are_not_vouched_for(tmp_path: Path, age_s: float, vouched: bool) -> None:
-    """A file modified within the racy window of the previous scan's start is re-read."""
-    mtime = SCAN_START - int(age_s * 1e9)
-    _write(tmp_path, "s1", {"": ["f"]}, mtime_ns=mtime)
-    reader = StatCacheReader.latest(tmp_path, "s1")
-    assert reader is not None
-    reader.enter_dir("")
-    assert (reader.vouch(["f"]) == [_expected("", "f", mtime)]) is vouched
-    assert RACY_WINDOW_NS >= 1_000_000_000  # coarse filesystems tick in whole seconds
-    reader.close()

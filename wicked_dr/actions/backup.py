@@ -93,7 +93,9 @@ def _writer(repo: Repository, config: Config,
     return SnapshotWriter(repo, index_cache(repo, config), staging_root / snapshot_id,
                           snapshot_id=snapshot_id,
                           pack_size=config.repository.pack_size_mib * 1024 * 1024,
-                          stat_dir=stat_dir, previous=prev_stat, scan_start_ns=time.time_ns())
+                          stat_dir=stat_dir, previous=prev_stat, scan_start_ns=time.time_ns(),
+                          scan_workers=config.volume.workers(),
+                          known_trees=previous.get("trees", []) if previous else ())
 
 
 def _remove_stale_staging(staging_root: Path) -> None:

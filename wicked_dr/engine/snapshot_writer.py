@@ -12,30 +12,27 @@ from __future__ import annotations
 import hashlib
 import shutil
 import stat as statmod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wicked_dr.engine.scan_pool import ScanPool
+from wicked_dr.engine.scan_worker import RunItem
+from wicked_dr.engine.tree_scan import scan_tree
 from wicked_dr.log import get_logger
 from wicked_dr.repository.crypto import sha256_hex
+from wicked_dr.repository.entry_lines import file_line, stat_key, stat_line
 from wicked_dr.repository.index import IndexCache, index_document
 from wicked_dr.repository.layout import BLOB_SIZE, MAX_METADATA_OBJECT, object_name
-from wicked_dr.repository.manifest import TREE_CHUNK_ENTRIES, Entry, encode_entry
+from wicked_dr.repository.manifest import TREE_CHUNK_ENTRIES, implied_blobs
 from wicked_dr.repository.packs import PackBuilder, PackRecord
 from wicked_dr.repository.repo import Repository
-from wicked_dr.repository.statcache import (
-    Cached,
-    Key,
-    StatCacheReader,
-    StatCacheWriter,
-    stat_line,
-)
-from wicked_dr.sources.base import FileMeta, StreamRecord
+from wicked_dr.repository.statcache import RACY_WINDOW_NS, StatCacheReader, StatCacheWriter
+from wicked_dr.sources.base import StreamRecord
 
 log = get_logger(__name__)
 INDEX_BLOBS_PER_OBJECT = 20_000
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 Progress = Callable[[str, int], None]
 
 
@@ -61,7 +58,8 @@ class SnapshotWriter:
 
     def __init__(self, repo: Repository, cache: IndexCache, staging: Path, *,
                  snapshot_id: str, pack_size: int, stat_dir: Path,
-                 previous: StatCacheReader | None, scan_start_ns: int) -> None:
+                 previous: StatCacheReader | None, scan_start_ns: int,
+                 scan_workers: int = 0, known_trees: Iterable[str] = ()) -> None:
         self.repo = repo
         self.snapshot_id = snapshot_id
         self.stats = WriteStats()
@@ -73,25 +71,17 @@ class SnapshotWriter:
         self._pending_index_blobs = 0
         self._staged_packs: list[Path] = []
         self._staged_indexes: list[tuple[str, Path]] = []
-        self._tree_lines: list[str] = []  # manifest lines of the open tree object
+        self._tree_lines: list[str] = []  # manifest text of the open tree object
+        self._tree_count = 0  # its entries
         self._trees: list[str] = []
         self._streams: dict[str, dict[str, Any]] = {}
         self._previous = previous
-        self._vouched: dict[str, Cached] = {}  # by name, in the open directory
-        self._dir_prefix = ""
+        self._known_trees = set(known_trees)
+        # Started now, before a source takes wicked's lock: start-up is not lock time.
+        self._pool = ScanPool(scan_workers)
         self._stat_out = StatCacheWriter(stat_dir, snapshot_id, scan_start_ns)
 
     # --- content -------------------------------------------------------------------------
-
-    def store_small(self, data: bytes,
-                    sha256: str | None = None) -> tuple[str, tuple[str, ...], int]:
-        """Store content of at most one blob (most of wicked's files); the fast path.
-        ``sha256`` is the content's hash when a scan worker computed it already."""
-        self.stats.bytes_read += len(data)
-        if not data:
-            return EMPTY_SHA256, (), 0
-        blob_id = self._store_blob(data, sha256)
-        return blob_id, (blob_id,), len(data)
 
     def store(self, chunks: Iterable[bytes]) -> tuple[str, tuple[str, ...], int]:
         """Store content given as chunks; return (sha256, blob ids, size)."""
@@ -134,76 +124,52 @@ class SnapshotWriter:
         self._staged_indexes.append((index_id, path))
         self._pending_index, self._pending_index_blobs = [], 0
 
-    # --- the sink side: entries ------------------------------------------------------------
+    # --- the sink side: a file tree ---------------------------------------------------------
+
+    def add_tree(self, root: Path, exclude: Callable[[str], bool]) -> None:
+        """Scan the tree under ``root`` into this snapshot (see tree_scan.py)."""
+        racy_from = (self._previous.scan_start_ns - RACY_WINDOW_NS
+                     if self._previous is not None else 0)
+        scan_tree(str(root), self, self._pool, exclude=exclude, racy_from_ns=racy_from)
 
     def enter_dir(self, rel_dir: str) -> None:
-        """A directory's block starts: position the stat caches."""
-        self._vouched.clear()
+        """A directory's block starts: position both stat caches."""
         self._stat_out.enter_dir(rel_dir)
-        self._dir_prefix = f"{rel_dir}/" if rel_dir else ""
         if self._previous is not None:
             self._previous.enter_dir(rel_dir)
 
-    def vouched(self, names: Sequence[str]) -> list[Key | None]:
-        """The previous snapshot's keys of these files, where it has them and they are not racy."""
-        if self._previous is None:
-            return [None] * len(names)
-        keys: list[Key | None] = []
-        for name, cached in zip(names, self._previous.vouch(names), strict=True):
-            if cached is None:
-                keys.append(None)
-            else:
-                # The stat cache belongs to the parent snapshot, which exists: its blobs are
-                # referenced, so no correct prune removed them. No per-blob lookup needed.
-                self._vouched[name] = cached
-                keys.append(cached.key)
-        return keys
+    def cached_lines(self, last_name: str) -> list[str]:
+        """The previous stat-cache lines of the open directory up to ``last_name``.
+        The cache belongs to the parent snapshot, which exists: its blobs are referenced, so
+        no correct prune removed them and a file it vouches for needs no blob lookup."""
+        return self._previous.take_until(last_name) if self._previous is not None else []
 
-    def add_unchanged(self, rel: str, meta: FileMeta) -> None:
-        """A file whose stat matches the cache: its cache and manifest lines are reused.
-        Same size, mtime, ctime and inode also means the same mode and owner: chmod and
-        chown change ctime."""
-        cached = self._vouched.pop(rel[len(self._dir_prefix):])
-        self.stats.files += 1
-        self.stats.files_unchanged += 1
-        self.stats.bytes_total += meta.size
-        self._stat_out.add(cached.line)
-        self._add_line(cached.manifest_line)
+    def add_run(self, run: RunItem) -> None:
+        """Entries a scan worker finished: their lines as they are, their new blobs packed."""
+        for blob_id, data in run.blobs:
+            self._store_blob(data, blob_id)
+        stats = self.stats
+        stats.files += run.files
+        stats.files_unchanged += run.unchanged
+        stats.dirs += run.dirs
+        stats.symlinks += run.symlinks
+        stats.bytes_total += run.bytes_total
+        stats.bytes_read += run.bytes_read
+        self._stat_out.add(run.stat)
+        self._add_lines(run.manifest, run.entries)
 
-    def add_dir(self, rel: str, meta: FileMeta) -> None:
-        """Record a directory."""
-        self.stats.dirs += 1
-        self._add_line(encode_entry(Entry(rel, "dir", statmod.S_IMODE(meta.mode), meta.uid,
-                                          meta.gid, meta.mtime_ns)))
-
-    def add_symlink(self, rel: str, meta: FileMeta, target: str) -> None:
-        """Record a symbolic link (never followed)."""
-        self.stats.symlinks += 1
-        self._add_line(encode_entry(Entry(rel, "symlink", statmod.S_IMODE(meta.mode), meta.uid,
-                                          meta.gid, meta.mtime_ns, target=target)))
-
-    def add_file(self, rel: str, meta: FileMeta, chunks: Iterable[bytes],
-                 sha256: str | None = None) -> None:
-        """Record a regular file from its content."""
-        if meta.size < BLOB_SIZE:
-            sha, blobs, size = self._store_maybe_small(iter(chunks), sha256)
-        else:
-            sha, blobs, size = self.store(chunks)
+    def add_big_file(self, rel: str, meta: tuple[int, ...], chunks: Iterable[bytes]) -> None:
+        """A file the workers left to us: streamed in blobs."""
+        mode, uid, gid, _, mtime_ns, ctime_ns, inode = meta
+        sha, blobs, size = self.store(chunks)
         self.stats.files += 1
         self.stats.bytes_total += size
-        line = encode_entry(Entry(rel, "file", statmod.S_IMODE(meta.mode), meta.uid, meta.gid,
-                                  meta.mtime_ns, size, sha, blobs))
-        key = (size, meta.mtime_ns, meta.ctime_ns, meta.ino)
-        self._stat_out.add(stat_line(rel[len(self._dir_prefix):], key, line))
-        self._add_line(line)
-
-    def _store_maybe_small(self, chunks: Iterator[bytes],
-                           sha256: str | None) -> tuple[str, tuple[str, ...], int]:
-        first = next(chunks, b"")
-        second = next(chunks, None)
-        if second is None:
-            return self.store_small(first, sha256)
-        return self.store([first, second, *chunks])  # the file grew since its stat
+        implied = blobs == implied_blobs(size, sha)
+        line = file_line(rel, statmod.S_IMODE(mode), uid, gid, mtime_ns, size, sha,
+                         None if implied else blobs)
+        name = rel.rpartition("/")[2]
+        self._stat_out.add(stat_line(name, stat_key(size, mtime_ns, ctime_ns, inode), line))
+        self._add_lines(line, 1)
 
     def add_error(self, rel: str, error: str) -> None:
         """Count a file that could not be read; the manifest does not claim it."""
@@ -217,25 +183,34 @@ class SnapshotWriter:
         self._streams[name] = {"size": size, "sha256": sha, "blobs": list(blobs)}
         return record
 
-    def _add_line(self, line: str) -> None:
-        self._tree_lines.append(line)
-        if len(self._tree_lines) >= TREE_CHUNK_ENTRIES:
+    def _add_lines(self, text: str, entries: int) -> None:
+        # A tree holds at most TREE_CHUNK_ENTRIES entries: stage before it would overflow.
+        if self._tree_count + entries > TREE_CHUNK_ENTRIES:
             self._stage_tree()
+        self._tree_lines.append(text)
+        self._tree_count += entries
 
     def _stage_tree(self) -> None:
         if not self._tree_lines:
             return
         plaintext = "".join(self._tree_lines).encode()
         tree_id = sha256_hex(plaintext)
+        if tree_id in self._known_trees:
+            # The previous snapshot has this very chunk: no need to seal or upload it.
+            self._trees.append(tree_id)
+            self._tree_lines, self._tree_count = [], 0
+            return
         path = self._staging / f"tree-{tree_id}"
         path.write_bytes(self.repo.sealer.seal("tree", object_name("tree", tree_id), plaintext))
         self._trees.append(tree_id)
         self._tree_lines = []
+        self._tree_count = 0
 
     # --- finishing -------------------------------------------------------------------------
 
     def seal(self) -> None:
         """Flush the open pack, index and tree into staging (end of reading)."""
+        self._pool.close()
         self._packs.flush()
         self._packs.close()
         self._stage_index()
@@ -280,6 +255,7 @@ class SnapshotWriter:
 
     def abort(self) -> None:
         """Drop everything staged; the repository is untouched."""
+        self._pool.close()
         self._packs.close()
         self._stat_out.abort()
         self.cleanup()

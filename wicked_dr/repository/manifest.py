@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wicked_dr.errors import IntegrityError
+from wicked_dr.repository.entry_lines import dir_line, file_line, symlink_line
 from wicked_dr.repository.repo import Repository
 
 TREE_CHUNK_ENTRIES = 16384  # ~4 MiB of plaintext: few PUTs per backup, bounded memory
@@ -102,20 +103,15 @@ def encode_tree(entries: list[Entry]) -> bytes:
     return "".join(encode_entry(e) for e in entries).encode()
 
 
-_quote = json.encoder.encode_basestring_ascii
-
-
 def encode_entry(e: Entry) -> str:
-    """One entry as a JSON line; hand-formatted because a snapshot has ~100 k of them."""
-    head = (f'{{"path":{_quote(e.path)},"type":"{e.type}","mode":{e.mode},"uid":{e.uid},'
-            f'"gid":{e.gid},"mtime_ns":{e.mtime_ns}')
+    """One entry as a JSON line (``entry_lines`` formats it: scan workers use the same code)."""
     if e.type == "file":
-        head += f',"size":{e.size},"sha256":"{e.sha256}"'
-        if e.blobs != implied_blobs(e.size, e.sha256):
-            head += ',"blobs":[' + ",".join(f'"{b}"' for b in e.blobs) + "]"
-    elif e.type == "symlink":
-        head += f',"target":{_quote(e.target or "")}'
-    return head + "}\n"
+        implied = e.blobs == implied_blobs(e.size, e.sha256)
+        return file_line(e.path, e.mode, e.uid, e.gid, e.mtime_ns, e.size, e.sha256 or "",
+                         None if implied else e.blobs)
+    if e.type == "symlink":
+        return symlink_line(e.path, e.mode, e.uid, e.gid, e.mtime_ns, e.target or "")
+    return dir_line(e.path, e.mode, e.uid, e.gid, e.mtime_ns)
 
 
 def decode_tree(tree_id: str, plaintext: bytes) -> list[Entry]:

@@ -6,9 +6,10 @@ engine records under ``snapshot.sources[<name>]``. Adding a source never touches
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -39,54 +40,12 @@ class Source(Protocol):
         ...
 
 
-class FileMeta(NamedTuple):
-    """What ``lstat`` said about an entry (plain integers: it crosses process boundaries)."""
-
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
-
-
 class TreeSink(SnapshotSink, Protocol):
-    """The engine side a file-tree source writes into.
+    """The engine side a file-tree source writes into."""
 
-    The tree comes one directory at a time: ``enter_dir`` opens a directory's block, then
-    its direct children follow in ascending name order (directories first come as entries;
-    their own blocks follow later, in ascending path order). That is the manifest order.
-    """
+    def add_tree(self, root: Path, exclude: Callable[[str], bool]) -> None:
+        """Snapshot every entry under ``root`` except names ``exclude`` refuses.
 
-    def enter_dir(self, rel_dir: str) -> None:
-        """Start the block of ``rel_dir``'s children (``""`` is the root)."""
-        ...
-
-    def vouched(self, names: Sequence[str]) -> list[tuple[int, int, int, int] | None]:
-        """Per name of the open directory (ascending, across calls): the (size, mtime_ns,
-        ctime_ns, inode) under which the engine already holds that file's content, or None.
-        A regular file whose ``lstat`` still shows exactly that need not be read."""
-        ...
-
-    def add_dir(self, rel: str, meta: FileMeta) -> None:
-        """Record a directory."""
-        ...
-
-    def add_file(self, rel: str, meta: FileMeta, chunks: Iterable[bytes],
-                 sha256: str | None = None) -> None:
-        """Record a regular file read from ``chunks``; ``sha256`` of the whole content when
-        the source already computed it."""
-        ...
-
-    def add_unchanged(self, rel: str, meta: FileMeta) -> None:
-        """Record a regular file that still matches what ``vouched`` said."""
-        ...
-
-    def add_symlink(self, rel: str, meta: FileMeta, target: str) -> None:
-        """Record a symbolic link."""
-        ...
-
-    def add_error(self, rel: str, error: str) -> None:
-        """Report an entry that could not be read (it is left out of the snapshot)."""
+        The engine scans (in parallel, skipping unchanged files); the source decides what to
+        read and holds whatever makes the tree consistent (wicked's lock) around the call."""
         ...

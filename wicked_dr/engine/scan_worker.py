@@ -1,0 +1,291 @@
+"""Scanning one batch of a directory: ``lstat`` each entry, read and hash what changed, and
+write the entries' manifest and stat-cache lines.
+
+``scan_batch`` is the whole job. The tree scan runs it in worker processes
+(``python -m wicked_dr.engine.scan_worker``), which is why this module imports only the
+standard library and ``entry_lines``: a worker is up within tens of milliseconds. Per file the
+work is a few system calls, a SHA-256 and two formatted lines, which one Python process
+cannot spread over two cores; worker processes can. The main process then handles a batch
+in a handful of operations: it appends the run's text and packs the run's new blobs.
+
+Wire protocol (stdin to stdout, in order): frames of a 4-byte big-endian length and a pickle.
+A job is ``Job``'s fields as a tuple; the answer is ``scan_batch``'s list. End of input ends
+the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+import signal
+import stat
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import IO, NamedTuple
+
+from wicked_dr.repository.entry_lines import (
+    dir_line,
+    file_line,
+    key_mtime_ns,
+    stat_key,
+    stat_line,
+    symlink_line,
+    unfield,
+)
+
+# A file this large (or one that grew past its stat size) is left to the main process, which
+# streams it in chunks: an answer frame must stay small. Below the blob size (4 MiB), so an
+# inline file is always exactly one blob.
+INLINE_MAX = 1 << 20
+# Inline content per batch; past it, files are left to the main process as well.
+BATCH_BYTES = 8 << 20
+FRAME = struct.Struct(">I")
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+class Job(NamedTuple):
+    """One batch: names of one directory (ascending) and what the stat cache knows of them."""
+
+    directory: str  # absolute path
+    rel_dir: str  # path in the snapshot ("" for the root)
+    names: list[str]
+    cache_lines: list[str]  # stat-cache lines of this directory, ascending, covering names
+    racy_from_ns: int  # files modified at or after this are re-read even when they match
+
+
+@dataclass
+class Run:
+    """Consecutive entries the worker formatted completely, in manifest order."""
+
+    manifest: list[str] = field(default_factory=list)
+    stat: list[str] = field(default_factory=list)
+    blobs: list[tuple[str, bytes]] = field(default_factory=list)  # new content: (sha256, bytes)
+    subdirs: list[str] = field(default_factory=list)
+    files: int = 0
+    unchanged: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+
+
+class RunItem(NamedTuple):
+    """Consecutive entries formatted completely by the worker."""
+
+    manifest: str  # their manifest lines
+    stat: str  # the stat-cache lines of their files
+    entries: int
+    blobs: list[tuple[str, bytes]]  # new content: (sha256, bytes)
+    subdirs: list[str]  # names of the directories among them
+    files: int
+    unchanged: int
+    dirs: int
+    symlinks: int
+    bytes_total: int
+    bytes_read: int
+
+
+class BigItem(NamedTuple):
+    """A file for the main process to stream (too big for an answer, or it grew)."""
+
+    name: str
+    meta: tuple[int, int, int, int, int, int, int]  # mode uid gid size mtime ctime inode
+
+
+class ErrorItem(NamedTuple):
+    """An entry that could not be read: reported, not recorded."""
+
+    name: str
+    message: str
+
+
+Item = RunItem | BigItem | ErrorItem  # an answer is a list of these, in manifest order
+
+
+def scan_batch(job: Job) -> list[Item]:
+    """Scan one batch: its entries as items, in manifest order."""
+    scanner = _BatchScanner(job)
+    for name in job.names:
+        scanner.scan(name)
+    return scanner.finish()
+
+
+class _BatchScanner:
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._prefix = f"{job.rel_dir}/" if job.rel_dir else ""
+        self._cache = iter(job.cache_lines)
+        self._cached = self._next_cached()
+        self._items: list[Item] = []
+        self._run = Run()
+        self._budget = BATCH_BYTES
+
+    def _next_cached(self) -> tuple[str, str, str, str] | None:
+        """The next (name, key, manifest line, whole line) of the stat cache."""
+        line = next(self._cache, None)
+        if line is None:
+            return None
+        name, key, manifest = line.split("\t", 2)
+        return unfield(name), key, manifest, line
+
+    def _lookup(self, name: str) -> tuple[str, str, str, str] | None:
+        while self._cached is not None and self._cached[0] < name:
+            self._cached = self._next_cached()
+        return self._cached if self._cached is not None and self._cached[0] == name else None
+
+    def scan(self, name: str) -> None:
+        path = f"{self._job.directory}/{name}"
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            self._item(ErrorItem(name, _message(exc)))
+            return
+        if stat.S_ISREG(st.st_mode):
+            self._file(name, path, st)
+        elif stat.S_ISDIR(st.st_mode):
+            self._run.manifest.append(dir_line(self._prefix + name, stat.S_IMODE(st.st_mode),
+                                               st.st_uid, st.st_gid, st.st_mtime_ns))
+            self._run.subdirs.append(name)
+            self._run.dirs += 1
+        elif stat.S_ISLNK(st.st_mode):
+            self._symlink(name, path, st)
+        else:
+            self._item(ErrorItem(name, "not a regular file, directory or symlink; skipped"))
+
+    def _file(self, name: str, path: str, st: os.stat_result) -> None:
+        key = stat_key(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        cached = self._lookup(name)
+        run = self._run
+        if cached is not None and cached[1] == key \
+                and key_mtime_ns(key) < self._job.racy_from_ns:
+            # Same size, mtime, ctime and inode: same content, mode and owner (chmod and
+            # chown change ctime). Both lines are reused as they are.
+            run.manifest.append(cached[2])
+            run.stat.append(cached[3])
+            run.files += 1
+            run.unchanged += 1
+            run.bytes_total += st.st_size
+            return
+        if st.st_size > min(INLINE_MAX, self._budget):
+            self._big(name, st)
+            return
+        content = _read_small(path, st.st_size)
+        if isinstance(content, str):
+            self._item(ErrorItem(name, content))
+        elif content is None:
+            self._big(name, st)  # it grew since the lstat
+        else:
+            self._new_file(name, st, content)
+
+    def _new_file(self, name: str, st: os.stat_result, content: bytes) -> None:
+        run = self._run
+        size = len(content)  # a file that shrank since the lstat is recorded as read
+        sha = hashlib.sha256(content).hexdigest() if content else EMPTY_SHA256
+        line = file_line(self._prefix + name, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                         st.st_mtime_ns, size, sha)
+        run.manifest.append(line)
+        run.stat.append(stat_line(name, stat_key(size, st.st_mtime_ns, st.st_ctime_ns,
+                                                 st.st_ino), line))
+        if content:
+            run.blobs.append((sha, content))
+        run.files += 1
+        run.bytes_total += size
+        run.bytes_read += size
+        self._budget -= size
+
+    def _symlink(self, name: str, path: str, st: os.stat_result) -> None:
+        try:
+            target = os.readlink(path)
+        except OSError as exc:
+            self._item(ErrorItem(name, _message(exc)))
+            return
+        self._run.manifest.append(symlink_line(self._prefix + name, stat.S_IMODE(st.st_mode),
+                                               st.st_uid, st.st_gid, st.st_mtime_ns, target))
+        self._run.symlinks += 1
+
+    def _big(self, name: str, st: os.stat_result) -> None:
+        self._item(BigItem(name, (st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                                  st.st_mtime_ns, st.st_ctime_ns, st.st_ino)))
+
+    def _item(self, item: Item) -> None:
+        """An item the main process handles itself: close the open run first (order)."""
+        self._close_run()
+        self._items.append(item)
+
+    def _close_run(self) -> None:
+        run = self._run
+        if run.manifest:
+            self._items.append(RunItem("".join(run.manifest), "".join(run.stat),
+                                       len(run.manifest), run.blobs, run.subdirs, run.files,
+                                       run.unchanged, run.dirs, run.symlinks, run.bytes_total,
+                                       run.bytes_read))
+            self._run = Run()
+
+    def finish(self) -> list[Item]:
+        self._close_run()
+        return self._items
+
+
+def _read_small(path: str, size: int) -> bytes | str | None:
+    """The content; None when the file is larger than ``size`` now; a message on error."""
+    try:
+        # O_NOFOLLOW: never read through a symlink swapped in after the lstat.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            # One byte more than stat said, so a file that grew meanwhile is noticed.
+            content = os.read(fd, size + 1)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return _message(exc)
+    return None if len(content) > size else content
+
+
+def _message(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def read_frame(stream: IO[bytes]) -> bytes | None:
+    """One frame's payload, or None at a clean end of input."""
+    header = stream.read(FRAME.size)
+    if not header:
+        return None
+    if len(header) < FRAME.size:
+        raise EOFError("truncated frame header")
+    (length,) = FRAME.unpack(header)
+    payload = stream.read(length)
+    if len(payload) < length:
+        raise EOFError("truncated frame")
+    return payload
+
+
+def write_frame(stream: IO[bytes], payload: bytes) -> None:
+    stream.write(FRAME.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def serve(jobs: IO[bytes], answers: IO[bytes]) -> None:
+    """Answer jobs until end of input."""
+    while (payload := read_frame(jobs)) is not None:
+        job = Job(*pickle.loads(payload))  # from our parent only
+        write_frame(answers, pickle.dumps(scan_batch(job), protocol=5))
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group; the parent decides, and closes our input.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A broken pipe or a cut frame: the parent is gone, nobody waits for an answer.
+    with contextlib.suppress(BrokenPipeError, EOFError):
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    # Run the copy imported under the module's real name: answers are pickled by class
+    # path, and the parent knows these classes as wicked_dr.engine.scan_worker.*, not __main__.
+    from wicked_dr.engine.scan_worker import main as module_main
+
+    module_main()
