@@ -29,7 +29,6 @@ from typing import IO, NamedTuple
 from wicked_dr.repository.entry_lines import (
     dir_line,
     file_line,
-    key_mtime_ns,
     stat_key,
     stat_line,
     symlink_line,
@@ -159,8 +158,7 @@ class _BatchScanner:
         key = stat_key(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         cached = self._lookup(name)
         run = self._run
-        if cached is not None and cached[1] == key \
-                and key_mtime_ns(key) < self._job.racy_from_ns:
+        if cached is not None and cached[1] == key and st.st_mtime_ns < self._job.racy_from_ns:
             # Same size, mtime, ctime and inode: same content, mode and owner (chmod and
             # chown change ctime). Both lines are reused as they are.
             run.manifest.append(cached[2])

@@ -53,11 +53,6 @@ def stat_key(size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
     return f"{size}:{mtime_ns}:{ctime_ns}:{inode}"
 
 
-def key_mtime_ns(key: str) -> int:
-    """The mtime inside a ``stat_key``."""
-    return int(key.split(":", 2)[1])
-
-
 def stat_line(name: str, key: str, manifest_line: str) -> str:
     """One file's stat-cache line (``manifest_line`` ends with a newline)."""
     return f"{field(name)}\t{key}\t{manifest_line}"
