@@ -171,6 +171,11 @@ def test_cli_tokens_backup_loss_restore_reattaches_every_unexpired_token(
     meta = load_snapshot(setup.repo(), snapshot_id)["sources"]["kong_tokens"]
     assert (meta["generation"], meta["exported"], meta["skipped_expired"]) == (
         generation, len(world.live), expired_rows)
+    # Stream format 3: the tokens and the lookup tables as separate sections.
+    assert meta["version"] == 3
+    assert meta["sections"]["oauth2_tokens"] == len(world.live)
+    assert meta["sections"]["oauth2_credentials"] == len(world.subs)
+    assert ("ttls" in meta["sections"]) == (generation == "0.14")
     run = _wdr(setup, "snapshots", "--json", dsn=None)
     assert run.code == 0, run.err
     assert [(r["id"], r["kong_tokens"]) for r in json.loads(run.out)] == [(snapshot_id, True)]
