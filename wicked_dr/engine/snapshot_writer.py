@@ -146,9 +146,14 @@ class SnapshotWriter:
 
     def add_run(self, run: RunItem) -> None:
         """Entries a scan worker finished: their lines as they are, their new blobs packed."""
-        for blob_id, data in run.blobs:
-            self._store_blob(data, blob_id)
+        # The hot loop of a first backup (one blob per new file): bound methods hoisted.
+        pending, known, add = self._packs.is_pending, self._cache.has, self._packs.add
         stats = self.stats
+        for blob_id, data in run.blobs:
+            if not (pending(blob_id) or known(blob_id)):
+                add(blob_id, data)
+                stats.bytes_new += len(data)
+                stats.blobs_new += 1
         stats.files += run.files
         stats.files_unchanged += run.unchanged
         stats.dirs += run.dirs

@@ -174,6 +174,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     # A cache, rebuilt from the repository when lost: durability buys nothing here.
     db.execute("PRAGMA synchronous=OFF")
+    # 64 MiB of page cache: a backup's ~100 k inserts stay in memory until the commit.
+    db.execute("PRAGMA cache_size=-65536")
     # One transaction, so two processes opening a new cache at once cannot drop each other's
     # tables.
     db.execute("BEGIN IMMEDIATE")
