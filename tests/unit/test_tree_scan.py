@@ -213,6 +213,8 @@ def test_pool_close_ends_its_workers() -> None:
     workers = list(pool._workers)
     assert pool.workers == 2
     pool.close()
+    for worker in workers:
+        worker.wait(timeout=10)  # reaped in the background; they end by themselves
     assert all(w.poll() is not None for w in workers)
 
 
