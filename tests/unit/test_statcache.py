@@ -85,3 +85,22 @@ def test_commit_keeps_only_the_newest_and_abort_leaves_nothing(tmp_path: Path) -
     aborted.enter_dir("")
     aborted.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s2.stat.zst"]
+
+
+def test_long_blocks_are_handed_out_exactly_once_across_chunks(tmp_path: Path) -> None:
+    """Blocks longer than the read-ahead chunk, batch boundaries that fall between cached
+    names, and a block that ends inside a chunk: every line comes out once, in order."""
+    root = [f"{i:04}" for i in range(0, 1200, 2)]          # 600 names, even numbers
+    _write(tmp_path, "s1", {"": root, "a": ["x", "y"], "b": ["z"]})
+    reader = StatCacheReader.latest(tmp_path, "s1")
+    assert reader is not None
+    reader.enter_dir("")
+    got: list[str] = []
+    for last in ("0001", "0511", "0512", "0999", "1199", "9999"):  # odd: between names
+        got.extend(reader.take_until(last))
+    assert got == [_line("", n) for n in root]
+    reader.enter_dir("a")
+    assert reader.take_until("x") == [_line("a", "x")]
+    reader.enter_dir("b")                                   # the rest of "a" is skipped
+    assert reader.take_until("z") == [_line("b", "z")]
+    reader.close()

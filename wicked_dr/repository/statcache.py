@@ -20,7 +20,9 @@ start may have changed within the same timestamp tick; the scan re-reads it.
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import json
 import os
 from pathlib import Path
@@ -79,6 +81,12 @@ class StatCacheWriter:
         self._tmp.unlink(missing_ok=True)
 
 
+def _name(line: str) -> str:
+    """The file name a stat-cache line starts with."""
+    name = line.partition("\t")[0]
+    return unfield(name) if name.startswith('"') else name
+
+
 class StatCacheReader:
     """A forward-only cursor over a previous snapshot's stat lines."""
 
@@ -91,8 +99,9 @@ class StatCacheReader:
             raise ValueError("stat cache of another wicked-dr version: not used")
         self.snapshot_id: str = header["snapshot"]
         self.scan_start_ns: int = header["scan_start_ns"]
-        self._line = self._stream.readline()  # the line under the cursor ("" at the end)
+        self._pushback: list[str] = []  # lines read past a block's end, to be read again
         self._in_block = False
+        self._ahead: list[str] = []  # lines of the open block read but not taken yet
 
     @classmethod
     def latest(cls, directory: Path, snapshot_id: str | None) -> StatCacheReader | None:
@@ -108,31 +117,47 @@ class StatCacheReader:
         """Move to the block of ``rel_dir`` (blocks of directories that are gone are skipped)."""
         wanted = dir_key(rel_dir)
         self._in_block = False
-        while self._line:
-            if self._line.startswith("/"):
-                here = dir_key(unfield(self._line[1:-1]))
+        self._ahead = []
+        while line := self._next_lines(1):
+            if line[0].startswith("/"):
+                here = dir_key(unfield(line[0][1:-1]))
                 if here == wanted:
-                    self._line = self._stream.readline()
                     self._in_block = True
                     return
                 if here > wanted:
+                    self._pushback[:0] = line
                     return
-            self._line = self._stream.readline()
 
     def take_until(self, last_name: str) -> list[str]:
         """The lines of the open block up to and including ``last_name`` (names ascending
-        across calls), for a scan worker to merge-join with the directory's names."""
-        lines: list[str] = []
-        while self._in_block and self._line:
-            line = self._line
+        across calls), for a scan worker to merge-join with the directory's names.
+
+        Lines are read ahead in chunks and the boundary found by bisection: only a few
+        names per batch are parsed here; the workers parse the rest."""
+        while self._in_block and (not self._ahead or _name(self._ahead[-1]) <= last_name):
+            self._read_ahead()
+        cut = bisect.bisect_right(self._ahead, last_name, key=_name)
+        taken, self._ahead = self._ahead[:cut], self._ahead[cut:]
+        return taken
+
+    def _read_ahead(self, count: int = 256) -> None:
+        """Up to ``count`` more lines of the open block, which ends at a header or EOF."""
+        chunk = self._next_lines(count)
+        if not chunk:
+            self._in_block = False
+        for i, line in enumerate(chunk):
             if line.startswith("/"):
+                self._ahead.extend(chunk[:i])
+                self._pushback[:0] = chunk[i:]
                 self._in_block = False
-                break
-            name = line.partition("\t")[0]
-            if (unfield(name) if name.startswith('"') else name) > last_name:
-                break
-            lines.append(line)
-            self._line = self._stream.readline()
+                return
+        self._ahead.extend(chunk)
+
+    def _next_lines(self, count: int) -> list[str]:
+        lines = self._pushback[:count]
+        del self._pushback[:count]
+        if len(lines) < count:
+            lines.extend(itertools.islice(self._stream, count - len(lines)))
         return lines
 
     def close(self) -> None:
