@@ -78,6 +78,9 @@ _MAX_TRAILER_BYTES = 1 << 16
 # ttls.primary_key_value is text; only the canonical form of a uuid can equal a token's
 # id::text, and only such a value is cast (a cast of anything else would fail the export).
 _UUID_TEXT = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# Up to this many expired tokens (0.x) the export carries their ids into the token COPY
+# (about 37 bytes each, 3.7 MB at most); above it the COPY anti-joins on the server.
+EXPIRED_IDS_MAX = 100_000
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 _BACKUP_APP = "wicked-dr kong_tokens backup"
 _RESTORE_APP = "wicked-dr kong_tokens restore"
@@ -120,8 +123,9 @@ class KongTokensSource:
             conn.read_only = True
             with conn.transaction():
                 schema = detect_schema(conn)
-                expired, server_time = _expired_and_now(conn, schema)
-                plan = export_plan(conn, schema, expired=expired)
+                found = expired_tokens(conn, schema)
+                expired, server_time = found.count, found.server_time
+                plan = export_plan(conn, schema, expired=found)
                 header = _export_header(schema, plan, expired, server_time)
                 record = sink.add_stream(STREAM_NAME, _export_chunks(conn, header, plan,
                                                                      counter))
@@ -176,32 +180,78 @@ def _expired_ttls_of_token(schema: KongSchema) -> sql.Composable:
     ).format(expired=_expired_condition(schema), pattern=sql.Literal(_UUID_TEXT))
 
 
-def _expired_and_now(conn: Conn, schema: KongSchema) -> tuple[int, datetime]:
-    """Expired tokens and the server time, from the snapshot the COPY sections will read.
+@dataclass(frozen=True)
+class ExpiredTokens:
+    """The tokens expired at ``server_time`` (the snapshot's ``now()``), as the export found
+    them in its own snapshot."""
 
-    On 0.x only the expired ttls rows are read (Kong deletes them every 60 s, so they are
-    few), each probing the tokens' primary key."""
+    count: int
+    server_time: datetime
+    # Their ids as the text of a uuid[] ('{...}') when there are at most EXPIRED_IDS_MAX of
+    # them (0.x); None when the token COPY filters on the server instead.
+    ids: str | None = None
+
+
+def _ids_query(schema: KongSchema) -> sql.Composable:
+    """The ids of expired tokens (``LIMIT %s``). On 0.x only the expired ttls rows are read
+    (Kong deletes them every 60 s, so they are few), each probing the tokens' primary key."""
     if schema.uses_ttls_table:
-        count = sql.SQL(
-            "SELECT count(*) FROM ttls x WHERE x.table_name = 'oauth2_tokens' AND {} AND "
-            "EXISTS (SELECT 1 FROM oauth2_tokens t WHERE t.id = CASE WHEN "
-            "x.primary_key_value ~ {} THEN x.primary_key_value::uuid END)"
-        ).format(_expired_condition(schema), sql.Literal(_UUID_TEXT))
-    else:
-        count = sql.SQL("SELECT count(*) FROM oauth2_tokens t WHERE {}").format(
-            _expired_condition(schema))
-    row = conn.execute(sql.SQL("SELECT ({}), now()").format(count)).fetchone()
-    assert row is not None  # a SELECT without FROM always returns one row
-    expired, server_time = row
-    assert isinstance(server_time, datetime)
-    return int(str(expired)), server_time
+        return sql.SQL(
+            "SELECT t.id FROM ttls x JOIN oauth2_tokens t ON t.id = CASE WHEN "
+            "x.primary_key_value ~ {} THEN x.primary_key_value::uuid END "
+            "WHERE x.table_name = 'oauth2_tokens' AND {} LIMIT %s"
+        ).format(sql.Literal(_UUID_TEXT), _expired_condition(schema))
+    return sql.SQL("SELECT t.id FROM oauth2_tokens t WHERE {} LIMIT %s").format(
+        _expired_condition(schema))
 
 
-def _token_filter(schema: KongSchema, expired: int) -> sql.Composable:
-    """The WHERE clause that leaves out expired tokens; none at all when there are none (the
-    count ran on the same snapshot at the same ``now()``)."""
-    if expired == 0:
+def expired_tokens(conn: Conn, schema: KongSchema) -> ExpiredTokens:
+    """Count the expired tokens, in the snapshot the COPY sections will read; on 0.x also
+    return their ids when they are few, so that the token COPY can leave them out with a
+    hash anti-join against that list instead of scanning ``ttls`` a second time.
+
+    One query reads at most EXPIRED_IDS_MAX + 1 ids (the memory bound: 37 bytes of text per
+    id); only when there are more is the full count run (a second pass, rare: Kong's
+    cleanup runs every 60 s). On 1.x+ the filter is a ``ttl`` comparison per row, cheaper
+    than a hash probe, so only the count is read."""
+    if not schema.uses_ttls_table:
+        row = conn.execute(sql.SQL("SELECT now(), (SELECT count(*) FROM ({}) e)").format(
+            _ids_query(schema)), (None,)).fetchone()
+        assert row is not None  # a SELECT without FROM always returns one row
+        return ExpiredTokens(int(str(row[1])), _timestamp(row[0]))
+    limit = EXPIRED_IDS_MAX + 1
+    row = conn.execute(sql.SQL(
+        "SELECT now(), count(*), array_agg(e.id)::text FROM ({}) e"
+    ).format(_ids_query(schema)), (limit,)).fetchone()
+    assert row is not None  # an aggregate without GROUP BY always returns one row
+    server_time, count, ids = _timestamp(row[0]), int(str(row[1])), row[2]
+    if count < limit:
+        return ExpiredTokens(count, server_time, str(ids) if count else None)
+    # Too many to carry in the statement: count them all; the COPY anti-joins on the server.
+    row = conn.execute(sql.SQL("SELECT count(*) FROM ({}) e").format(_ids_query(schema)),
+                       (None,)).fetchone()
+    assert row is not None
+    return ExpiredTokens(int(str(row[0])), server_time)
+
+
+def _timestamp(value: object) -> datetime:
+    assert isinstance(value, datetime)
+    return value
+
+
+def _token_filter(schema: KongSchema, expired: ExpiredTokens) -> sql.Composable:
+    """What leaves out expired tokens; nothing at all when there are none (the count ran on
+    the same snapshot at the same ``now()``).
+
+    With the ids at hand, a LEFT JOIN against them as an array: PostgreSQL hashes the few
+    ids once and probes per token (``id <> ALL(array)`` would be a linear search per token
+    before PostgreSQL 15). Otherwise (0.x, many expired) a server-side anti-join against the
+    expired ttls rows, or (1.x+) the ``ttl`` comparison."""
+    if expired.count == 0:
         return sql.SQL("")
+    if expired.ids is not None:
+        return sql.SQL(" LEFT JOIN unnest({}::uuid[]) AS e(id) ON e.id = t.id "
+                       "WHERE e.id IS NULL").format(sql.Literal(expired.ids))
     if schema.uses_ttls_table:
         return sql.SQL(" WHERE NOT EXISTS ({})").format(_expired_ttls_of_token(schema))
     return sql.SQL(" WHERE NOT {}").format(_expired_condition(schema))
@@ -227,7 +277,7 @@ def _lookup_section(conn: Conn, table: str) -> Section:
 
 
 def export_plan(conn: Conn, schema: KongSchema, *,
-                expired: int) -> list[tuple[Section, sql.Composed]]:
+                expired: ExpiredTokens) -> list[tuple[Section, sql.Composed]]:
     """The stream's sections and the COPY statement of each, tokens first."""
     tokens = Section(TOKENS, schema.token_columns)
     plan = [(tokens, _select(tokens.columns, TOKENS, "t", _token_filter(schema, expired)))]
