@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -51,14 +52,17 @@ def test_quiesced_mode_none_creates_nothing(tmp_path: Path) -> None:
     assert report.window_s == 0.0
 
 
-def test_quiesced_waits_for_file_locks(tmp_path: Path) -> None:
-    """In-flight writes (<file>.lock, in subfolders too) are waited for before reading."""
+def test_quiesced_settle_waits_for_file_locks(tmp_path: Path) -> None:
+    """In-flight writes (<file>.lock) of a directory are waited for before it is read, and
+    the caller is told to list it again; a quiet directory costs no wait."""
     (tmp_path / "users").mkdir()
     pending = tmp_path / "users" / "u.json.lock"
     pending.write_text("")
     threading.Timer(0.3, pending.unlink).start()
     started = time.monotonic()
     with quiesced(tmp_path, "wicked-lock", 5.0) as report:
+        assert report.settle(str(tmp_path), os.listdir(tmp_path)) is False  # only global.lock
+        assert report.settle(str(tmp_path / "users"), ["u.json", "u.json.lock"]) is True
         assert not pending.exists()
     assert time.monotonic() - started >= 0.3
     assert report.waited_for_locks == 1
@@ -68,10 +72,18 @@ def test_quiesced_file_lock_outlives_timeout_fails_and_cleans_up(tmp_path: Path)
     """A write that never finishes: OperationError after the timeout, global.lock removed."""
     (tmp_path / "meta.json.lock").write_text("")
     with pytest.raises(OperationError, match="in flight"), \
-            quiesced(tmp_path, "wicked-lock", 0.2):
-        pytest.fail("the block must not run")
+            quiesced(tmp_path, "wicked-lock", 0.2) as report:
+        report.settle(str(tmp_path), os.listdir(tmp_path))
+        pytest.fail("reading must not start")
     assert not (tmp_path / GLOBAL_LOCK).exists()
     assert (tmp_path / "meta.json.lock").exists()
+
+
+def test_settle_in_mode_none_never_waits(tmp_path: Path) -> None:
+    """Without quiescing, lock files are not waited for (the torn-write control run)."""
+    with quiesced(tmp_path, "none", 0.0) as report:
+        assert report.settle(str(tmp_path), ["x.json.lock"]) is False
+    assert report.waited_for_locks == 0
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage", b'{"created_by": "someone"}'])

@@ -236,3 +236,31 @@ def test_workers_that_cannot_start_fall_back_to_the_main_process(
 def _key(path: Path) -> tuple[int, int, int, int]:
     st = path.lstat()
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def test_settle_sees_full_listings_and_a_settled_directory_is_listed_again(
+        tmp_path: Path) -> None:
+    """settle gets each directory's listing with its lock files before anything is read;
+    when it waited (returns True), the directory is listed again, so a file a finishing
+    write created is in the snapshot."""
+    (tmp_path / "users").mkdir()
+    (tmp_path / "users" / "new.json.lock").write_text("")
+    seen: list[tuple[str, list[str]]] = []
+
+    def settle(directory: str, names: list[str]) -> bool:
+        seen.append((directory, sorted(names)))
+        lock = Path(directory) / "new.json.lock"
+        if lock.exists():  # the write in flight finishes while we wait
+            (Path(directory) / "new.json").write_text("{}")
+            lock.unlink()
+            return True
+        return False
+
+    target = _RecordingTarget()
+    with ScanPool(1) as pool:
+        scan_tree(str(tmp_path), target, pool, exclude=is_excluded, settle=settle,
+                  racy_from_ns=NEVER_RACY)
+    assert seen == [(str(tmp_path), ["users"]),
+                    (f"{tmp_path}/users", ["new.json.lock"]),
+                    (f"{tmp_path}/users", ["new.json"])]
+    assert target.contents == {"users/new.json": b"{}"}

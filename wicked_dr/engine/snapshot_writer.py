@@ -126,11 +126,13 @@ class SnapshotWriter:
 
     # --- the sink side: a file tree ---------------------------------------------------------
 
-    def add_tree(self, root: Path, exclude: Callable[[str], bool]) -> None:
+    def add_tree(self, root: Path, exclude: Callable[[str], bool],
+                 settle: Callable[[str, list[str]], bool] | None = None) -> None:
         """Scan the tree under ``root`` into this snapshot (see tree_scan.py)."""
         racy_from = (self._previous.scan_start_ns - RACY_WINDOW_NS
                      if self._previous is not None else 0)
-        scan_tree(str(root), self, self._pool, exclude=exclude, racy_from_ns=racy_from)
+        scan_tree(str(root), self, self._pool, exclude=exclude, settle=settle,
+                  racy_from_ns=racy_from)
 
     def enter_dir(self, rel_dir: str) -> None:
         """A directory's block starts: position both stat caches."""

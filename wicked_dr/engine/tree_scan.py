@@ -37,25 +37,35 @@ class ScanTarget(Protocol):
     def add_error(self, rel: str, error: str) -> None: ...
 
 
+Settle = Callable[[str, list[str]], bool]
+
+
 def scan_tree(root: str, target: ScanTarget, pool: ScanPool, *,
-              exclude: Callable[[str], bool], racy_from_ns: int) -> None:
-    """Every entry under ``root`` (``exclude``d names left out) into ``target``."""
+              exclude: Callable[[str], bool], racy_from_ns: int,
+              settle: Settle | None = None) -> None:
+    """Every entry under ``root`` (``exclude``d names left out) into ``target``;
+    ``settle`` sees each full listing first (see ``TreeSink.add_tree``)."""
     pending = [("", root)]
     while pending:
         rel_dir, directory = pending.pop()
-        subdirs = _scan_dir(directory, rel_dir, target, pool, exclude, racy_from_ns)
+        subdirs = _scan_dir(directory, rel_dir, target, pool, exclude, settle, racy_from_ns)
         pending.extend(reversed(subdirs))  # the smallest name is scanned next
 
 
 def _scan_dir(directory: str, rel_dir: str, target: ScanTarget, pool: ScanPool,
-              exclude: Callable[[str], bool], racy_from_ns: int) -> list[tuple[str, str]]:
+              exclude: Callable[[str], bool], settle: Settle | None,
+              racy_from_ns: int) -> list[tuple[str, str]]:
     # Plain names, not DirEntry objects: wicked keeps 200 k files in one folder at 200 k
     # users, and a sorted list of DirEntry objects costs three times the memory.
     try:
-        names = sorted(n for n in os.listdir(directory) if not exclude(n))
+        listing = os.listdir(directory)
+        while settle is not None and settle(directory, listing):
+            listing = os.listdir(directory)  # writes finished meanwhile: see their results
     except OSError as exc:
         target.add_error(rel_dir or ".", exc.strerror or str(exc))
         return []
+    names = sorted(n for n in listing if not exclude(n))
+    del listing
     target.enter_dir(rel_dir)
     prefix = f"{rel_dir}/" if rel_dir else ""
     jobs = (Job(directory, rel_dir, batch, target.cached_lines(batch[-1]), racy_from_ns)

@@ -43,9 +43,13 @@ class Source(Protocol):
 class TreeSink(SnapshotSink, Protocol):
     """The engine side a file-tree source writes into."""
 
-    def add_tree(self, root: Path, exclude: Callable[[str], bool]) -> None:
+    def add_tree(self, root: Path, exclude: Callable[[str], bool],
+                 settle: Callable[[str, list[str]], bool] | None = None) -> None:
         """Snapshot every entry under ``root`` except names ``exclude`` refuses.
 
         The engine scans (in parallel, skipping unchanged files); the source decides what to
-        read and holds whatever makes the tree consistent (wicked's lock) around the call."""
+        read and holds whatever makes the tree consistent (wicked's lock) around the call.
+        ``settle(directory, names)`` sees each directory's full listing before any of its
+        files is read, may wait there, and returns True when the directory must be listed
+        again (files changed while it waited)."""
         ...

@@ -42,7 +42,7 @@ class VolumeSource:
     def backup(self, sink: TreeSink) -> dict[str, Any]:
         """Walk the volume into ``sink`` under the configured quiesce mode."""
         with quiesced(self.path, self.config.quiesce, self.config.quiesce_timeout_s) as report:
-            sink.add_tree(self.path, exclude=is_excluded)
+            sink.add_tree(self.path, exclude=is_excluded, settle=report.settle)
         return {"path": str(self.path), "quiesce": report.mode,
                 "lock_window_s": report.window_s, "waited_for_writes": report.waited_for_locks,
                 "removed_stale_lock": report.removed_stale}

@@ -2,20 +2,22 @@
 
 portal-api refuses to take any per-file lock while ``global.lock`` exists at the top of the
 dynamic data folder (writers get HTTP 423 and back off). So: create ``global.lock`` only if
-absent, wait (bounded) until no ``*.lock`` is left, read, and remove ``global.lock`` in every
-outcome. Our ``global.lock`` carries a marker so that a crashed run's leftover is recognised
-and removed by the next run, while somebody else's ``global.lock`` is never touched.
+absent, wait (bounded) until no ``*.lock`` is left in a directory before reading it, and
+remove ``global.lock`` in every outcome. Our ``global.lock`` carries a marker so that a
+crashed run's leftover is recognised and removed by the next run, while somebody else's
+``global.lock`` is never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wicked_dr.errors import LockedError, OperationError
@@ -33,17 +35,43 @@ GRACE_S = 0.05
 
 @dataclass
 class QuiesceReport:
-    """What the lock cost: how long wicked's writers were held off."""
+    """What the lock cost (how long wicked's writers were held off), and the wait for
+    writes in flight, which a reader calls per directory before reading it."""
 
     mode: str
     waited_for_locks: int = 0
     window_s: float = 0.0
     removed_stale: bool = False
+    deadline: float = field(default=math.inf, repr=False)
+
+    def settle(self, directory: str, names: list[str]) -> bool:
+        """Wait until the writes in flight in one directory listing (``<file>.lock``) are
+        done; True when there were any (list the directory again: files may have changed).
+
+        Per directory, while reading, instead of one walk of the whole volume first: no
+        writer takes a new lock once ``global.lock`` exists (after ``GRACE_S``), so a lock
+        that is not in a listing cannot appear later, and a volume of a million files is
+        not walked twice under the lock."""
+        if self.mode == "none":
+            return False
+        pending = [f"{directory}/{name}" for name in names
+                   if name.endswith(".lock") and name != GLOBAL_LOCK]
+        waited = bool(pending)
+        self.waited_for_locks += len(pending)
+        while pending:
+            if time.monotonic() > self.deadline:
+                raise OperationError(
+                    f"{len(pending)} write(s) still in flight after the quiesce timeout "
+                    f"(e.g. {pending[0]}); raise volume.quiesce_timeout_s or check portal-api")
+            time.sleep(POLL_S)
+            pending = [p for p in pending if os.path.lexists(p)]
+        return waited
 
 
 @contextlib.contextmanager
 def quiesced(volume: Path, mode: str, timeout_s: float) -> Iterator[QuiesceReport]:
-    """Hold wicked's ``global.lock`` for the duration of the block (mode ``wicked-lock``)."""
+    """Hold wicked's ``global.lock`` for the duration of the block (mode ``wicked-lock``).
+    The block calls ``settle`` on each directory listing before reading that directory."""
     report = QuiesceReport(mode)
     if mode == "none":
         yield report
@@ -57,7 +85,7 @@ def quiesced(volume: Path, mode: str, timeout_s: float) -> Iterator[QuiesceRepor
         _create(lock, holder)
         created = True
         time.sleep(GRACE_S)
-        report.waited_for_locks = _wait_for_writers(volume, timeout_s)
+        report.deadline = time.monotonic() + timeout_s
         yield report
     finally:
         if created or _owner_of(lock) == holder.instance:
@@ -124,31 +152,3 @@ def _remove_our_stale_lock(lock: Path) -> bool:
     lock.unlink(missing_ok=True)
     log.warning("removed global.lock left by a crashed wicked-dr run", holder=holder.describe())
     return True
-
-
-def _wait_for_writers(volume: Path, timeout_s: float) -> int:
-    """Wait until no ``*.lock`` besides ``global.lock`` remains; return how many we waited for."""
-    pending = _file_locks(volume)
-    seen = len(pending)
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        if time.monotonic() > deadline:
-            raise OperationError(
-                f"{len(pending)} write(s) still in flight after {timeout_s:g} s "
-                f"(e.g. {pending[0]}); raise volume.quiesce_timeout_s or check portal-api")
-        time.sleep(POLL_S)
-        pending = [p for p in pending if os.path.lexists(p)]
-    return seen
-
-
-def _file_locks(volume: Path) -> list[str]:
-    found: list[str] = []
-    stack = [str(volume)]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.name.endswith(".lock") and entry.name != GLOBAL_LOCK:
-                    found.append(entry.path)
-    return found
