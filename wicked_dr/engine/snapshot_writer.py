@@ -22,10 +22,10 @@ from wicked_dr.engine.scan_worker import RunItem
 from wicked_dr.engine.tree_scan import scan_tree
 from wicked_dr.log import get_logger
 from wicked_dr.repository.crypto import sha256_hex
-from wicked_dr.repository.entry_lines import file_line, stat_key, stat_line
+from wicked_dr.repository.entry_lines import stat_key, stat_line
 from wicked_dr.repository.index import IndexCache, index_document
 from wicked_dr.repository.layout import BLOB_SIZE, MAX_METADATA_OBJECT, object_name
-from wicked_dr.repository.manifest import TREE_CHUNK_ENTRIES, implied_blobs
+from wicked_dr.repository.manifest import TREE_CHUNK_ENTRIES, Entry, encode_entry
 from wicked_dr.repository.packs import PackBuilder, PackRecord
 from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.statcache import RACY_WINDOW_NS, StatCacheReader, StatCacheWriter
@@ -148,14 +148,9 @@ class SnapshotWriter:
 
     def add_run(self, run: RunItem) -> None:
         """Entries a scan worker finished: their lines as they are, their new blobs packed."""
-        # The hot loop of a first backup (one blob per new file): bound methods hoisted.
-        pending, known, add = self._packs.is_pending, self._cache.has, self._packs.add
-        stats = self.stats
         for blob_id, data in run.blobs:
-            if not (pending(blob_id) or known(blob_id)):
-                add(blob_id, data)
-                stats.bytes_new += len(data)
-                stats.blobs_new += 1
+            self._store_blob(data, blob_id)
+        stats = self.stats
         stats.files += run.files
         stats.files_unchanged += run.unchanged
         stats.dirs += run.dirs
@@ -171,9 +166,8 @@ class SnapshotWriter:
         sha, blobs, size = self.store(chunks)
         self.stats.files += 1
         self.stats.bytes_total += size
-        implied = blobs == implied_blobs(size, sha)
-        line = file_line(rel, statmod.S_IMODE(mode), uid, gid, mtime_ns, size, sha,
-                         None if implied else blobs)
+        line = encode_entry(Entry(rel, "file", statmod.S_IMODE(mode), uid, gid, mtime_ns, size,
+                                  sha, blobs))
         name = rel.rpartition("/")[2]
         self._stat_out.add(stat_line(name, stat_key(size, mtime_ns, ctime_ns, inode), line))
         self._add_lines(line, 1)

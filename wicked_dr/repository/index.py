@@ -208,20 +208,14 @@ def parse_index(index_id: str, plaintext: bytes) -> list[PackRecord]:
 
 def _index_rows(index_id: str, plaintext: bytes,
                 ) -> tuple[list[tuple[str, int, int, str]], list[tuple[bytes, str, int, int]]]:
-    """The rows of the ``packs`` and ``blobs`` tables for one index object.
-
-    Straight from the JSON, without PackRecord objects: this runs for every blob a backup
-    writes and every blob of a repository whose cache is rebuilt."""
-    packs: list[tuple[str, int, int, str]] = []
-    blobs: list[tuple[bytes, str, int, int]] = []
+    """The rows of the ``packs`` and ``blobs`` tables for one index object."""
+    packs = parse_index(index_id, plaintext)
     try:
-        for pack in json.loads(plaintext)["packs"]:
-            pack_id = str(pack["id"])
-            packs.append((pack_id, int(pack["raw_size"]), int(pack["stored_size"]), index_id))
-            blobs.extend((bytes.fromhex(b), pack_id, int(o), int(n)) for b, o, n in pack["blobs"])
-    except (KeyError, TypeError, ValueError, IndexError):
+        blobs = [(bytes.fromhex(b.blob_id), p.pack_id, b.offset, b.length)
+                 for p in packs for b in p.blobs]
+    except ValueError:
         raise IntegrityError(f"index object {index_id} is malformed") from None
-    return packs, blobs
+    return [(p.pack_id, p.raw_size, p.stored_size, index_id) for p in packs], blobs
 
 
 def index_document(packs: list[PackRecord]) -> bytes:

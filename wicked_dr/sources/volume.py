@@ -1,4 +1,4 @@
-"""The dynamic data volume as a source: a sorted walk, under wicked's lock when configured."""
+"""The dynamic data volume as a source: handed to the engine's scan under wicked's lock."""
 
 from __future__ import annotations
 
