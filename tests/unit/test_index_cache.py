@@ -1,4 +1,5 @@
-"""The index cache's run set: exact answers below and above the in-memory limit."""
+"""The index cache: a run's staged packs (in memory and in SQLite), its transaction, the
+layout upgrade."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from wicked_dr.errors import LockedError
 from wicked_dr.repository import index
 from wicked_dr.repository.index import IndexCache
 from wicked_dr.repository.packs import BlobLocation, PackRecord
@@ -17,32 +19,79 @@ def _ids(n: int, salt: str) -> list[str]:
     return [hashlib.sha256(f"{salt}{i}".encode()).hexdigest() for i in range(n)]
 
 
-@pytest.mark.parametrize("set_max", [0, 3, 1_000_000], ids=["spilled", "mixed", "in-memory"])
-def test_run_blobs_marked_written_found_others_not(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  set_max: int) -> None:
-    """Blobs of this run are known exactly, whether held in memory or spilled to SQLite."""
+def _record(pack_id: str, blob_ids: list[str]) -> PackRecord:
+    return PackRecord.of(pack_id, 100, 90, (BlobLocation(b, i * 10, 10)
+                                             for i, b in enumerate(blob_ids)))
+
+
+@pytest.mark.parametrize("set_max", [0, 12, 1_000_000], ids=["table", "mixed", "in-memory"])
+@pytest.mark.parametrize("repository_empty", [True, False], ids=["first", "later"])
+def test_run_blobs_staged_found_others_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           set_max: int, repository_empty: bool) -> None:
+    """Blobs of this run are known exactly, whether held in memory or only in SQLite."""
     monkeypatch.setattr(index, "RUN_SET_MAX", set_max)
     cache = IndexCache(tmp_path / "index.sqlite")
+    if not repository_empty:
+        cache.add_index("i0", _index("o" * 64, _ids(3, "old")))
+    cache.begin_run()
     written = _ids(50, "w")
     for start in range(0, 50, 5):
-        cache.mark_written(written[start:start + 5])
+        cache.stage_pack(_record(f"{start:064x}", written[start:start + 5]))
     assert all(cache.has(b) for b in written)
+    assert not cache.has_none(written[7:9]) and not cache.has_none(["0" * 64, written[49]])
     assert not any(cache.has(b) for b in _ids(500, "other"))
+    assert cache.has_none(_ids(5, "other"))
 
 
-def test_run_blobs_not_persisted_across_caches(tmp_path: Path) -> None:
-    """A new run never trusts blobs an earlier, unfinished run only staged."""
-    first = IndexCache(tmp_path / "index.sqlite")
-    blob = _ids(1, "x")[0]
-    first.mark_written([blob])
-    first.close()
-    assert not IndexCache(tmp_path / "index.sqlite").has(blob)
+def test_staged_run_is_kept_only_when_committed(tmp_path: Path) -> None:
+    """A run's packs reach the cache with commit_run, named by their index object; an
+    aborted run, or a process that ends without committing, leaves nothing behind."""
+    path = tmp_path / "index.sqlite"
+    blobs = _ids(6, "r")
+    aborted = IndexCache(path)
+    aborted.begin_run()
+    aborted.stage_pack(_record("a" * 64, blobs[:2]))
+    aborted.stage_index("i-aborted")
+    aborted.abort_run()
+    assert not aborted.has(blobs[0])
+    aborted.close()
+    crashed = IndexCache(path)
+    crashed.begin_run()
+    crashed.stage_pack(_record("c" * 64, blobs[2:4]))
+    crashed.close()  # like a process that died: the transaction is never committed
+    committed = IndexCache(path)
+    assert not committed.has(blobs[2])
+    committed.begin_run()
+    committed.stage_pack(_record("d" * 64, blobs[4:]))
+    committed.stage_index("i-done")
+    committed.commit_run()
+    committed.close()
+    reopened = IndexCache(path)
+    assert [reopened.has(b) for b in blobs] == [False] * 4 + [True] * 2
+    assert reopened.lookup(blobs[5]) == index.BlobRef("d" * 64)
+    loaded = sqlite3.connect(path).execute("SELECT index_id FROM loaded").fetchall()
+    assert loaded == [("i-done",)]
+
+
+def test_a_second_run_on_the_same_cache_is_told_to_wait(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two backups sharing a state_dir: the second gets a one-line LockedError (after the
+    busy timeout), and a reader is never blocked by the running one."""
+    monkeypatch.setattr(index, "BUSY_TIMEOUT_S", 0.2)
+    path = tmp_path / "index.sqlite"
+    running = IndexCache(path)
+    running.begin_run()
+    reader = IndexCache(path)
+    assert not reader.has(_ids(1, "z")[0])
+    with pytest.raises(LockedError, match="same state_dir"):
+        reader.begin_run()
+    running.abort_run()
+    reader.begin_run()
+    reader.abort_run()
 
 
 def _index(pack_id: str, blob_ids: list[str]) -> bytes:
-    return index.index_document([PackRecord(pack_id, 100, 90, tuple(
-        BlobLocation(b, i * 10, 10) for i, b in enumerate(blob_ids)))])
+    return index.index_document([_record(pack_id, blob_ids)])
 
 
 def test_indexed_blobs_are_found_with_their_pack(tmp_path: Path) -> None:
@@ -54,8 +103,8 @@ def test_indexed_blobs_are_found_with_their_pack(tmp_path: Path) -> None:
     cache.close()
     reopened = IndexCache(tmp_path / "index.sqlite")
     assert all(reopened.has(b) for b in blobs) and not reopened.has(_ids(1, "x")[0])
-    assert reopened.lookup(blobs[3]) == index.BlobRef("p" * 64, 30, 10)
-    assert reopened.lookup(blobs[21]) == index.BlobRef("q" * 64, 10, 10)
+    assert reopened.lookup(blobs[3]) == index.BlobRef("p" * 64)
+    assert reopened.lookup(blobs[21]) == index.BlobRef("q" * 64)
     assert reopened.pack_raw_size("q" * 64) == 100
 
 
@@ -76,4 +125,4 @@ def test_cache_of_an_older_layout_is_rebuilt(tmp_path: Path) -> None:
     cache = IndexCache(path)
     assert not cache.has(_ids(1, "o")[0])
     cache.add_index("i1", _index("p" * 64, _ids(3, "n")))
-    assert cache.lookup(_ids(3, "n")[2]) == index.BlobRef("p" * 64, 20, 10)
+    assert cache.lookup(_ids(3, "n")[2]) == index.BlobRef("p" * 64)

@@ -38,7 +38,8 @@ def _pack(*datas: bytes) -> tuple[str, bytes]:
         blobs.append(BlobLocation(blob_id, offset, len(data)))
         chunks.append(data)
         offset += len(data)
-    plaintext = encode_pack(blobs, chunks)
+    plaintext = encode_pack([b.blob_id for b in blobs], [b.offset for b in blobs],
+                            [b.length for b in blobs], chunks)
     return hashlib.sha256(plaintext).hexdigest(), plaintext
 
 
@@ -99,7 +100,7 @@ def test_pack_builder_seals_when_full_and_on_flush(tmp_path: Path) -> None:
 
 def test_index_document_round_trip_and_malformed_rejected() -> None:
     """An index document parses back to its records; garbage is an IntegrityError."""
-    records = [PackRecord("p" * 64, 10, 20, (BlobLocation("b" * 64, 0, 10),))]
+    records = [PackRecord.of("p" * 64, 10, 20, (BlobLocation("b" * 64, 0, 10),))]
     assert parse_index("i", index_document(records)) == records
     with pytest.raises(IntegrityError, match="malformed"):
         parse_index("i", b'{"packs": [{"id": 1}]}')

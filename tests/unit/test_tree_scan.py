@@ -19,11 +19,19 @@ import pytest
 
 from wicked_dr.engine import scan_worker
 from wicked_dr.engine.scan_pool import ScanPool
-from wicked_dr.engine.scan_worker import BigItem, ErrorItem, Job, RunItem, scan_batch
+from wicked_dr.engine.scan_worker import (
+    BigItem,
+    ErrorItem,
+    Job,
+    ReuseItem,
+    RunItem,
+    scan_batch,
+)
 from wicked_dr.engine.tree_scan import scan_tree
 from wicked_dr.errors import SourceError
 from wicked_dr.repository.entry_lines import stat_key, stat_line
 from wicked_dr.repository.manifest import sort_key
+from wicked_dr.repository.segments import Segment
 from wicked_dr.sources.volume import is_excluded
 
 NEVER_RACY = 2**62
@@ -54,16 +62,20 @@ class _RecordingTarget:
     def add_run(self, run: RunItem) -> None:
         lines = run.manifest.splitlines()
         assert len(lines) == run.entries
-        blobs = dict(run.blobs)
-        for blob_id, data in blobs.items():
-            assert hashlib.sha256(data).hexdigest() == blob_id
+        blobs = _blobs(run.blobs)
         for line in lines:
             entry = json.loads(line)
             self.entries.append(entry)
             if entry.get("type") == "file" and entry["sha256"] in blobs:
                 self.contents[entry["path"]] = blobs[entry["sha256"]]
         self.stat_lines.extend(run.stat.splitlines(keepends=True))
-        self.unchanged += run.unchanged
+
+    def add_reused(self, manifest: str, stat: str, entries: int, bytes_total: int) -> None:
+        lines = manifest.splitlines()
+        assert len(lines) == entries == len(stat.splitlines())
+        self.entries.extend(json.loads(line) for line in lines)
+        self.stat_lines.extend(stat.splitlines(keepends=True))
+        self.unchanged += entries
 
     def add_big_file(self, rel: str, meta: tuple[int, ...], chunks: Iterable[bytes]) -> None:
         self.contents[rel] = b"".join(chunks)
@@ -75,6 +87,18 @@ class _RecordingTarget:
     @property
     def order(self) -> list[str]:
         return [e["path"] for e in self.entries]
+
+
+def _blobs(segment: Segment) -> dict[str, bytes]:
+    """A segment's blobs by id, each checked against its SHA-256; ids distinct."""
+    assert len(set(segment.blob_ids)) == len(segment.blob_ids) == len(segment.lengths)
+    blobs, start = {}, 0
+    for blob_id, length in zip(segment.blob_ids, segment.lengths, strict=True):
+        blobs[blob_id] = segment.data[start:start + length]
+        assert hashlib.sha256(blobs[blob_id]).hexdigest() == blob_id
+        start += length
+    assert start == len(segment.data)
+    return blobs
 
 
 def _tree(root: Path) -> None:
@@ -142,15 +166,48 @@ def test_any_key_field_differing_means_changed(tmp_path: Path, field: int) -> No
     """Size, mtime, ctime and inode all have to match."""
     (tmp_path / "f").write_text("hello")
     key = list(_key(tmp_path / "f"))
-    line = '{"path":"f"}\n'
-    unchanged = scan_batch(Job(str(tmp_path), "", ["f"],
-                               [stat_line("f", stat_key(*key), line)], NEVER_RACY))
-    assert isinstance(unchanged[0], RunItem) and unchanged[0].unchanged == 1
+    unchanged = scan_batch(Job(str(tmp_path), "", ["f"], [stat_key(*key)], NEVER_RACY))
+    assert unchanged == [ReuseItem(0, 1, 5)]
     key[field] += 1
-    changed = scan_batch(Job(str(tmp_path), "", ["f"],
-                             [stat_line("f", stat_key(*key), line)], NEVER_RACY))
-    assert isinstance(changed[0], RunItem) and changed[0].unchanged == 0
-    assert changed[0].blobs == [(hashlib.sha256(b"hello").hexdigest(), b"hello")]
+    changed = scan_batch(Job(str(tmp_path), "", ["f"], [stat_key(*key)], NEVER_RACY))
+    assert isinstance(changed[0], RunItem) and changed[0].files == 1
+    assert changed[0].blobs == Segment([hashlib.sha256(b"hello").hexdigest()], [5], b"hello")
+
+
+def test_unchanged_ranges_and_formatted_runs_interleave_in_order(tmp_path: Path) -> None:
+    """Ranges of unchanged files and runs of changed entries alternate in name order; the
+    same content in two files is one blob."""
+    for name in "abcdef":
+        (tmp_path / name).write_text("same" if name in "ce" else name)
+    keys: list[str | None] = [stat_key(*_key(tmp_path / n)) if n in "abdf" else None
+                              for n in "abcdef"]
+    keys[3] = "0:0:0:0"  # d changed since
+    items = scan_batch(Job(str(tmp_path), "", list("abcdef"), keys, NEVER_RACY))
+    assert [type(i) for i in items] == [ReuseItem, RunItem, ReuseItem]
+    assert items[0] == ReuseItem(0, 2, 2) and items[2] == ReuseItem(5, 6, 1)
+    run = items[1]
+    assert isinstance(run, RunItem) and run.entries == run.files == 3
+    assert [json.loads(line)["path"] for line in run.manifest.splitlines()] == ["c", "d", "e"]
+    assert set(_blobs(run.blobs).values()) == {b"same", b"d"}
+
+
+def test_cache_lines_align_with_names_gone_new_and_quoted(tmp_path: Path) -> None:
+    """Cached names that are gone are skipped, new names are read, and a name that the
+    stat cache quotes (it holds a tab) still finds its line."""
+    odd = "odd\tname"
+    for name in ("kept", odd, "new"):
+        (tmp_path / name).write_text(name)
+    lines = {n: stat_line(n, stat_key(*_key(tmp_path / n)),
+                          json.dumps({"path": n, "cached": 1}) + "\n") for n in ("kept", odd)}
+    gone = stat_line("gone", "1:1:1:1", '{"path":"gone"}\n')
+    cache = {"": sorted([*lines.values(), gone], key=lambda line: line.split("\t")[0])}
+    target = _RecordingTarget(cache)
+    _scan(tmp_path, target, 1)
+    assert target.unchanged == 2
+    assert sorted(target.contents) == ["new"]
+    assert sorted(target.stat_lines[i] for i in (0, 1, 2) if "cached" in target.stat_lines[i]) \
+        == sorted(lines.values())
+    assert "gone" not in target.order
 
 
 def test_big_file_is_streamed_by_the_main_process(tmp_path: Path,
@@ -160,7 +217,7 @@ def test_big_file_is_streamed_by_the_main_process(tmp_path: Path,
     data = os.urandom(5000)
     (tmp_path / "big").write_bytes(data)
     (tmp_path / "small").write_bytes(b"x")
-    items = scan_batch(Job(str(tmp_path), "", ["big", "small"], [], NEVER_RACY))
+    items = scan_batch(Job(str(tmp_path), "", ["big", "small"], [None, None], NEVER_RACY))
     assert isinstance(items[0], BigItem) and isinstance(items[1], RunItem)
     target = _RecordingTarget()
     _scan(tmp_path, target, 0)
@@ -178,7 +235,7 @@ def test_file_that_grew_after_its_stat_is_left_to_the_main_process(tmp_path: Pat
 def test_missing_file_and_special_files_are_errors(tmp_path: Path) -> None:
     """A vanished entry and a FIFO are reported, never recorded."""
     os.mkfifo(tmp_path / "fifo")
-    items = scan_batch(Job(str(tmp_path), "d", ["fifo", "gone"], [], NEVER_RACY))
+    items = scan_batch(Job(str(tmp_path), "d", ["fifo", "gone"], [None, None], NEVER_RACY))
     assert [type(i) for i in items] == [ErrorItem, ErrorItem]
     assert "not a regular file" in items[0].message  # type: ignore[union-attr]
     assert "No such file" in items[1].message  # type: ignore[union-attr]

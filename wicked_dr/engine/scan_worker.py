@@ -3,10 +3,14 @@ write the entries' manifest and stat-cache lines.
 
 ``scan_batch`` is the whole job. The tree scan runs it in worker processes
 (``python -m wicked_dr.engine.scan_worker``), which is why this module imports only the
-standard library and ``entry_lines``: a worker is up within tens of milliseconds. Per file the
-work is a few system calls, a SHA-256 and two formatted lines, which one Python process
-cannot spread over two cores; worker processes can. The main process then handles a batch
-in a handful of operations: it appends the run's text and packs the run's new blobs.
+standard library and two tiny modules of the format: a worker is up within tens of
+milliseconds. Per file the work is a few system calls, a SHA-256 and two formatted lines,
+which one Python process cannot spread over two cores; worker processes can.
+
+What crosses the pipes is kept small, because pickling it is work too. A job carries each
+name's stat key from the previous snapshot (not its cached lines); an unchanged file comes
+back as part of a ``ReuseItem`` range (not as text), and the main process reuses the cached
+lines it already holds. New content comes back as one ``Segment`` per run.
 
 Wire protocol (stdin to stdout, in order): frames of a 4-byte big-endian length and a pickle.
 A job is ``Job``'s fields as a tuple; the answer is ``scan_batch``'s list. End of input ends
@@ -32,8 +36,8 @@ from wicked_dr.repository.entry_lines import (
     stat_key,
     stat_line,
     symlink_line,
-    unfield,
 )
+from wicked_dr.repository.segments import Segment
 
 # A file this large (or one that grew past its stat size) is left to the main process, which
 # streams it in chunks: an answer frame must stay small. Below the blob size (4 MiB), so an
@@ -51,7 +55,7 @@ class Job(NamedTuple):
     directory: str  # absolute path
     rel_dir: str  # path in the snapshot ("" for the root)
     names: list[str]
-    cache_lines: list[str]  # stat-cache lines of this directory, ascending, covering names
+    cached_keys: list[str | None]  # per name, its stat key in the previous snapshot, or None
     racy_from_ns: int  # files modified at or after this are re-read even when they match
 
 
@@ -61,10 +65,10 @@ class Run:
 
     manifest: list[str] = field(default_factory=list)
     stat: list[str] = field(default_factory=list)
-    blobs: list[tuple[str, bytes]] = field(default_factory=list)  # new content: (sha256, bytes)
+    blobs: dict[str, int] = field(default_factory=dict)  # new content: length by id, in order
+    contents: list[bytes] = field(default_factory=list)
     subdirs: list[str] = field(default_factory=list)
     files: int = 0
-    unchanged: int = 0
     dirs: int = 0
     symlinks: int = 0
     bytes_total: int = 0
@@ -77,10 +81,9 @@ class RunItem(NamedTuple):
     manifest: str  # their manifest lines
     stat: str  # the stat-cache lines of their files
     entries: int
-    blobs: list[tuple[str, bytes]]  # new content: (sha256, bytes)
+    blobs: Segment  # their new content, each blob once
     subdirs: list[str]  # names of the directories among them
     files: int
-    unchanged: int
     dirs: int
     symlinks: int
     bytes_total: int
@@ -101,50 +104,73 @@ class ErrorItem(NamedTuple):
     message: str
 
 
-Item = RunItem | BigItem | ErrorItem  # an answer is a list of these, in manifest order
+class ReuseItem(NamedTuple):
+    """``names[start:stop]`` of the job are unchanged files: their cached lines stand."""
+
+    start: int
+    stop: int
+    bytes_total: int
+
+
+Item = RunItem | BigItem | ErrorItem | ReuseItem  # an answer: these, in manifest order
 
 
 def scan_batch(job: Job) -> list[Item]:
     """Scan one batch: its entries as items, in manifest order."""
-    scanner = _BatchScanner(job)
-    for name in job.names:
-        scanner.scan(name)
-    return scanner.finish()
+    return _BatchScanner(job).scan()
 
 
 class _BatchScanner:
     def __init__(self, job: Job) -> None:
         self._job = job
         self._prefix = f"{job.rel_dir}/" if job.rel_dir else ""
-        self._cache = iter(job.cache_lines)
-        self._cached = self._next_cached()
         self._items: list[Item] = []
         self._run = Run()
         self._budget = BATCH_BYTES
+        self._reuse_start = -1  # start of the open range of unchanged files, or -1
+        self._reuse_bytes = 0
 
-    def _next_cached(self) -> tuple[str, str, str, str] | None:
-        """The next (name, key, manifest line, whole line) of the stat cache."""
-        line = next(self._cache, None)
-        if line is None:
-            return None
-        name, key, manifest = line.split("\t", 2)
-        return unfield(name), key, manifest, line
+    def scan(self) -> list[Item]:
+        # The loop runs once per file of the volume: locals, and the unchanged file (by far
+        # the most common in an incremental backup) handled inline.
+        job = self._job
+        directory, racy_from_ns, lstat = job.directory, job.racy_from_ns, os.lstat
+        for i, (name, cached_key) in enumerate(zip(job.names, job.cached_keys, strict=True)):
+            path = f"{directory}/{name}"
+            try:
+                st = lstat(path)
+            except OSError as exc:
+                self._close_reuse(i)
+                self._item(ErrorItem(name, _message(exc)))
+                continue
+            if (cached_key is not None and st.st_mtime_ns < racy_from_ns
+                    and stat.S_ISREG(st.st_mode)
+                    and cached_key == stat_key(st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                               st.st_ino)):
+                # Same size, mtime, ctime and inode: same content, mode and owner (chmod and
+                # chown change ctime). Both cached lines stand.
+                if self._reuse_start < 0:
+                    self._close_run()
+                    self._reuse_start = i
+                self._reuse_bytes += st.st_size
+                continue
+            self._close_reuse(i)
+            if stat.S_ISREG(st.st_mode):
+                self._changed(name, path, st)
+            else:
+                self._other(name, path, st)
+        self._close_run()
+        self._close_reuse(len(job.names))
+        return self._items
 
-    def _lookup(self, name: str) -> tuple[str, str, str, str] | None:
-        while self._cached is not None and self._cached[0] < name:
-            self._cached = self._next_cached()
-        return self._cached if self._cached is not None and self._cached[0] == name else None
+    def _close_reuse(self, stop: int) -> None:
+        """End the open range of unchanged files before ``names[stop]``."""
+        if self._reuse_start >= 0:
+            self._items.append(ReuseItem(self._reuse_start, stop, self._reuse_bytes))
+            self._reuse_start, self._reuse_bytes = -1, 0
 
-    def scan(self, name: str) -> None:
-        path = f"{self._job.directory}/{name}"
-        try:
-            st = os.lstat(path)
-        except OSError as exc:
-            self._item(ErrorItem(name, _message(exc)))
-            return
-        if stat.S_ISREG(st.st_mode):
-            self._file(name, path, st)
-        elif stat.S_ISDIR(st.st_mode):
+    def _other(self, name: str, path: str, st: os.stat_result) -> None:
+        if stat.S_ISDIR(st.st_mode):
             self._run.manifest.append(dir_line(self._prefix + name, stat.S_IMODE(st.st_mode),
                                                st.st_uid, st.st_gid, st.st_mtime_ns))
             self._run.subdirs.append(name)
@@ -154,19 +180,7 @@ class _BatchScanner:
         else:
             self._item(ErrorItem(name, "not a regular file, directory or symlink; skipped"))
 
-    def _file(self, name: str, path: str, st: os.stat_result) -> None:
-        key = stat_key(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        cached = self._lookup(name)
-        run = self._run
-        if cached is not None and cached[1] == key and st.st_mtime_ns < self._job.racy_from_ns:
-            # Same size, mtime, ctime and inode: same content, mode and owner (chmod and
-            # chown change ctime). Both lines are reused as they are.
-            run.manifest.append(cached[2])
-            run.stat.append(cached[3])
-            run.files += 1
-            run.unchanged += 1
-            run.bytes_total += st.st_size
-            return
+    def _changed(self, name: str, path: str, st: os.stat_result) -> None:
         if st.st_size > min(INLINE_MAX, self._budget):
             self._big(name, st)
             return
@@ -187,11 +201,12 @@ class _BatchScanner:
         run.manifest.append(line)
         run.stat.append(stat_line(name, stat_key(size, st.st_mtime_ns, st.st_ctime_ns,
                                                  st.st_ino), line))
-        if content:
-            run.blobs.append((sha, content))
+        if content and sha not in run.blobs:  # each blob once, however many files have it
+            run.blobs[sha] = size
+            run.contents.append(content)
         run.files += 1
-        run.bytes_total += size
         run.bytes_read += size
+        run.bytes_total += size
         self._budget -= size
 
     def _symlink(self, name: str, path: str, st: os.stat_result) -> None:
@@ -216,15 +231,12 @@ class _BatchScanner:
     def _close_run(self) -> None:
         run = self._run
         if run.manifest:
+            blobs = Segment(list(run.blobs), list(run.blobs.values()), b"".join(run.contents))
             self._items.append(RunItem("".join(run.manifest), "".join(run.stat),
-                                       len(run.manifest), run.blobs, run.subdirs, run.files,
-                                       run.unchanged, run.dirs, run.symlinks, run.bytes_total,
+                                       len(run.manifest), blobs, run.subdirs, run.files,
+                                       run.dirs, run.symlinks, run.bytes_total,
                                        run.bytes_read))
             self._run = Run()
-
-    def finish(self) -> list[Item]:
-        self._close_run()
-        return self._items
 
 
 def _read_small(path: str, size: int) -> bytes | str | None:
@@ -233,12 +245,17 @@ def _read_small(path: str, size: int) -> bytes | str | None:
         # O_NOFOLLOW: never read through a symlink swapped in after the lstat.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            # One byte more than stat said, so a file that grew meanwhile is noticed.
-            content = os.read(fd, size + 1)
+            return _read_fd(fd, size)
         finally:
             os.close(fd)
     except OSError as exc:
         return _message(exc)
+
+
+def _read_fd(fd: int, size: int) -> bytes | None:
+    """The content; None when the file is larger than ``size`` now."""
+    # One byte more than stat said, so a file that grew meanwhile is noticed.
+    content = os.read(fd, size + 1)
     return None if len(content) > size else content
 
 

@@ -24,10 +24,11 @@ from wicked_dr.log import get_logger
 from wicked_dr.repository.crypto import sha256_hex
 from wicked_dr.repository.entry_lines import stat_key, stat_line
 from wicked_dr.repository.index import IndexCache, index_document
-from wicked_dr.repository.layout import BLOB_SIZE, MAX_METADATA_OBJECT, object_name
+from wicked_dr.repository.layout import BLOB_SIZE, object_name
 from wicked_dr.repository.manifest import TREE_CHUNK_ENTRIES, Entry, encode_entry
 from wicked_dr.repository.packs import PackBuilder, PackRecord
 from wicked_dr.repository.repo import Repository
+from wicked_dr.repository.segments import Segment
 from wicked_dr.repository.statcache import RACY_WINDOW_NS, StatCacheReader, StatCacheWriter
 from wicked_dr.sources.base import StreamRecord
 
@@ -64,6 +65,7 @@ class SnapshotWriter:
         self.snapshot_id = snapshot_id
         self.stats = WriteStats()
         self._cache = cache
+        cache.begin_run()
         self._staging = staging
         staging.mkdir(parents=True, exist_ok=True)
         self._packs = PackBuilder(repo.sealer, staging, pack_size, self._on_pack)
@@ -104,11 +106,28 @@ class SnapshotWriter:
         self.stats.blobs_new += 1
         return blob_id
 
+    def _store_segment(self, segment: Segment) -> None:
+        """A scan worker's new blobs (distinct within the segment), packed in one piece
+        after dropping those stored already."""
+        known = self._known(segment.blob_ids)
+        if known:
+            segment = _without(segment, known)
+        if segment.blob_ids:
+            self._packs.add_segment(segment)
+            self.stats.bytes_new += len(segment.data)
+            self.stats.blobs_new += len(segment.blob_ids)
+
+    def _known(self, blob_ids: list[str]) -> set[str]:
+        """Those of ``blob_ids`` this run or the repository stores already."""
+        if self._packs.none_pending(blob_ids) and self._cache.has_none(blob_ids):
+            return set()  # set arithmetic only: the usual answer in a first backup
+        return {b for b in blob_ids if self._packs.is_pending(b) or self._cache.has(b)}
+
     def _on_pack(self, record: PackRecord, path: Path) -> None:
-        self._cache.mark_written([b.blob_id for b in record.blobs])
+        self._cache.stage_pack(record)
         self._staged_packs.append(path)
         self._pending_index.append(record)
-        self._pending_index_blobs += len(record.blobs)
+        self._pending_index_blobs += len(record.blob_ids)
         self.stats.packs += 1
         if self._pending_index_blobs >= INDEX_BLOBS_PER_OBJECT:
             self._stage_index()
@@ -122,11 +141,12 @@ class SnapshotWriter:
         path.write_bytes(self.repo.sealer.seal("index", object_name("index", index_id),
                                                plaintext))
         self._staged_indexes.append((index_id, path))
+        self._cache.stage_index(index_id)
         self._pending_index, self._pending_index_blobs = [], 0
 
     # --- the sink side: a file tree ---------------------------------------------------------
 
-    def add_tree(self, root: Path, exclude: Callable[[str], bool],
+    def add_tree(self, root: Path, exclude: Callable[[str], object],
                  settle: Callable[[str, list[str]], bool] | None = None) -> None:
         """Scan the tree under ``root`` into this snapshot (see tree_scan.py)."""
         racy_from = (self._previous.scan_start_ns - RACY_WINDOW_NS
@@ -141,24 +161,31 @@ class SnapshotWriter:
             self._previous.enter_dir(rel_dir)
 
     def cached_lines(self, last_name: str) -> list[str]:
-        """The previous stat-cache lines of the open directory up to ``last_name``.
-        The cache belongs to the parent snapshot, which exists: its blobs are referenced, so
-        no correct prune removed them and a file it vouches for needs no blob lookup."""
+        """The previous stat-cache lines of the open directory up to ``last_name``."""
         return self._previous.take_until(last_name) if self._previous is not None else []
 
     def add_run(self, run: RunItem) -> None:
         """Entries a scan worker finished: their lines as they are, their new blobs packed."""
-        for blob_id, data in run.blobs:
-            self._store_blob(data, blob_id)
+        if run.blobs.blob_ids:
+            self._store_segment(run.blobs)
         stats = self.stats
         stats.files += run.files
-        stats.files_unchanged += run.unchanged
         stats.dirs += run.dirs
         stats.symlinks += run.symlinks
         stats.bytes_total += run.bytes_total
         stats.bytes_read += run.bytes_read
         self._stat_out.add(run.stat)
         self._add_lines(run.manifest, run.entries)
+
+    def add_reused(self, manifest: str, stat: str, entries: int, bytes_total: int) -> None:
+        """Unchanged files: their lines from the previous snapshot's stat cache, as they are.
+        The cache belongs to the parent snapshot, which exists: its blobs are referenced, so
+        no correct prune removed them and a file it vouches for needs no blob lookup."""
+        self.stats.files += entries
+        self.stats.files_unchanged += entries
+        self.stats.bytes_total += bytes_total
+        self._stat_out.add(stat)
+        self._add_lines(manifest, entries)
 
     def add_big_file(self, rel: str, meta: tuple[int, ...], chunks: Iterable[bytes]) -> None:
         """A file the workers left to us: streamed in blobs."""
@@ -237,7 +264,7 @@ class SnapshotWriter:
         self.repo.save_json("snapshot", self.snapshot_id, snapshot)
         backend.sync()
         self.stats.objects_written += 1
-        self._remember_indexes()
+        self._cache.commit_run()  # the index objects are stored: the cache may trust them
         self._stat_out.commit()
         self.cleanup()
 
@@ -246,23 +273,31 @@ class SnapshotWriter:
         if progress:
             progress("upload", path.stat().st_size)
 
-    def _remember_indexes(self) -> None:
-        """Feed the cache from the staged copies: no need to download what we just wrote."""
-        for index_id, path in self._staged_indexes:
-            name = object_name("index", index_id)
-            plaintext = self.repo.sealer.open("index", name, path.read_bytes(),
-                                              max_size=MAX_METADATA_OBJECT)
-            self._cache.add_index(index_id, plaintext)
-
     def abort(self) -> None:
         """Drop everything staged; the repository is untouched."""
         self._pool.close()
         self._packs.close()
+        self._cache.abort_run()
         self._stat_out.abort()
         self.cleanup()
 
     def cleanup(self) -> None:
         shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def _without(segment: Segment, known: set[str]) -> Segment:
+    """``segment`` less the blobs in ``known``."""
+    data = memoryview(segment.data)
+    kept = Segment([], [], b"")
+    parts: list[memoryview] = []
+    start = 0
+    for blob_id, length in zip(segment.blob_ids, segment.lengths, strict=True):
+        if blob_id not in known:
+            kept.blob_ids.append(blob_id)
+            kept.lengths.append(length)
+            parts.append(data[start:start + length])
+        start += length
+    return kept._replace(data=b"".join(parts))
 
 
 def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:

@@ -1,20 +1,24 @@
 """Scanning a directory tree into a snapshot, in manifest order (docs/format.md section 7).
 
 One directory block at a time: list and sort the directory, cut its names into batches, give
-each batch the stat-cache lines that cover it, and let the scan workers ``lstat``, read,
-hash and format. Answers come back in order; runs of finished entries go to the snapshot
-writer whole, big files are streamed here, subdirectories are scanned after their parent's
-block, smallest first.
+each batch the stat keys the previous snapshot recorded for its names, and let the scan
+workers ``lstat``, read, hash and format. Answers come back in order; runs of finished
+entries go to the snapshot writer whole, ranges of unchanged files take their lines from the
+stat cache here, big files are streamed here, subdirectories are scanned after their
+parent's block, smallest first.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from wicked_dr.engine.scan_pool import ScanPool
-from wicked_dr.engine.scan_worker import BigItem, Item, Job, RunItem
+from wicked_dr.engine.scan_worker import BigItem, Item, Job, ReuseItem, RunItem
+from wicked_dr.repository.entry_lines import unfield
 
 # A batch: few enough names that an answer stays a few MiB, enough that the per-batch cost
 # (two pickles, a pipe round trip) is small per file.
@@ -32,16 +36,27 @@ class ScanTarget(Protocol):
 
     def add_run(self, run: RunItem) -> None: ...
 
+    def add_reused(self, manifest: str, stat: str, entries: int, bytes_total: int) -> None: ...
+
     def add_big_file(self, rel: str, meta: Meta, chunks: Iterable[bytes]) -> None: ...
 
     def add_error(self, rel: str, error: str) -> None: ...
+
+
+class _Cached(NamedTuple):
+    """A batch's stat-cache lines, aligned with its names (key None, lines empty, where a
+    name has none)."""
+
+    keys: list[str | None]
+    lines: list[str]
+    manifests: list[str]
 
 
 Settle = Callable[[str, list[str]], bool]
 
 
 def scan_tree(root: str, target: ScanTarget, pool: ScanPool, *,
-              exclude: Callable[[str], bool], racy_from_ns: int,
+              exclude: Callable[[str], object], racy_from_ns: int,
               settle: Settle | None = None) -> None:
     """Every entry under ``root`` (``exclude``d names left out) into ``target``;
     ``settle`` sees each full listing first (see ``TreeSink.add_tree``)."""
@@ -53,7 +68,7 @@ def scan_tree(root: str, target: ScanTarget, pool: ScanPool, *,
 
 
 def _scan_dir(directory: str, rel_dir: str, target: ScanTarget, pool: ScanPool,
-              exclude: Callable[[str], bool], settle: Settle | None,
+              exclude: Callable[[str], object], settle: Settle | None,
               racy_from_ns: int) -> list[tuple[str, str]]:
     # Plain names, not DirEntry objects: wicked keeps 200 k files in one folder at 200 k
     # users, and a sorted list of DirEntry objects costs three times the memory.
@@ -64,17 +79,35 @@ def _scan_dir(directory: str, rel_dir: str, target: ScanTarget, pool: ScanPool,
     except OSError as exc:
         target.add_error(rel_dir or ".", exc.strerror or str(exc))
         return []
-    names = sorted(n for n in listing if not exclude(n))
+    names = sorted(itertools.filterfalse(exclude, listing))
     del listing
     target.enter_dir(rel_dir)
     prefix = f"{rel_dir}/" if rel_dir else ""
-    jobs = (Job(directory, rel_dir, batch, target.cached_lines(batch[-1]), racy_from_ns)
-            for batch in _batches(names))
+    in_flight: deque[_Cached] = deque()  # of the jobs sent and not answered yet, in order
+
+    def jobs() -> Iterator[Job]:
+        for batch in _batches(names):
+            cached = _align(batch, target.cached_lines(batch[-1]))
+            in_flight.append(cached)
+            yield Job(directory, rel_dir, batch, cached.keys, racy_from_ns)
+
     subdirs: list[tuple[str, str]] = []
-    for answer in pool.map(jobs):
+    for answer in pool.map(jobs()):
+        cached = in_flight.popleft()
         for item in answer:
-            _handle(item, directory, prefix, target, subdirs)
+            _handle(item, directory, prefix, target, subdirs, cached)
     return subdirs
+
+
+def _align(names: list[str], lines: list[str]) -> _Cached:
+    """The stat-cache lines of one batch, by position in ``names``."""
+    parts = [line.split("\t", 2) for line in lines]
+    if [p[0] for p in parts] == names:  # the usual case: the same names, none quoted
+        return _Cached([p[1] for p in parts], list(lines), [p[2] for p in parts])
+    by_name = {unfield(p[0]): (p, line) for p, line in zip(parts, lines, strict=True)}
+    found = [by_name.get(name) for name in names]
+    return _Cached([f[0][1] if f else None for f in found], [f[1] if f else "" for f in found],
+                   [f[0][2] if f else "" for f in found])
 
 
 def _batches(names: list[str]) -> Iterator[list[str]]:
@@ -83,8 +116,12 @@ def _batches(names: list[str]) -> Iterator[list[str]]:
 
 
 def _handle(item: Item, directory: str, prefix: str, target: ScanTarget,
-            subdirs: list[tuple[str, str]]) -> None:
-    if isinstance(item, RunItem):
+            subdirs: list[tuple[str, str]], cached: _Cached) -> None:
+    if isinstance(item, ReuseItem):
+        target.add_reused("".join(cached.manifests[item.start:item.stop]),
+                          "".join(cached.lines[item.start:item.stop]),
+                          item.stop - item.start, item.bytes_total)
+    elif isinstance(item, RunItem):
         target.add_run(item)
         subdirs.extend((prefix + name, f"{directory}/{name}") for name in item.subdirs)
     elif isinstance(item, BigItem):

@@ -9,13 +9,14 @@ Python dict) and a daemon does not re-read every index object on every run.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from wicked_dr.errors import IntegrityError
+from wicked_dr.errors import IntegrityError, LockedError
 from wicked_dr.log import get_logger
 from wicked_dr.repository.packs import PackRecord
 from wicked_dr.repository.repo import Repository
@@ -23,59 +24,58 @@ from wicked_dr.repository.repo import Repository
 log = get_logger(__name__)
 
 # Version 2: blobs refer to packs by a small integer, not by their 64-character id (a third
-# of the row, which makes the ~100 k inserts of a backup markedly cheaper).
-CACHE_VERSION = 2
+# of the row, which makes the ~100 k inserts of a backup markedly cheaper). Version 3: no
+# offset and length per blob (readers take blobs from the verified pack header), again a
+# smaller row.
+CACHE_VERSION = 3
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS blobs (
-    id BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs (id BLOB PRIMARY KEY, pack INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS packs (n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
     raw_size INTEGER NOT NULL, stored_size INTEGER NOT NULL, index_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS loaded (index_id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
-
-
 _HAS_QUERY = "SELECT 1 FROM blobs WHERE id=?"
-RUN_FILTER_BITS = 1 << 24  # 2 MiB; about 6 % false positives at a million blobs
-RUN_SET_MAX = 100_000  # about 14 MiB of Python set (hex ids) before spilling to the temp table
-
-
-def _filter_position(key: bytes) -> tuple[int, int]:
-    """Byte index and bit mask of a blob id in the run filter (ids are uniform hashes)."""
-    n = int.from_bytes(key[:3], "big")
-    return n >> 3, 1 << (n & 7)
+_UNINDEXED = ""  # index_id of a run's pack until its index object is staged
+RUN_SET_MAX = 100_000  # about 14 MiB of Python set (hex ids); beyond, has() asks SQLite
+BUSY_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
 class BlobRef:
-    """A blob's pack and position."""
+    """Where a blob is stored."""
 
     pack_id: str
-    offset: int
-    length: int
 
 
 class IndexCache:
-    """A local SQLite mirror of every index object in one repository."""
+    """A local SQLite mirror of every index object in one repository.
+
+    A backup run writes its packs into the cache as it seals them, inside one write
+    transaction that ``commit_run`` commits once the run's index objects are in the
+    repository (and ``abort_run`` rolls back; a crash loses it with the process). So the
+    rows are trusted within the run only, as they must be: until then those packs may never
+    reach the repository. The inserts, the most expensive part of keeping the cache, run while
+    the scan workers read files instead of after the scan. Readers in other processes (WAL)
+    are not blocked; another run on the same ``state_dir`` waits for this one.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         try:
             self._db = _connect(path)
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as exc:
+            if _is_busy(exc):
+                raise _busy_error(path) from None
             # A cache damaged by a crash is rebuilt from the repository's index objects.
             log.warning("index cache unreadable; rebuilding it", path=str(path))
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             self._db = _connect(path)
-        # Blobs in this run's staged packs: trusted for dedup within the run only, never
-        # persisted, because those packs may never reach the repository. The first
-        # RUN_SET_MAX live in a set (fast); beyond, a temp table behind a one-hash bit filter
-        # that answers most misses without a query, so memory stays flat at a million blobs.
-        self._db.execute("CREATE TEMP TABLE run_blobs (id BLOB PRIMARY KEY) WITHOUT ROWID")
+        self._in_run = False
+        # Blob ids of the open run, the first RUN_SET_MAX of them: dedup within a run without
+        # a query (a first backup asks for every file).
         self._run_set: set[str] = set()
-        self._run_filter = bytearray(RUN_FILTER_BITS // 8)
-        self._spilled = False  # whether run_blobs holds anything
         self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
 
     @classmethod
@@ -86,6 +86,8 @@ class IndexCache:
         return cache
 
     def close(self) -> None:
+        if self._in_run:
+            self.abort_run()
         self._db.close()
 
     def sync(self, repo: Repository) -> None:
@@ -94,33 +96,80 @@ class IndexCache:
         loaded = {row[0] for row in self._db.execute("SELECT index_id FROM loaded")}
         if loaded - stored:
             log.info("index cache reset: index objects were removed", removed=len(loaded - stored))
-            self._db.executescript("DELETE FROM blobs; DELETE FROM packs; DELETE FROM loaded;")
+            with self._transaction():
+                for table in ("blobs", "packs", "loaded"):
+                    self._db.execute(f"DELETE FROM {table}")
             loaded = set()
         for index_id in sorted(stored - loaded):
             self.add_index(index_id, repo.load("index", index_id))
         self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
 
     def add_index(self, index_id: str, plaintext: bytes) -> None:
-        """Record an index object (its plaintext), e.g. one this process just wrote."""
-        packs, blobs = _index_rows(index_id, plaintext)
-        # Sorted by blob id, the inserts walk the B-tree left to right instead of at random
-        # pages: about twice as fast for a backup's ~100 k new blobs.
-        blobs.sort()
+        """Record an index object (its plaintext) read from the repository."""
+        records = parse_index(index_id, plaintext)
         with self._transaction():
-            self._db.executemany("INSERT OR IGNORE INTO packs (id, raw_size, stored_size, "
-                                 "index_id) VALUES (?,?,?,?)", packs)
-            numbers = {pack_id: self._pack_number(pack_id) for pack_id, *_ in packs}
-            self._db.executemany("INSERT OR IGNORE INTO blobs VALUES (?,?,?,?)",
-                                 ((key, numbers[pack], o, n) for key, pack, o, n in blobs))
+            for record in records:
+                self._insert_pack(record, index_id)
             self._db.execute("INSERT OR IGNORE INTO loaded VALUES (?)", (index_id,))
-        self._empty = self._empty and not blobs
+        self._empty = self._empty and not any(r.blob_ids for r in records)
+
+    # --- a backup run ------------------------------------------------------------------
+
+    def begin_run(self) -> None:
+        """Open the run's write transaction (see the class docstring)."""
+        self._begin()
+        self._in_run = True
+
+    def stage_pack(self, record: PackRecord) -> None:
+        """A pack this run sealed: its blobs count as stored for the rest of the run."""
+        self._insert_pack(record, _UNINDEXED)
+        if len(self._run_set) + len(record.blob_ids) <= RUN_SET_MAX:
+            self._run_set.update(record.blob_ids)
+        else:
+            self._empty = False  # has() must ask the table, which holds the run's rows
+
+    def stage_index(self, index_id: str) -> None:
+        """The packs staged since the last call are described by index object ``index_id``."""
+        self._db.execute("UPDATE packs SET index_id=? WHERE index_id=?", (index_id, _UNINDEXED))
+        self._db.execute("INSERT OR IGNORE INTO loaded VALUES (?)", (index_id,))
+
+    def commit_run(self) -> None:
+        """The run's index objects are in the repository: keep its packs and blobs."""
+        self._db.execute("COMMIT")
+        self._end_run()
+
+    def abort_run(self) -> None:
+        """Forget the run's packs: they never reached the repository (no-op after commit)."""
+        if self._in_run:
+            self._db.execute("ROLLBACK")
+            self._end_run()
+
+    def _end_run(self) -> None:
+        self._in_run = False
+        self._run_set.clear()
+        self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
+
+    def _insert_pack(self, record: PackRecord, index_id: str) -> None:
+        cursor = self._db.execute("INSERT OR IGNORE INTO packs (id, raw_size, stored_size, "
+                                  "index_id) VALUES (?,?,?,?)",
+                                  (record.pack_id, record.raw_size, record.stored_size,
+                                   index_id))
+        number = cursor.lastrowid if cursor.rowcount else self._pack_number(record.pack_id)
+        try:
+            keys = sorted(map(bytes.fromhex, record.blob_ids))
+        except ValueError:
+            raise IntegrityError(f"pack {record.pack_id}: malformed blob id") from None
+        # Sorted by blob id, the inserts walk the B-tree left to right instead of at random
+        # pages: about twice as fast.
+        self._db.executemany("INSERT OR IGNORE INTO blobs VALUES (?,?)",
+                             zip(keys, itertools.repeat(number, len(keys)), strict=True))
 
     def _pack_number(self, pack_id: str) -> int:
         return int(self._db.execute("SELECT n FROM packs WHERE id=?", (pack_id,)).fetchone()[0])
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             yield
         except BaseException:
@@ -128,39 +177,36 @@ class IndexCache:
             raise
         self._db.execute("COMMIT")
 
+    def _begin(self) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise _busy_error(self._path) from None
+            raise
+
+    # --- lookups -------------------------------------------------------------------------
+
     def lookup(self, blob_id: str) -> BlobRef | None:
         """Where ``blob_id`` is stored, or None."""
-        row = self._db.execute("SELECT p.id, b.offset, b.length FROM blobs b JOIN packs p "
-                               "ON p.n = b.pack WHERE b.id=?",
-                               (bytes.fromhex(blob_id),)).fetchone()
-        return BlobRef(row[0], row[1], row[2]) if row else None
+        row = self._db.execute("SELECT p.id FROM blobs b JOIN packs p ON p.n = b.pack "
+                               "WHERE b.id=?", (bytes.fromhex(blob_id),)).fetchone()
+        return BlobRef(row[0]) if row else None
+
+    def has_none(self, blob_ids: list[str]) -> bool:
+        """Whether none of ``blob_ids`` is held: set arithmetic while the cache is empty (a
+        first backup asks this for every batch of files), one ``has`` per id otherwise."""
+        if not self._run_set.isdisjoint(blob_ids):
+            return False
+        return self._empty or not any(map(self.has, blob_ids))
 
     def has(self, blob_id: str) -> bool:
         """Whether the repository (or this run) already holds ``blob_id``."""
         if blob_id in self._run_set:
             return True
-        key = bytes.fromhex(blob_id)
-        if self._spilled:
-            byte, bit = _filter_position(key)
-            if self._run_filter[byte] & bit and self._db.execute(
-                    "SELECT 1 FROM run_blobs WHERE id=?", (key,)).fetchone() is not None:
-                return True
         if self._empty:  # a first backup asks ~100 k times; skip the queries
             return False
-        return self._db.execute(_HAS_QUERY, (key,)).fetchone() is not None
-
-    def mark_written(self, blob_ids: list[str]) -> None:
-        """Remember blobs of this run's packs (not trusted across runs until indexed)."""
-        if len(self._run_set) + len(blob_ids) <= RUN_SET_MAX:
-            self._run_set.update(blob_ids)
-            return
-        keys = [bytes.fromhex(b) for b in blob_ids]
-        self._spilled = True
-        for key in keys:
-            byte, bit = _filter_position(key)
-            self._run_filter[byte] |= bit
-        self._db.executemany("INSERT OR IGNORE INTO run_blobs VALUES (?)",
-                             ((k,) for k in keys))
+        return self._db.execute(_HAS_QUERY, (bytes.fromhex(blob_id),)).fetchone() is not None
 
     def pack_raw_size(self, pack_id: str) -> int | None:
         """The plaintext size of a pack, the bound for decompressing it."""
@@ -168,15 +214,26 @@ class IndexCache:
         return int(row[0]) if row else None
 
 
+def _is_busy(exc: sqlite3.DatabaseError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _busy_error(path: Path) -> LockedError:
+    return LockedError(f"the index cache {path} stayed locked for {BUSY_TIMEOUT_S:g} s: another "
+                       "wicked-dr backup on this host uses the same state_dir; wait for it to "
+                       "finish")
+
 
 def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     # A cache, rebuilt from the repository when lost: durability buys nothing here.
     db.execute("PRAGMA synchronous=OFF")
     # 16 MiB of page cache: the ~100 k inserts of a 20 k-user backup stay in memory until
     # the commit; more only raises the peak memory of a million-file backup.
     db.execute("PRAGMA cache_size=-16384")
+    if _current(db):
+        return db  # no write transaction: a restore must not wait for a running backup
     # One transaction, so two processes opening a new cache at once cannot drop each other's
     # tables.
     db.execute("BEGIN IMMEDIATE")
@@ -189,8 +246,14 @@ def _connect(path: Path) -> sqlite3.Connection:
         if statement.strip():
             db.execute(statement)
     db.execute("COMMIT")
-    db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone()
     return db
+
+
+def _current(db: sqlite3.Connection) -> bool:
+    """Whether the cache has this version's layout (reads only)."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    return (db.execute("PRAGMA user_version").fetchone()[0] == CACHE_VERSION
+            and {"blobs", "packs", "loaded"} <= tables)
 
 
 def read_index(repo: Repository, index_id: str) -> list[PackRecord]:
@@ -206,18 +269,6 @@ def parse_index(index_id: str, plaintext: bytes) -> list[PackRecord]:
         raise IntegrityError(f"index object {index_id} is malformed") from None
 
 
-def _index_rows(index_id: str, plaintext: bytes,
-                ) -> tuple[list[tuple[str, int, int, str]], list[tuple[bytes, str, int, int]]]:
-    """The rows of the ``packs`` and ``blobs`` tables for one index object."""
-    packs = parse_index(index_id, plaintext)
-    try:
-        blobs = [(bytes.fromhex(b.blob_id), p.pack_id, b.offset, b.length)
-                 for p in packs for b in p.blobs]
-    except ValueError:
-        raise IntegrityError(f"index object {index_id} is malformed") from None
-    return [(p.pack_id, p.raw_size, p.stored_size, index_id) for p in packs], blobs
-
-
 def index_document(packs: list[PackRecord]) -> bytes:
     """The plaintext of an index object: compact JSON, keys sorted. Formatted by hand (ids
     are hex, sizes integers: nothing to escape) because a backup writes ~100 k blob rows."""
@@ -225,6 +276,7 @@ def index_document(packs: list[PackRecord]) -> bytes:
 
 
 def _pack_json(pack: PackRecord) -> str:
-    blobs = ",".join(f'["{b.blob_id}",{b.offset},{b.length}]' for b in pack.blobs)
+    blobs = ",".join(map('["%s",%d,%d]'.__mod__, zip(pack.blob_ids, pack.offsets,
+                                                     pack.lengths, strict=True)))
     return (f'{{"blobs":[{blobs}],"id":"{pack.pack_id}","raw_size":{pack.raw_size},'
             f'"stored_size":{pack.stored_size}}}')

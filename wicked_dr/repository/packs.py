@@ -11,11 +11,12 @@ first byte after the header. The pack id is the SHA-256 of the whole plaintext.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import queue
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +24,7 @@ from typing import NamedTuple
 from wicked_dr.errors import IntegrityError
 from wicked_dr.repository.crypto import Sealer
 from wicked_dr.repository.layout import object_name
+from wicked_dr.repository.segments import Segment
 
 PACK_MAGIC = b"WDRPACK\x01"
 _HEADER_LEN = struct.Struct(">I")
@@ -38,23 +40,41 @@ class BlobLocation(NamedTuple):
 
 @dataclass(frozen=True)
 class PackRecord:
-    """A finished pack: what the index says about it."""
+    """A finished pack: what the index says about it.
+
+    Blobs are three parallel sequences rather than a tuple per blob: a backup makes ~100 k
+    of them, and the writer never needs them one by one (see ``blobs`` for readers)."""
 
     pack_id: str
     raw_size: int
     stored_size: int
-    blobs: tuple[BlobLocation, ...]
+    blob_ids: tuple[str, ...]
+    offsets: tuple[int, ...]
+    lengths: tuple[int, ...]
+
+    @classmethod
+    def of(cls, pack_id: str, raw_size: int, stored_size: int,
+           blobs: Iterable[BlobLocation]) -> PackRecord:
+        """A record from one location per blob."""
+        located = tuple(blobs)
+        return cls(pack_id, raw_size, stored_size, tuple(b.blob_id for b in located),
+                   tuple(b.offset for b in located), tuple(b.length for b in located))
+
+    @property
+    def blobs(self) -> tuple[BlobLocation, ...]:
+        return tuple(map(BlobLocation, self.blob_ids, self.offsets, self.lengths))
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.pack_id, "raw_size": self.raw_size, "stored_size": self.stored_size,
-                "blobs": [[b.blob_id, b.offset, b.length] for b in self.blobs]}
+                "blobs": [list(b) for b in zip(self.blob_ids, self.offsets, self.lengths,
+                                               strict=True)]}
 
     @classmethod
     def from_json(cls, doc: dict[str, object]) -> PackRecord:
-        blobs = tuple(BlobLocation(str(b[0]), int(b[1]), int(b[2]))
-                      for b in doc["blobs"])  # type: ignore[attr-defined]
-        return cls(str(doc["id"]), int(doc["raw_size"]),  # type: ignore[call-overload]
-                   int(doc["stored_size"]), blobs)  # type: ignore[call-overload]
+        blobs = (BlobLocation(str(b[0]), int(b[1]), int(b[2]))
+                 for b in doc["blobs"])  # type: ignore[attr-defined]
+        return cls.of(str(doc["id"]), int(doc["raw_size"]),  # type: ignore[call-overload]
+                      int(doc["stored_size"]), blobs)  # type: ignore[call-overload]
 
 
 class PackBuilder:
@@ -63,6 +83,7 @@ class PackBuilder:
 
     zstd, AES-GCM, SHA-256 and file writes release the GIL, so sealing runs on another core.
     At most one pack waits for the sealer, so memory holds about three packs at most.
+    A pack is cut between segments, so it may pass the target by one segment.
     ``on_pack`` always runs in the caller's thread, in pack order.
     """
 
@@ -72,11 +93,10 @@ class PackBuilder:
         self._staging = staging
         self._target = target_size
         self._on_pack = on_pack
-        self._chunks: list[bytes] = []
-        self._blobs: list[BlobLocation] = []
+        self._segments: list[Segment] = []
         self._pending: set[str] = set()  # added, not yet reported through on_pack
         self._size = 0
-        self._todo: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
+        self._todo: queue.Queue[list[Segment] | None] = queue.Queue(maxsize=1)
         self._done: queue.Queue[_Sealed | BaseException] = queue.Queue()
         self._in_flight = 0
         self._thread: threading.Thread | None = None
@@ -85,12 +105,20 @@ class PackBuilder:
         """Whether ``blob_id`` was added but its pack is not reported yet."""
         return blob_id in self._pending
 
+    def none_pending(self, blob_ids: Iterable[str]) -> bool:
+        """Whether none of ``blob_ids`` was added and is still unreported."""
+        return self._pending.isdisjoint(blob_ids)
+
     def add(self, blob_id: str, data: bytes) -> None:
-        """Append a blob; hand the pack to the sealer once it reaches the target size."""
-        self._pending.add(blob_id)
-        self._blobs.append(BlobLocation(blob_id, self._size, len(data)))
-        self._chunks.append(data)
-        self._size += len(data)
+        """Append one blob."""
+        self.add_segment(Segment([blob_id], [len(data)], data))
+
+    def add_segment(self, segment: Segment) -> None:
+        """Append blobs (distinct, none pending); hand the pack to the sealer once it
+        reaches the target size."""
+        self._pending.update(segment.blob_ids)
+        self._segments.append(segment)
+        self._size += len(segment.data)
         if self._size >= self._target:
             self._submit()
             self._report(block=False)
@@ -109,16 +137,15 @@ class PackBuilder:
             self._thread = None
 
     def _submit(self) -> None:
-        if not self._blobs:
+        if not self._segments:
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._seal_loop, name="pack-sealer",
                                             daemon=True)
             self._thread.start()
-        job = _Job(tuple(self._blobs), self._chunks)
-        self._chunks, self._blobs, self._size = [], [], 0
+        segments, self._segments, self._size = self._segments, [], 0
         self._in_flight += 1
-        self._todo.put(job)
+        self._todo.put(segments)
 
     def _report(self, *, block: bool) -> None:
         while self._in_flight:
@@ -130,29 +157,27 @@ class PackBuilder:
             if isinstance(sealed, BaseException):
                 raise sealed
             self._on_pack(sealed.record, sealed.path)
-            self._pending.difference_update(b.blob_id for b in sealed.record.blobs)
+            self._pending.difference_update(sealed.record.blob_ids)
             block = False
 
     def _seal_loop(self) -> None:
-        while (job := self._todo.get()) is not None:
+        while (segments := self._todo.get()) is not None:
             try:
-                self._done.put(self._seal(job))
+                self._done.put(self._seal(segments))
             except BaseException as exc:  # re-raised in the caller's thread
                 self._done.put(exc)
 
-    def _seal(self, job: _Job) -> _Sealed:
-        plaintext = encode_pack(list(job.blobs), job.chunks)
+    def _seal(self, segments: list[Segment]) -> _Sealed:
+        blob_ids = [i for s in segments for i in s.blob_ids]
+        lengths = [n for s in segments for n in s.lengths]
+        offsets = [0, *itertools.accumulate(lengths)][:-1]
+        plaintext = encode_pack(blob_ids, offsets, lengths, [s.data for s in segments])
         pack_id = hashlib.sha256(plaintext).hexdigest()
         envelope = self._sealer.seal("data", object_name("data", pack_id), plaintext)
         path = self._staging / pack_id
         path.write_bytes(envelope)
-        return _Sealed(PackRecord(pack_id, len(plaintext), len(envelope), job.blobs), path)
-
-
-@dataclass(frozen=True)
-class _Job:
-    blobs: tuple[BlobLocation, ...]
-    chunks: list[bytes]
+        return _Sealed(PackRecord(pack_id, len(plaintext), len(envelope), tuple(blob_ids),
+                                  tuple(offsets), tuple(lengths)), path)
 
 
 @dataclass(frozen=True)
@@ -161,9 +186,10 @@ class _Sealed:
     path: Path
 
 
-def encode_pack(blobs: list[BlobLocation], chunks: list[bytes]) -> bytes:
-    """The pack plaintext for ``blobs`` whose bytes are ``chunks``."""
-    header = json.dumps({"blobs": [[b.blob_id, b.offset, b.length] for b in blobs]},
+def encode_pack(blob_ids: Sequence[str], offsets: Sequence[int], lengths: Sequence[int],
+                chunks: list[bytes]) -> bytes:
+    """The pack plaintext for blobs whose bytes are ``chunks`` (back to back)."""
+    header = json.dumps({"blobs": list(map(list, zip(blob_ids, offsets, lengths, strict=True)))},
                         separators=(",", ":")).encode()
     return b"".join([PACK_MAGIC, _HEADER_LEN.pack(len(header)), header, *chunks])
 

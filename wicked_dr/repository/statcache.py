@@ -1,7 +1,7 @@
 """The local stat cache: what each file looked like at the previous snapshot.
 
-An unchanged file then costs one ``lstat`` in a scan worker, which also reuses the file's
-cached manifest line as it is. The cache is a zstd-compressed text file per snapshot under
+An unchanged file then costs one ``lstat`` in a scan worker, and its cached manifest line is
+reused as it is. The cache is a zstd-compressed text file per snapshot under
 ``state_dir/cache/<repo-id>/stat/``, in manifest order, read by a cursor that only moves
 forward (a merge-join, so memory does not grow with the volume).
 
@@ -48,7 +48,7 @@ class StatCacheWriter:
         self._final = directory / f"{snapshot_id}.stat.zst"
         self._tmp = directory / f".{snapshot_id}.tmp"
         self._raw = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-        self._out: IO[bytes] = zstandard.ZstdCompressor(level=1).stream_writer(self._raw)
+        self._out: IO[bytes] = zstandard.ZstdCompressor(level=1, threads=1).stream_writer(self._raw)
         header = {"snapshot": snapshot_id, "scan_start_ns": scan_start_ns, "format": FORMAT}
         self._lines: list[str] = [json.dumps(header, separators=(",", ":")) + "\n"]
         self._buffered = 0
@@ -130,10 +130,10 @@ class StatCacheReader:
 
     def take_until(self, last_name: str) -> list[str]:
         """The lines of the open block up to and including ``last_name`` (names ascending
-        across calls), for a scan worker to merge-join with the directory's names.
+        across calls), for the scan to align with a batch of the directory's names.
 
         Lines are read ahead in chunks and the boundary found by bisection: only a few
-        names per batch are parsed here; the workers parse the rest."""
+        names per batch are parsed to find it."""
         while self._in_block and (not self._ahead or _name(self._ahead[-1]) <= last_name):
             self._read_ahead()
         cut = bisect.bisect_right(self._ahead, last_name, key=_name)

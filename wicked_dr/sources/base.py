@@ -43,7 +43,7 @@ class Source(Protocol):
 class TreeSink(SnapshotSink, Protocol):
     """The engine side a file-tree source writes into."""
 
-    def add_tree(self, root: Path, exclude: Callable[[str], bool],
+    def add_tree(self, root: Path, exclude: Callable[[str], object],
                  settle: Callable[[str, list[str]], bool] | None = None) -> None:
         """Snapshot every entry under ``root`` except names ``exclude`` refuses.
 

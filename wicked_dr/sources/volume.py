@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from wicked_dr.config import VolumeConfig
@@ -12,10 +13,11 @@ from wicked_dr.wicked.quiesce import quiesced
 WICKED_MARKERS = ("meta.json", "users/_index.json")
 
 
-def is_excluded(name: str) -> bool:
-    """Lock files are transient and must never come back with a restore; neither may the
-    temporary file wicked-dr writes global.lock through (a kill -9 can leave one)."""
-    return name.endswith(".lock") or name.startswith(".wicked-dr-")
+# Lock files are transient and must never come back with a restore; neither may the
+# temporary file wicked-dr writes global.lock through (a kill -9 can leave one). A compiled
+# pattern's ``match``: the scan filters every name of the volume with it, and a C callable
+# costs no Python frame per name.
+is_excluded = re.compile(r"\.wicked-dr-|.*\.lock\Z", re.DOTALL).match
 
 
 class VolumeSource:
