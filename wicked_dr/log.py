@@ -9,7 +9,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 
 def _import_structlog_without_rich() -> Any:
@@ -28,11 +28,6 @@ def _import_structlog_without_rich() -> Any:
             sys.modules["rich"] = saved
     return structlog
 
-
-if TYPE_CHECKING:
-    import structlog
-else:
-    structlog = _import_structlog_without_rich()
 
 REDACTED = "***"
 # Passwords inside URLs/DSNs (scheme://user:password@host) and key=value DSN passwords.
@@ -109,10 +104,37 @@ class _CurrentStderr:
         return sys.stderr.isatty()
 
 
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
+           "critical": logging.CRITICAL}
+
+
+class _Settings:
+    """What ``configure`` asked for. structlog itself (another 50 ms of start-up) is imported
+    and configured when the first event passes the level: a quiet command never loads it."""
+
+    level = logging.NOTSET
+    pending: dict[str, Any] | None = None  # the arguments of structlog.configure, not applied
+    structlog: Any = None
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog once per process; ``fmt`` is auto, json or console."""
-    stream = stream or _CurrentStderr()  # type: ignore[assignment]
-    assert stream is not None
+    _Settings.level = logging.getLevelNamesMapping()[level.upper()]
+    _Settings.pending = {"fmt": fmt, "stream": stream or _CurrentStderr()}
+
+
+def _structlog() -> Any:
+    """structlog, imported and configured as ``configure`` last asked."""
+    if _Settings.structlog is None:
+        _Settings.structlog = _import_structlog_without_rich()
+    if _Settings.pending is not None:
+        pending, _Settings.pending = _Settings.pending, None
+        _apply(_Settings.structlog, _Settings.level, **pending)
+    return _Settings.structlog
+
+
+def _apply(structlog: Any, level: int, fmt: str, stream: TextIO) -> None:
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if use_console
                      else structlog.processors.JSONRenderer(sort_keys=False))
@@ -125,13 +147,29 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             REDACTOR,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
 
 
+def _drop(*_args: Any, **_kwargs: Any) -> None:
+    """An event below the configured level."""
+
+
+class _Logger:
+    """A module's logger: a structlog bound logger, made on the first event that is not
+    filtered out by level."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, method: str) -> Any:
+        if _LEVELS.get(method, logging.CRITICAL) < _Settings.level:
+            return _drop
+        return getattr(_structlog().get_logger(module=self._name), method)
+
+
 def get_logger(name: str) -> Any:
     """A bound structlog logger tagged with the module name."""
-    return structlog.get_logger(module=name)
+    return _Logger(name)

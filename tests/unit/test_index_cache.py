@@ -24,6 +24,12 @@ def _record(pack_id: str, blob_ids: list[str]) -> PackRecord:
                                              for i, b in enumerate(blob_ids)))
 
 
+def _stage(cache: IndexCache, record: PackRecord) -> None:
+    """What the snapshot writer does with a sealed pack."""
+    cache.note_run_blobs(record.blob_ids)
+    cache.stage_pack(record)
+
+
 @pytest.mark.parametrize("set_max", [0, 12, 1_000_000], ids=["table", "mixed", "in-memory"])
 @pytest.mark.parametrize("repository_empty", [True, False], ids=["first", "later"])
 def test_run_blobs_staged_found_others_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -36,7 +42,7 @@ def test_run_blobs_staged_found_others_not(tmp_path: Path, monkeypatch: pytest.M
     cache.begin_run()
     written = _ids(50, "w")
     for start in range(0, 50, 5):
-        cache.stage_pack(_record(f"{start:064x}", written[start:start + 5]))
+        _stage(cache, _record(f"{start:064x}", written[start:start + 5]))
     assert all(cache.has(b) for b in written)
     assert not cache.has_none(written[7:9]) and not cache.has_none(["0" * 64, written[49]])
     assert not any(cache.has(b) for b in _ids(500, "other"))
@@ -50,20 +56,20 @@ def test_staged_run_is_kept_only_when_committed(tmp_path: Path) -> None:
     blobs = _ids(6, "r")
     aborted = IndexCache(path)
     aborted.begin_run()
-    aborted.stage_pack(_record("a" * 64, blobs[:2]))
-    aborted.stage_index("i-aborted")
+    _stage(aborted, _record("a" * 64, blobs[:2]))
+    aborted.stage_index("i-aborted", ["a" * 64])
     aborted.abort_run()
     assert not aborted.has(blobs[0])
     aborted.close()
     crashed = IndexCache(path)
     crashed.begin_run()
-    crashed.stage_pack(_record("c" * 64, blobs[2:4]))
+    _stage(crashed, _record("c" * 64, blobs[2:4]))
     crashed.close()  # like a process that died: the transaction is never committed
     committed = IndexCache(path)
     assert not committed.has(blobs[2])
     committed.begin_run()
-    committed.stage_pack(_record("d" * 64, blobs[4:]))
-    committed.stage_index("i-done")
+    _stage(committed, _record("d" * 64, blobs[4:]))
+    committed.stage_index("i-done", ["d" * 64])
     committed.commit_run()
     committed.close()
     reopened = IndexCache(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,11 +83,16 @@ def parse_before(text: str) -> datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
+_ID_TIME = re.compile(r"\d{8}T\d{6}(\.\d{6})?Z")
+
+
 def snapshot_time(snapshot_id: str) -> datetime:
     """The UTC start time a snapshot id carries (with or without microseconds)."""
     stamp = snapshot_id.split("-")[0]
-    fmt = "%Y%m%dT%H%M%S.%fZ" if "." in stamp else "%Y%m%dT%H%M%SZ"
     try:
-        return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
+        # fromisoformat, not strptime: importing _strptime costs every command ~10 ms.
+        if not _ID_TIME.fullmatch(stamp):
+            raise ValueError(stamp)
+        return datetime.fromisoformat(stamp[:-1]).replace(tzinfo=UTC)
     except ValueError:
         raise IntegrityError(f"snapshot id {snapshot_id!r} does not start with a time") from None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wicked_dr.engine.background import Background
 from wicked_dr.engine.scan_pool import ScanPool
 from wicked_dr.engine.scan_worker import RunItem
 from wicked_dr.engine.tree_scan import scan_tree
@@ -82,6 +83,10 @@ class SnapshotWriter:
         # Started now, before a source takes wicked's lock: start-up is not lock time.
         self._pool = ScanPool(scan_workers)
         self._stat_out = StatCacheWriter(stat_dir, snapshot_id, scan_start_ns)
+        # Trees and index objects are sealed, and the index cache written, on one thread
+        # of their own, in order: zstd, SHA-256 and SQLite release the GIL, so that work
+        # overlaps the scan instead of holding up the answers of the scan workers.
+        self._background = Background("snapshot-metadata")
 
     # --- content -------------------------------------------------------------------------
 
@@ -124,7 +129,8 @@ class SnapshotWriter:
         return {b for b in blob_ids if self._packs.is_pending(b) or self._cache.has(b)}
 
     def _on_pack(self, record: PackRecord, path: Path) -> None:
-        self._cache.stage_pack(record)
+        self._cache.note_run_blobs(record.blob_ids)  # now: it answers has() from here on
+        self._background.submit(self._cache.stage_pack, record)
         self._staged_packs.append(path)
         self._pending_index.append(record)
         self._pending_index_blobs += len(record.blob_ids)
@@ -133,16 +139,19 @@ class SnapshotWriter:
             self._stage_index()
 
     def _stage_index(self) -> None:
-        if not self._pending_index:
-            return
-        plaintext = index_document(self._pending_index)
+        if self._pending_index:
+            self._background.submit(self._write_index, self._pending_index)
+            self._pending_index, self._pending_index_blobs = [], 0
+
+    def _write_index(self, records: list[PackRecord]) -> None:
+        """Format, seal and stage one index object (on the background thread)."""
+        plaintext = index_document(records)
         index_id = sha256_hex(plaintext)
         path = self._staging / f"index-{index_id}"
         path.write_bytes(self.repo.sealer.seal("index", object_name("index", index_id),
                                                plaintext))
         self._staged_indexes.append((index_id, path))
-        self._cache.stage_index(index_id)
-        self._pending_index, self._pending_index_blobs = [], 0
+        self._cache.stage_index(index_id, [r.pack_id for r in records])
 
     # --- the sink side: a file tree ---------------------------------------------------------
 
@@ -228,11 +237,15 @@ class SnapshotWriter:
             self._trees.append(tree_id)
             self._tree_lines, self._tree_count = [], 0
             return
-        path = self._staging / f"tree-{tree_id}"
-        path.write_bytes(self.repo.sealer.seal("tree", object_name("tree", tree_id), plaintext))
+        self._background.submit(self._write_tree, tree_id, plaintext)
         self._trees.append(tree_id)
         self._tree_lines = []
         self._tree_count = 0
+
+    def _write_tree(self, tree_id: str, plaintext: bytes) -> None:
+        """Seal and stage one tree object (on the background thread)."""
+        path = self._staging / f"tree-{tree_id}"
+        path.write_bytes(self.repo.sealer.seal("tree", object_name("tree", tree_id), plaintext))
 
     # --- finishing -------------------------------------------------------------------------
 
@@ -243,6 +256,7 @@ class SnapshotWriter:
         self._packs.close()
         self._stage_index()
         self._stage_tree()
+        self._background.wait()
 
     def commit(self, snapshot: dict[str, Any], progress: Progress | None = None) -> None:
         """Upload packs, then indexes, then trees, then the snapshot object last."""
@@ -265,6 +279,7 @@ class SnapshotWriter:
         backend.sync()
         self.stats.objects_written += 1
         self._cache.commit_run()  # the index objects are stored: the cache may trust them
+        self._background.close()
         self._stat_out.commit()
         self.cleanup()
 
@@ -277,6 +292,7 @@ class SnapshotWriter:
         """Drop everything staged; the repository is untouched."""
         self._pool.close()
         self._packs.close()
+        self._background.close()
         self._cache.abort_run()
         self._stat_out.abort()
         self.cleanup()

@@ -12,7 +12,8 @@ import contextlib
 import itertools
 import json
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,9 @@ class IndexCache:
         # Blob ids of the open run, the first RUN_SET_MAX of them: dedup within a run without
         # a query (a first backup asks for every file).
         self._run_set: set[str] = set()
+        self._run_set_room = RUN_SET_MAX
+        # A run's packs are written from a background thread while lookups go on.
+        self._lock = threading.Lock()
         self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
 
     @classmethod
@@ -120,33 +124,46 @@ class IndexCache:
         self._begin()
         self._in_run = True
 
-    def stage_pack(self, record: PackRecord) -> None:
-        """A pack this run sealed: its blobs count as stored for the rest of the run."""
-        self._insert_pack(record, _UNINDEXED)
-        if len(self._run_set) + len(record.blob_ids) <= RUN_SET_MAX:
-            self._run_set.update(record.blob_ids)
+    def note_run_blobs(self, blob_ids: Iterable[str]) -> None:
+        """Blobs in a pack this run sealed: ``has`` answers True for them from now on, also
+        while ``stage_pack`` for their pack is still to come (up to RUN_SET_MAX blobs; past
+        it, ``has`` asks the table, and a blob whose row is not in yet may be stored twice:
+        wasted space, never a wrong answer to a reader)."""
+        if self._run_set_room > 0:
+            self._run_set.update(blob_ids)
+            self._run_set_room = RUN_SET_MAX - len(self._run_set)
         else:
-            self._empty = False  # has() must ask the table, which holds the run's rows
+            self._empty = False
 
-    def stage_index(self, index_id: str) -> None:
-        """The packs staged since the last call are described by index object ``index_id``."""
-        self._db.execute("UPDATE packs SET index_id=? WHERE index_id=?", (index_id, _UNINDEXED))
-        self._db.execute("INSERT OR IGNORE INTO loaded VALUES (?)", (index_id,))
+    def stage_pack(self, record: PackRecord) -> None:
+        """A pack this run sealed: its rows, trusted for the rest of the run (any thread)."""
+        with self._lock:
+            self._insert_pack(record, _UNINDEXED)
+
+    def stage_index(self, index_id: str, pack_ids: list[str]) -> None:
+        """Index object ``index_id`` describes these staged packs (any thread)."""
+        with self._lock:
+            self._db.executemany("UPDATE packs SET index_id=? WHERE id=? AND index_id=?",
+                                 [(index_id, pack_id, _UNINDEXED) for pack_id in pack_ids])
+            self._db.execute("INSERT OR IGNORE INTO loaded VALUES (?)", (index_id,))
 
     def commit_run(self) -> None:
         """The run's index objects are in the repository: keep its packs and blobs."""
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("COMMIT")
         self._end_run()
 
     def abort_run(self) -> None:
         """Forget the run's packs: they never reached the repository (no-op after commit)."""
         if self._in_run:
-            self._db.execute("ROLLBACK")
+            with self._lock:
+                self._db.execute("ROLLBACK")
             self._end_run()
 
     def _end_run(self) -> None:
         self._in_run = False
         self._run_set.clear()
+        self._run_set_room = RUN_SET_MAX
         self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
 
     def _insert_pack(self, record: PackRecord, index_id: str) -> None:
@@ -206,7 +223,9 @@ class IndexCache:
             return True
         if self._empty:  # a first backup asks ~100 k times; skip the queries
             return False
-        return self._db.execute(_HAS_QUERY, (bytes.fromhex(blob_id),)).fetchone() is not None
+        with self._lock:
+            return self._db.execute(_HAS_QUERY,
+                                    (bytes.fromhex(blob_id),)).fetchone() is not None
 
     def pack_raw_size(self, pack_id: str) -> int | None:
         """The plaintext size of a pack, the bound for decompressing it."""
@@ -225,7 +244,8 @@ def _busy_error(path: Path) -> LockedError:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                         check_same_thread=False)  # IndexCache serializes access
     db.execute("PRAGMA journal_mode=WAL")
     # A cache, rebuilt from the repository when lost: durability buys nothing here.
     db.execute("PRAGMA synchronous=OFF")
