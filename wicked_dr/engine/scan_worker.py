@@ -47,6 +47,8 @@ INLINE_MAX = 1 << 20
 BATCH_BYTES = 8 << 20
 FRAME = struct.Struct(">I")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
+_sha256 = hashlib.sha256
 
 
 class Job(NamedTuple):
@@ -68,11 +70,9 @@ class Run:
     blobs: dict[str, int] = field(default_factory=dict)  # new content: length by id, in order
     contents: list[bytes] = field(default_factory=list)
     subdirs: list[str] = field(default_factory=list)
-    files: int = 0
     dirs: int = 0
     symlinks: int = 0
-    bytes_total: int = 0
-    bytes_read: int = 0
+    bytes_read: int = 0  # every file of a run was read (the unchanged are ReuseItems)
 
 
 class RunItem(NamedTuple):
@@ -184,29 +184,32 @@ class _BatchScanner:
         if st.st_size > min(INLINE_MAX, self._budget):
             self._big(name, st)
             return
-        content = _read_small(path, st.st_size)
-        if isinstance(content, str):
-            self._item(ErrorItem(name, content))
-        elif content is None:
+        try:
+            # O_NOFOLLOW: never read through a symlink swapped in after the lstat.
+            fd = os.open(path, _OPEN_FLAGS)
+            try:
+                content = _read_fd(fd, st.st_size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._item(ErrorItem(name, _message(exc)))
+            return
+        if content is None:
             self._big(name, st)  # it grew since the lstat
-        else:
-            self._new_file(name, st, content)
-
-    def _new_file(self, name: str, st: os.stat_result, content: bytes) -> None:
+            return
         run = self._run
         size = len(content)  # a file that shrank since the lstat is recorded as read
-        sha = hashlib.sha256(content).hexdigest() if content else EMPTY_SHA256
+        sha = _sha256(content).hexdigest() if content else EMPTY_SHA256
+        mtime_ns = st.st_mtime_ns
         line = file_line(self._prefix + name, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                         st.st_mtime_ns, size, sha)
+                         mtime_ns, size, sha)
         run.manifest.append(line)
-        run.stat.append(stat_line(name, stat_key(size, st.st_mtime_ns, st.st_ctime_ns,
-                                                 st.st_ino), line))
+        run.stat.append(stat_line(name, stat_key(size, mtime_ns, st.st_ctime_ns, st.st_ino),
+                                  line))
         if content and sha not in run.blobs:  # each blob once, however many files have it
             run.blobs[sha] = size
             run.contents.append(content)
-        run.files += 1
         run.bytes_read += size
-        run.bytes_total += size
         self._budget -= size
 
     def _symlink(self, name: str, path: str, st: os.stat_result) -> None:
@@ -232,9 +235,10 @@ class _BatchScanner:
         run = self._run
         if run.manifest:
             blobs = Segment(list(run.blobs), list(run.blobs.values()), b"".join(run.contents))
-            self._items.append(RunItem("".join(run.manifest), "".join(run.stat),
-                                       len(run.manifest), blobs, run.subdirs, run.files,
-                                       run.dirs, run.symlinks, run.bytes_total,
+            entries = len(run.manifest)
+            self._items.append(RunItem("".join(run.manifest), "".join(run.stat), entries,
+                                       blobs, run.subdirs, entries - run.dirs - run.symlinks,
+                                       run.dirs, run.symlinks, run.bytes_read,
                                        run.bytes_read))
             self._run = Run()
 
@@ -242,8 +246,7 @@ class _BatchScanner:
 def _read_small(path: str, size: int) -> bytes | str | None:
     """The content; None when the file is larger than ``size`` now; a message on error."""
     try:
-        # O_NOFOLLOW: never read through a symlink swapped in after the lstat.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, _OPEN_FLAGS)
         try:
             return _read_fd(fd, size)
         finally:

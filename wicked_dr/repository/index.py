@@ -9,7 +9,6 @@ Python dict) and a daemon does not re-read every index object on every run.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import sqlite3
 import threading
@@ -36,6 +35,12 @@ CREATE TABLE IF NOT EXISTS packs (n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE
 CREATE TABLE IF NOT EXISTS loaded (index_id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 _HAS_QUERY = "SELECT 1 FROM blobs WHERE id=?"
+# A pack's blob rows from one parameter, its 32-byte ids back to back: the rows are made by
+# SQLite in one statement, which runs without the GIL and costs no Python per row (a backup
+# inserts ~100 k: half the time of executemany, and it overlaps the scan).
+_INSERT_BLOBS = """
+WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?2)
+INSERT OR IGNORE INTO blobs SELECT substr(?1, i * 32 + 1, 32), ?3 FROM k"""
 _UNINDEXED = ""  # index_id of a run's pack until its index object is staged
 RUN_SET_MAX = 100_000  # about 14 MiB of Python set (hex ids); beyond, has() asks SQLite
 BUSY_TIMEOUT_S = 60.0
@@ -172,14 +177,18 @@ class IndexCache:
                                   (record.pack_id, record.raw_size, record.stored_size,
                                    index_id))
         number = cursor.lastrowid if cursor.rowcount else self._pack_number(record.pack_id)
-        try:
-            keys = sorted(map(bytes.fromhex, record.blob_ids))
-        except ValueError:
-            raise IntegrityError(f"pack {record.pack_id}: malformed blob id") from None
+        if not record.blob_ids:
+            return
         # Sorted by blob id, the inserts walk the B-tree left to right instead of at random
         # pages: about twice as fast.
-        self._db.executemany("INSERT OR IGNORE INTO blobs VALUES (?,?)",
-                             zip(keys, itertools.repeat(number, len(keys)), strict=True))
+        ids = sorted(record.blob_ids)
+        try:
+            if not all(len(blob_id) == 64 for blob_id in ids):
+                raise ValueError
+            keys = bytes.fromhex("".join(ids))
+        except ValueError:
+            raise IntegrityError(f"pack {record.pack_id}: malformed blob id") from None
+        self._db.execute(_INSERT_BLOBS, (keys, len(ids), number))
 
     def _pack_number(self, pack_id: str) -> int:
         return int(self._db.execute("SELECT n FROM packs WHERE id=?", (pack_id,)).fetchone()[0])
