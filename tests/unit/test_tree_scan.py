@@ -106,7 +106,7 @@ def _tree(root: Path) -> None:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(rel * 3)
     (root / "many").mkdir()
-    for i in range(700):  # several batches in one directory
+    for i in range(2100):  # several batches in one directory
         (root / "many" / f"{i:04}.json").write_text(f'{{"i": {i}}}')
     (root / "empty.json").write_text("")
     (root / "emptydir").mkdir()
@@ -132,12 +132,12 @@ def test_scan_emits_manifest_order_with_any_number_of_workers(tmp_path: Path,
     assert target.order == sorted(target.order, key=sort_key)
     assert target.blocks == ["", "a", "a/c", "emptydir", "many", "users"]
     assert target.contents["a/c/d"] == b"a/c/d" * 3
-    assert target.contents["many/0699.json"] == b'{"i": 699}'
+    assert target.contents["many/2099.json"] == b'{"i": 2099}'
     link = next(e for e in target.entries if e["path"] == "y")
     assert link["type"] == "symlink" and link["target"] == "z"
     empty = next(e for e in target.entries if e["path"] == "empty.json")
     assert empty["size"] == 0 and "blobs" not in empty
-    assert len(target.order) == 10 + 700 + 1 + 5  # files, many/*, the symlink, directories
+    assert len(target.order) == 10 + 2100 + 1 + 5  # files, many/*, the symlink, directories
     assert not target.errors
 
 
@@ -287,7 +287,7 @@ def test_workers_that_cannot_start_fall_back_to_the_main_process(
     with ScanPool(2) as pool:
         assert pool.workers == 0
         scan_tree(str(tmp_path), target, pool, exclude=is_excluded, racy_from_ns=NEVER_RACY)
-    assert target.contents["many/0699.json"] == b'{"i": 699}' and not target.errors
+    assert target.contents["many/2099.json"] == b'{"i": 2099}' and not target.errors
 
 
 def _key(path: Path) -> tuple[int, int, int, int]:

@@ -12,6 +12,7 @@ one CPU, or when worker processes cannot start).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pickle
 import queue
@@ -30,6 +31,7 @@ from wicked_dr.log import get_logger
 
 log = get_logger(__name__)
 IN_FLIGHT_PER_WORKER = 2
+PIPE_SIZE = 1 << 20
 Worker = subprocess.Popen[bytes]
 
 
@@ -119,9 +121,20 @@ def _start_worker() -> Worker:
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join(filter(None, [package_parent,
                                                        os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen(
+    worker = subprocess.Popen(
         [sys.executable, "-S", "-m", "wicked_dr.engine.scan_worker"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+    for pipe in (worker.stdin, worker.stdout):
+        _widen(pipe)
+    return worker
+
+
+def _widen(pipe: IO[bytes] | None) -> None:
+    """A 1 MiB pipe instead of 64 KiB: an answer of a few MiB then crosses in a few
+    wake-ups of the two processes rather than dozens (Linux; elsewhere, or above the
+    system's pipe-max-size, the default stays)."""
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(_pipe(pipe).fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 def _answer(worker: Worker) -> list[Item]:

@@ -22,7 +22,7 @@ from wicked_dr.repository.entry_lines import unfield
 
 # A batch: few enough names that an answer stays a few MiB, enough that the per-batch cost
 # (two pickles, a pipe round trip) is small per file.
-BATCH_NAMES = 256
+BATCH_NAMES = 1024
 READ_CHUNK = 4 * 1024 * 1024
 Meta = tuple[int, int, int, int, int, int, int]  # mode, uid, gid, size, mtime, ctime, inode
 
