@@ -82,11 +82,13 @@ class SnapshotWriter:
         self._known_trees = set(known_trees)
         # Started now, before a source takes wicked's lock: start-up is not lock time.
         self._pool = ScanPool(scan_workers)
-        self._stat_out = StatCacheWriter(stat_dir, snapshot_id, scan_start_ns)
-        # Trees and index objects are sealed, and the index cache written, on one thread
-        # of their own, in order: zstd, SHA-256 and SQLite release the GIL, so that work
-        # overlaps the scan instead of holding up the answers of the scan workers.
+        # Trees, index objects and the stat cache are compressed and written, and the index
+        # cache filled, on one thread of their own, in order: zstd, SHA-256 and SQLite
+        # release the GIL, so that work overlaps the scan instead of holding up the answers
+        # of the scan workers.
         self._background = Background("snapshot-metadata")
+        self._stat_out = StatCacheWriter(stat_dir, snapshot_id, scan_start_ns,
+                                         defer=self._background.submit)
 
     # --- content -------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,11 +92,18 @@ class Sealer:
 
     def seal(self, kind: str, name: str, plaintext: bytes, *, compress: bool = True) -> bytes:
         """The envelope of ``plaintext`` stored as object ``name`` of type ``kind``."""
-        flags = 0
-        payload = plaintext
         if compress:
-            payload = self._compressor().compress(plaintext)
-            flags |= FLAG_ZSTD
+            return self._envelope(kind, name, self._compressor().compress(plaintext), FLAG_ZSTD)
+        return self._envelope(kind, name, plaintext, 0)
+
+    def seal_parts(self, kind: str, name: str, parts: Sequence[bytes]) -> bytes:
+        """``seal`` of the concatenation of ``parts``, compressed as one zstd frame (content
+        size recorded) without ever joining them: a pack's plaintext is never copied."""
+        compressor = self._compressor().compressobj(size=sum(map(len, parts)))
+        payload = b"".join([*map(compressor.compress, parts), compressor.flush()])
+        return self._envelope(kind, name, payload, FLAG_ZSTD)
+
+    def _envelope(self, kind: str, name: str, payload: bytes, flags: int) -> bytes:
         if self._aead is None:
             return MAGIC + bytes([flags]) + payload
         nonce = os.urandom(NONCE_SIZE)

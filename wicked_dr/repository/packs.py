@@ -171,13 +171,17 @@ class PackBuilder:
         blob_ids = [i for s in segments for i in s.blob_ids]
         lengths = [n for s in segments for n in s.lengths]
         offsets = [0, *itertools.accumulate(lengths)][:-1]
-        plaintext = encode_pack(blob_ids, offsets, lengths, [s.data for s in segments])
-        pack_id = hashlib.sha256(plaintext).hexdigest()
-        envelope = self._sealer.seal("data", object_name("data", pack_id), plaintext)
+        # The plaintext in parts, never joined: a pack is not held twice in memory.
+        parts = pack_parts(blob_ids, offsets, lengths, [s.data for s in segments])
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        pack_id = digest.hexdigest()
+        envelope = self._sealer.seal_parts("data", object_name("data", pack_id), parts)
         path = self._staging / pack_id
         path.write_bytes(envelope)
-        return _Sealed(PackRecord(pack_id, len(plaintext), len(envelope), tuple(blob_ids),
-                                  tuple(offsets), tuple(lengths)), path)
+        return _Sealed(PackRecord(pack_id, sum(map(len, parts)), len(envelope),
+                                  tuple(blob_ids), tuple(offsets), tuple(lengths)), path)
 
 
 @dataclass(frozen=True)
@@ -189,9 +193,15 @@ class _Sealed:
 def encode_pack(blob_ids: Sequence[str], offsets: Sequence[int], lengths: Sequence[int],
                 chunks: list[bytes]) -> bytes:
     """The pack plaintext for blobs whose bytes are ``chunks`` (back to back)."""
+    return b"".join(pack_parts(blob_ids, offsets, lengths, chunks))
+
+
+def pack_parts(blob_ids: Sequence[str], offsets: Sequence[int], lengths: Sequence[int],
+               chunks: list[bytes]) -> list[bytes]:
+    """The pack plaintext as consecutive parts: magic, header length, header, blob bytes."""
     header = json.dumps({"blobs": list(map(list, zip(blob_ids, offsets, lengths, strict=True)))},
                         separators=(",", ":")).encode()
-    return b"".join([PACK_MAGIC, _HEADER_LEN.pack(len(header)), header, *chunks])
+    return [PACK_MAGIC, _HEADER_LEN.pack(len(header)), header, *chunks]
 
 
 def decode_pack(pack_id: str, plaintext: bytes, *, verify: bool = True) -> dict[str, bytes]:

@@ -25,6 +25,7 @@ import io
 import itertools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -43,12 +44,16 @@ RACY_WINDOW_NS = 2_000_000_000
 class StatCacheWriter:
     """Streams the stat lines of the snapshot being written."""
 
-    def __init__(self, directory: Path, snapshot_id: str, scan_start_ns: int) -> None:
+    def __init__(self, directory: Path, snapshot_id: str, scan_start_ns: int,
+                 defer: Callable[..., None] | None = None) -> None:
+        """``defer(function, *args)``, when given, runs the compression and writes later, in
+        order, e.g. on a background thread (``commit`` and ``abort`` come after it ran)."""
         directory.mkdir(parents=True, exist_ok=True)
+        self._defer = defer
         self._final = directory / f"{snapshot_id}.stat.zst"
         self._tmp = directory / f".{snapshot_id}.tmp"
         self._raw = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-        self._out: IO[bytes] = zstandard.ZstdCompressor(level=1, threads=1).stream_writer(self._raw)
+        self._out: IO[bytes] = zstandard.ZstdCompressor(level=1).stream_writer(self._raw)
         header = {"snapshot": snapshot_id, "scan_start_ns": scan_start_ns, "format": FORMAT}
         self._lines: list[str] = [json.dumps(header, separators=(",", ":")) + "\n"]
         self._buffered = 0
@@ -63,13 +68,20 @@ class StatCacheWriter:
         if self._buffered >= 1 << 20:  # compress in pieces of about 1 MiB
             self._flush()
 
-    def _flush(self) -> None:
-        self._out.write("".join(self._lines).encode())
+    def _flush(self, *, now: bool = False) -> None:
+        text = "".join(self._lines)
         self._lines, self._buffered = [], 0
+        if self._defer is None or now:
+            self._write(text)
+        else:
+            self._defer(self._write, text)
+
+    def _write(self, text: str) -> None:
+        self._out.write(text.encode())
 
     def commit(self) -> None:
         """Make the cache usable by the next backup (only after the snapshot exists)."""
-        self._flush()
+        self._flush(now=True)
         self._out.close()
         os.replace(self._tmp, self._final)
         for old in self._final.parent.iterdir():
