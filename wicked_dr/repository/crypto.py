@@ -32,7 +32,10 @@ FLAG_ZSTD = 0x01
 FLAG_ENCRYPTED = 0x02
 NONCE_SIZE = 12
 KEY_SIZE = 32
-ZSTD_LEVEL = 3
+# Level 1: on wicked's data (JSON with hashes, random ids and secrets) it compresses as well
+# as level 3 (5.21 against 5.19 on bench/'s 20 k-user volume) in about half the CPU time.
+# Readers accept any level.
+ZSTD_LEVEL = 1
 
 
 @dataclass(frozen=True)
