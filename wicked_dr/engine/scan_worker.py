@@ -20,6 +20,7 @@ the worker.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import pickle
@@ -27,6 +28,7 @@ import signal
 import stat
 import struct
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, NamedTuple
 
@@ -46,6 +48,7 @@ INLINE_MAX = 1 << 20
 # Inline content per batch; past it, files are left to the main process as well.
 BATCH_BYTES = 8 << 20
 FRAME = struct.Struct(">I")
+GC_THRESHOLD = 50_000  # container allocations between collections while scanning
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
 _sha256 = hashlib.sha256
@@ -288,9 +291,26 @@ def write_frame(stream: IO[bytes], payload: bytes) -> None:
 
 def serve(jobs: IO[bytes], answers: IO[bytes]) -> None:
     """Answer jobs until end of input."""
-    while (payload := read_frame(jobs)) is not None:
-        job = Job(*pickle.loads(payload))  # from our parent only
-        write_frame(answers, pickle.dumps(scan_batch(job), protocol=5))
+    with fewer_collections():
+        while (payload := read_frame(jobs)) is not None:
+            job = Job(*pickle.loads(payload))  # from our parent only
+            write_frame(answers, pickle.dumps(scan_batch(job), protocol=5))
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Rarer garbage collections during a scan: every answer and batch makes thousands of
+    container objects but no reference cycles, and the collector's passes over them took
+    ~5 % of an incremental backup. The objects alive before are frozen (never scanned
+    again) until the end."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(threshold[0], GC_THRESHOLD), *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def main() -> None:

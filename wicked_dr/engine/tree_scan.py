@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple, Protocol
 
 from wicked_dr.engine.scan_pool import ScanPool
-from wicked_dr.engine.scan_worker import BigItem, Item, Job, ReuseItem, RunItem
+from wicked_dr.engine.scan_worker import (
+    BigItem,
+    Item,
+    Job,
+    ReuseItem,
+    RunItem,
+    fewer_collections,
+)
 from wicked_dr.repository.entry_lines import unfield
 
 # A batch: few enough names that an answer stays a few MiB, enough that the per-batch cost
@@ -61,10 +68,12 @@ def scan_tree(root: str, target: ScanTarget, pool: ScanPool, *,
     """Every entry under ``root`` (``exclude``d names left out) into ``target``;
     ``settle`` sees each full listing first (see ``TreeSink.add_tree``)."""
     pending = [("", root)]
-    while pending:
-        rel_dir, directory = pending.pop()
-        subdirs = _scan_dir(directory, rel_dir, target, pool, exclude, settle, racy_from_ns)
-        pending.extend(reversed(subdirs))  # the smallest name is scanned next
+    with fewer_collections():
+        while pending:
+            rel_dir, directory = pending.pop()
+            subdirs = _scan_dir(directory, rel_dir, target, pool, exclude, settle,
+                                racy_from_ns)
+            pending.extend(reversed(subdirs))  # the smallest name is scanned next
 
 
 def _scan_dir(directory: str, rel_dir: str, target: ScanTarget, pool: ScanPool,
