@@ -166,53 +166,29 @@ def test_any_key_field_differing_means_changed(tmp_path: Path, field: int) -> No
     """Size, mtime, ctime and inode all have to match."""
     (tmp_path / "f").write_text("hello")
     key = list(_key(tmp_path / "f"))
-    line = stat_line("f", stat_key(*key), '{"path":"f"}\n')
-    unchanged = scan_batch(Job(str(tmp_path), "", ["f"], line, NEVER_RACY))
-    assert unchanged == [ReuseItem(0, 1, 5, '{"path":"f"}\n', 0, len(line))]
+    unchanged = scan_batch(Job(str(tmp_path), "", ["f"], [stat_key(*key)], NEVER_RACY))
+    assert unchanged == [ReuseItem(0, 1, 5)]
     key[field] += 1
-    line = stat_line("f", stat_key(*key), '{"path":"f"}\n')
-    changed = scan_batch(Job(str(tmp_path), "", ["f"], line, NEVER_RACY))
+    changed = scan_batch(Job(str(tmp_path), "", ["f"], [stat_key(*key)], NEVER_RACY))
     assert isinstance(changed[0], RunItem) and changed[0].files == 1
     assert changed[0].blobs == Segment([hashlib.sha256(b"hello").hexdigest()], [5], b"hello")
 
 
 def test_unchanged_ranges_and_formatted_runs_interleave_in_order(tmp_path: Path) -> None:
-    """Ranges of unchanged files and runs of changed entries alternate in name order; a
-    range ends at a cached line of a file that is gone (its lines must be contiguous); the
+    """Ranges of unchanged files and runs of changed entries alternate in name order; the
     same content in two files is one blob."""
-    for name in "abcdeg":
+    for name in "abcdef":
         (tmp_path / name).write_text("same" if name in "ce" else name)
-    lines = {n: stat_line(n, stat_key(*_key(tmp_path / n)), f'{{"path":"{n}"}}\n')
-             for n in "abdg"}
-    lines["d"] = stat_line("d", "0:0:0:0", '{"path":"d"}\n')  # d changed since
-    lines["f"] = stat_line("f", "1:1:1:1", '{"path":"f"}\n')  # f is gone
-    text = "".join(lines[n] for n in sorted(lines))
-    items = scan_batch(Job(str(tmp_path), "", list("abcdeg"), text, NEVER_RACY))
+    keys: list[str | None] = [stat_key(*_key(tmp_path / n)) if n in "abdf" else None
+                              for n in "abcdef"]
+    keys[3] = "0:0:0:0"  # d changed since
+    items = scan_batch(Job(str(tmp_path), "", list("abcdef"), keys, NEVER_RACY))
     assert [type(i) for i in items] == [ReuseItem, RunItem, ReuseItem]
-    first, run, last = items
-    assert isinstance(first, ReuseItem) and isinstance(last, ReuseItem)
-    assert (first.start, first.stop, first.bytes_total) == (0, 2, 2)
-    assert text[first.text_from:first.text_to] == lines["a"] + lines["b"]
-    assert first.manifest == '{"path":"a"}\n{"path":"b"}\n'
-    assert (last.start, last.stop) == (5, 6)
-    assert text[last.text_from:last.text_to] == lines["g"]
+    assert items[0] == ReuseItem(0, 2, 2) and items[2] == ReuseItem(5, 6, 1)
+    run = items[1]
     assert isinstance(run, RunItem) and run.entries == run.files == 3
     assert [json.loads(line)["path"] for line in run.manifest.splitlines()] == ["c", "d", "e"]
     assert set(_blobs(run.blobs).values()) == {b"same", b"d"}
-
-
-def test_a_gone_file_between_two_unchanged_ones_splits_the_range(tmp_path: Path) -> None:
-    """Names a and c are unchanged, but the cache has a line for b (deleted) between them:
-    two ranges, so the stat-cache text taken for them leaves b's line out."""
-    for name in "ac":
-        (tmp_path / name).write_text(name)
-    lines = {n: stat_line(n, stat_key(*_key(tmp_path / n)), f'{{"path":"{n}"}}\n')
-             for n in "ac"}
-    lines["b"] = stat_line("b", "1:1:1:1", '{"path":"b"}\n')
-    text = "".join(lines[n] for n in "abc")
-    items = scan_batch(Job(str(tmp_path), "", ["a", "c"], text, NEVER_RACY))
-    assert [(i.start, i.stop, text[i.text_from:i.text_to]) for i in items  # type: ignore[union-attr]
-            ] == [(0, 1, lines["a"]), (1, 2, lines["c"])]
 
 
 def test_cache_lines_align_with_names_gone_new_and_quoted(tmp_path: Path) -> None:
@@ -241,7 +217,7 @@ def test_big_file_is_streamed_by_the_main_process(tmp_path: Path,
     data = os.urandom(5000)
     (tmp_path / "big").write_bytes(data)
     (tmp_path / "small").write_bytes(b"x")
-    items = scan_batch(Job(str(tmp_path), "", ["big", "small"], "", NEVER_RACY))
+    items = scan_batch(Job(str(tmp_path), "", ["big", "small"], [None, None], NEVER_RACY))
     assert isinstance(items[0], BigItem) and isinstance(items[1], RunItem)
     target = _RecordingTarget()
     _scan(tmp_path, target, 0)
@@ -259,7 +235,7 @@ def test_file_that_grew_after_its_stat_is_left_to_the_main_process(tmp_path: Pat
 def test_missing_file_and_special_files_are_errors(tmp_path: Path) -> None:
     """A vanished entry and a FIFO are reported, never recorded."""
     os.mkfifo(tmp_path / "fifo")
-    items = scan_batch(Job(str(tmp_path), "d", ["fifo", "gone"], "", NEVER_RACY))
+    items = scan_batch(Job(str(tmp_path), "d", ["fifo", "gone"], [None, None], NEVER_RACY))
     assert [type(i) for i in items] == [ErrorItem, ErrorItem]
     assert "not a regular file" in items[0].message  # type: ignore[union-attr]
     assert "No such file" in items[1].message  # type: ignore[union-attr]

@@ -7,12 +7,10 @@ standard library and two tiny modules of the format: a worker is up within tens 
 milliseconds. Per file the work is a few system calls, a SHA-256 and two formatted lines,
 which one Python process cannot spread over two cores; worker processes can.
 
-The main process does next to nothing per file, because it is the one process that cannot
-be spread over cores. A job carries the previous snapshot's stat-cache lines of its batch as
-one text, which the worker splits and matches with the names; a range of unchanged files
-comes back as a ``ReuseItem`` with their manifest lines and where their stat-cache lines are
-in that text, so the main process copies both without looking at single lines. New content
-comes back as one ``Segment`` per run.
+What crosses the pipes is kept small, because pickling it is work too. A job carries each
+name's stat key from the previous snapshot (not its cached lines); an unchanged file comes
+back as part of a ``ReuseItem`` range (not as text), and the main process reuses the cached
+lines it already holds. New content comes back as one ``Segment`` per run.
 
 Wire protocol (stdin to stdout, in order): frames of a 4-byte big-endian length and a pickle.
 A job is ``Job``'s fields as a tuple; the answer is ``scan_batch``'s list. End of input ends
@@ -40,7 +38,6 @@ from wicked_dr.repository.entry_lines import (
     stat_key,
     stat_line,
     symlink_line,
-    unfield,
 )
 from wicked_dr.repository.segments import Segment
 
@@ -63,7 +60,7 @@ class Job(NamedTuple):
     directory: str  # absolute path
     rel_dir: str  # path in the snapshot ("" for the root)
     names: list[str]
-    cache_text: str  # the stat-cache lines of this directory that cover names, ascending
+    cached_keys: list[str | None]  # per name, its stat key in the previous snapshot, or None
     racy_from_ns: int  # files modified at or after this are re-read even when they match
 
 
@@ -111,27 +108,11 @@ class ErrorItem(NamedTuple):
 
 
 class ReuseItem(NamedTuple):
-    """``names[start:stop]`` of the job are unchanged files: their cached lines stand. They
-    are ``cache_text[text_from:text_to]`` of the job, and ``manifest`` holds their manifest
-    lines."""
+    """``names[start:stop]`` of the job are unchanged files: their cached lines stand."""
 
     start: int
     stop: int
     bytes_total: int
-    manifest: str
-    text_from: int
-    text_to: int
-
-
-class _Cached(NamedTuple):
-    """One stat-cache line of the job: the key, the manifest line (without its newline),
-    the line's number and where it starts and ends in the job's ``cache_text``."""
-
-    key: str
-    manifest: str
-    number: int
-    start: int
-    end: int
 
 
 Item = RunItem | BigItem | ErrorItem | ReuseItem  # an answer: these, in manifest order
@@ -142,19 +123,6 @@ def scan_batch(job: Job) -> list[Item]:
     return _BatchScanner(job).scan()
 
 
-def _cache_map(text: str) -> dict[str, _Cached]:
-    """The stat-cache lines of a batch by entry name."""
-    cached: dict[str, _Cached] = {}
-    start = 0
-    for number, line in enumerate(text.split("\n")[:-1]):
-        end = start + len(line) + 1
-        name, key, manifest = line.split("\t", 2)
-        cached[unfield(name) if name.startswith('"') else name] = _Cached(key, manifest,
-                                                                          number, start, end)
-        start = end
-    return cached
-
-
 class _BatchScanner:
     def __init__(self, job: Job) -> None:
         self._job = job
@@ -162,12 +130,7 @@ class _BatchScanner:
         self._items: list[Item] = []
         self._run = Run()
         self._budget = BATCH_BYTES
-        # The open range of unchanged files: first name, first line's start in cache_text,
-        # manifest lines, last line seen, byte count.
-        self._reuse_start = 0
-        self._reuse_from = 0
-        self._reuse_lines: list[str] = []
-        self._reuse_last: _Cached | None = None
+        self._reuse_start = -1  # start of the open range of unchanged files, or -1
         self._reuse_bytes = 0
 
     def scan(self) -> list[Item]:
@@ -175,8 +138,7 @@ class _BatchScanner:
         # the most common in an incremental backup) handled inline.
         job = self._job
         directory, racy_from_ns, lstat = job.directory, job.racy_from_ns, os.lstat
-        cached = _cache_map(job.cache_text)
-        for i, name in enumerate(job.names):
+        for i, (name, cached_key) in enumerate(zip(job.names, job.cached_keys, strict=True)):
             path = f"{directory}/{name}"
             try:
                 st = lstat(path)
@@ -184,14 +146,16 @@ class _BatchScanner:
                 self._close_reuse(i)
                 self._item(ErrorItem(name, _message(exc)))
                 continue
-            hit = cached.get(name)
-            if (hit is not None and st.st_mtime_ns < racy_from_ns
+            if (cached_key is not None and st.st_mtime_ns < racy_from_ns
                     and stat.S_ISREG(st.st_mode)
-                    and hit.key == stat_key(st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                            st.st_ino)):
+                    and cached_key == stat_key(st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                               st.st_ino)):
                 # Same size, mtime, ctime and inode: same content, mode and owner (chmod and
                 # chown change ctime). Both cached lines stand.
-                self._reuse(i, hit, st.st_size)
+                if self._reuse_start < 0:
+                    self._close_run()
+                    self._reuse_start = i
+                self._reuse_bytes += st.st_size
                 continue
             self._close_reuse(i)
             if stat.S_ISREG(st.st_mode):
@@ -202,30 +166,11 @@ class _BatchScanner:
         self._close_reuse(len(job.names))
         return self._items
 
-    def _reuse(self, index: int, hit: _Cached, size: int) -> None:
-        """Add an unchanged file to the open range; a range covers consecutive cache lines
-        only (a line of a deleted file between two names ends it)."""
-        last = self._reuse_last
-        if last is not None and hit.number != last.number + 1:
-            self._close_reuse(index)
-            last = None
-        if last is None:
-            self._close_run()
-            self._reuse_start = index
-            self._reuse_from = hit.start
-        self._reuse_lines.append(hit.manifest)
-        self._reuse_last = hit
-        self._reuse_bytes += size
-
     def _close_reuse(self, stop: int) -> None:
         """End the open range of unchanged files before ``names[stop]``."""
-        if self._reuse_last is not None:
-            manifest = "\n".join(self._reuse_lines) + "\n"
-            self._items.append(ReuseItem(self._reuse_start, stop, self._reuse_bytes, manifest,
-                                         self._reuse_from, self._reuse_last.end))
-            self._reuse_lines = []
-            self._reuse_last = None
-            self._reuse_bytes = 0
+        if self._reuse_start >= 0:
+            self._items.append(ReuseItem(self._reuse_start, stop, self._reuse_bytes))
+            self._reuse_start, self._reuse_bytes = -1, 0
 
     def _other(self, name: str, path: str, st: os.stat_result) -> None:
         if stat.S_ISDIR(st.st_mode):

@@ -1,11 +1,11 @@
 """Scanning a directory tree into a snapshot, in manifest order (docs/format.md section 7).
 
 One directory block at a time: list and sort the directory, cut its names into batches, give
-each batch the stat-cache lines the previous snapshot recorded for its names (as one text),
-and let the scan workers ``lstat``, read, hash and format. Answers come back in order: runs
-of finished entries go to the snapshot writer whole, ranges of unchanged files take their
-stat-cache lines from that text by position, big files are streamed here, subdirectories
-are scanned after their parent's block, smallest first.
+each batch the stat keys the previous snapshot recorded for its names, and let the scan
+workers ``lstat``, read, hash and format. Answers come back in order; runs of finished
+entries go to the snapshot writer whole, ranges of unchanged files take their lines from the
+stat cache here, big files are streamed here, subdirectories are scanned after their
+parent's block, smallest first.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import itertools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from wicked_dr.engine.scan_pool import ScanPool
 from wicked_dr.engine.scan_worker import (
@@ -25,6 +25,7 @@ from wicked_dr.engine.scan_worker import (
     RunItem,
     fewer_collections,
 )
+from wicked_dr.repository.entry_lines import unfield
 
 # A batch: few enough names that an answer stays a few MiB, enough that the per-batch cost
 # (two pickles, a pipe round trip) is small per file.
@@ -47,6 +48,15 @@ class ScanTarget(Protocol):
     def add_big_file(self, rel: str, meta: Meta, chunks: Iterable[bytes]) -> None: ...
 
     def add_error(self, rel: str, error: str) -> None: ...
+
+
+class _Cached(NamedTuple):
+    """A batch's stat-cache lines, aligned with its names (key None, lines empty, where a
+    name has none)."""
+
+    keys: list[str | None]
+    lines: list[str]
+    manifests: list[str]
 
 
 Settle = Callable[[str, list[str]], bool]
@@ -82,20 +92,31 @@ def _scan_dir(directory: str, rel_dir: str, target: ScanTarget, pool: ScanPool,
     del listing
     target.enter_dir(rel_dir)
     prefix = f"{rel_dir}/" if rel_dir else ""
-    in_flight: deque[str] = deque()  # cache texts of the jobs sent, not answered yet
+    in_flight: deque[_Cached] = deque()  # of the jobs sent and not answered yet, in order
 
     def jobs() -> Iterator[Job]:
         for batch in _batches(names):
-            cache_text = "".join(target.cached_lines(batch[-1]))
-            in_flight.append(cache_text)
-            yield Job(directory, rel_dir, batch, cache_text, racy_from_ns)
+            cached = _align(batch, target.cached_lines(batch[-1]))
+            in_flight.append(cached)
+            yield Job(directory, rel_dir, batch, cached.keys, racy_from_ns)
 
     subdirs: list[tuple[str, str]] = []
     for answer in pool.map(jobs()):
-        cache_text = in_flight.popleft()
+        cached = in_flight.popleft()
         for item in answer:
-            _handle(item, directory, prefix, target, subdirs, cache_text)
+            _handle(item, directory, prefix, target, subdirs, cached)
     return subdirs
+
+
+def _align(names: list[str], lines: list[str]) -> _Cached:
+    """The stat-cache lines of one batch, by position in ``names``."""
+    parts = [line.split("\t", 2) for line in lines]
+    if [p[0] for p in parts] == names:  # the usual case: the same names, none quoted
+        return _Cached([p[1] for p in parts], list(lines), [p[2] for p in parts])
+    by_name = {unfield(p[0]): (p, line) for p, line in zip(parts, lines, strict=True)}
+    found = [by_name.get(name) for name in names]
+    return _Cached([f[0][1] if f else None for f in found], [f[1] if f else "" for f in found],
+                   [f[0][2] if f else "" for f in found])
 
 
 def _batches(names: list[str]) -> Iterator[list[str]]:
@@ -104,9 +125,10 @@ def _batches(names: list[str]) -> Iterator[list[str]]:
 
 
 def _handle(item: Item, directory: str, prefix: str, target: ScanTarget,
-            subdirs: list[tuple[str, str]], cache_text: str) -> None:
+            subdirs: list[tuple[str, str]], cached: _Cached) -> None:
     if isinstance(item, ReuseItem):
-        target.add_reused(item.manifest, cache_text[item.text_from:item.text_to],
+        target.add_reused("".join(cached.manifests[item.start:item.stop]),
+                          "".join(cached.lines[item.start:item.stop]),
                           item.stop - item.start, item.bytes_total)
     elif isinstance(item, RunItem):
         target.add_run(item)
