@@ -48,6 +48,7 @@ INLINE_MAX = 1 << 20
 # Inline content per batch; past it, files are left to the main process as well.
 BATCH_BYTES = 8 << 20
 FRAME = struct.Struct(">I")
+NICENESS = 5  # scheduling priority of a worker, relative to the main process
 GC_THRESHOLD = 50_000  # container allocations between collections while scanning
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
@@ -316,6 +317,11 @@ def fewer_collections() -> Iterator[None]:
 def main() -> None:
     # Ctrl-C reaches the whole process group; the parent decides, and closes our input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Below the main process, which hands out the jobs, packs and seals: with more workers
+    # than CPUs it must never wait for one (measured: full backup -11 %, incremental -4 %).
+    # It also makes a backup yield to portal-api on a busy host.
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     # A broken pipe or a cut frame: the parent is gone, nobody waits for an answer.
     with contextlib.suppress(BrokenPipeError, EOFError):
         serve(sys.stdin.buffer, sys.stdout.buffer)
