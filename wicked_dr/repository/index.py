@@ -18,7 +18,7 @@ from pathlib import Path
 
 from wicked_dr.errors import IntegrityError, LockedError
 from wicked_dr.log import get_logger
-from wicked_dr.repository.packs import PackRecord
+from wicked_dr.repository.packs import PackRecord, blob_rows_json
 from wicked_dr.repository.repo import Repository
 
 log = get_logger(__name__)
@@ -305,7 +305,6 @@ def index_document(packs: list[PackRecord]) -> bytes:
 
 
 def _pack_json(pack: PackRecord) -> str:
-    blobs = ",".join(map('["%s",%d,%d]'.__mod__, zip(pack.blob_ids, pack.offsets,
-                                                     pack.lengths, strict=True)))
+    blobs = blob_rows_json(pack.blob_ids, pack.offsets, pack.lengths)
     return (f'{{"blobs":[{blobs}],"id":"{pack.pack_id}","raw_size":{pack.raw_size},'
             f'"stored_size":{pack.stored_size}}}')

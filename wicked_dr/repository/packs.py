@@ -199,9 +199,16 @@ def encode_pack(blob_ids: Sequence[str], offsets: Sequence[int], lengths: Sequen
 def pack_parts(blob_ids: Sequence[str], offsets: Sequence[int], lengths: Sequence[int],
                chunks: list[bytes]) -> list[bytes]:
     """The pack plaintext as consecutive parts: magic, header length, header, blob bytes."""
-    header = json.dumps({"blobs": list(map(list, zip(blob_ids, offsets, lengths, strict=True)))},
-                        separators=(",", ":")).encode()
+    header = ('{"blobs":[' + blob_rows_json(blob_ids, offsets, lengths) + "]}").encode()
     return [PACK_MAGIC, _HEADER_LEN.pack(len(header)), header, *chunks]
+
+
+def blob_rows_json(blob_ids: Sequence[str], offsets: Sequence[int],
+                   lengths: Sequence[int]) -> str:
+    """``["id",offset,length]`` per blob, comma-separated: compact JSON, formatted by hand
+    (ids are hex, the rest integers: nothing to escape) because a backup writes ~100 k of
+    them twice, in pack headers and index objects; json.dumps takes 60 % longer."""
+    return ",".join(map('["%s",%d,%d]'.__mod__, zip(blob_ids, offsets, lengths, strict=True)))
 
 
 def decode_pack(pack_id: str, plaintext: bytes, *, verify: bool = True) -> dict[str, bytes]:
