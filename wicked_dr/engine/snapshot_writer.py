@@ -230,22 +230,17 @@ class SnapshotWriter:
         self._tree_count += entries
 
     def _stage_tree(self) -> None:
-        if not self._tree_lines:
-            return
-        plaintext = "".join(self._tree_lines).encode()
-        tree_id = sha256_hex(plaintext)
-        if tree_id in self._known_trees:
-            # The previous snapshot has this very chunk: no need to seal or upload it.
-            self._trees.append(tree_id)
+        if self._tree_lines:
+            self._background.submit(self._write_tree, self._tree_lines)
             self._tree_lines, self._tree_count = [], 0
-            return
-        self._background.submit(self._write_tree, tree_id, plaintext)
-        self._trees.append(tree_id)
-        self._tree_lines = []
-        self._tree_count = 0
 
-    def _write_tree(self, tree_id: str, plaintext: bytes) -> None:
-        """Seal and stage one tree object (on the background thread)."""
+    def _write_tree(self, lines: list[str]) -> None:
+        """Hash, seal and stage one tree object (on the background thread, in order)."""
+        plaintext = "".join(lines).encode()
+        tree_id = sha256_hex(plaintext)
+        self._trees.append(tree_id)
+        if tree_id in self._known_trees:
+            return  # the previous snapshot has this very chunk: nothing to seal or upload
         path = self._staging / f"tree-{tree_id}"
         path.write_bytes(self.repo.sealer.seal("tree", object_name("tree", tree_id), plaintext))
 
