@@ -12,10 +12,14 @@ _Job = tuple[Callable[..., object], tuple[Any, ...]]
 
 class Background:
     """A FIFO worker thread. The first exception a job raises is raised again by ``wait``
-    in the caller's thread, and the jobs after it are skipped (they may depend on it)."""
+    in the caller's thread, and the jobs after it are skipped (they may depend on it).
 
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+    At most ``backlog`` jobs wait: ``submit`` blocks beyond, so a thread that falls behind
+    (a slow disk under the index cache) slows the caller down instead of letting their
+    arguments pile up in memory."""
+
+    def __init__(self, name: str, backlog: int = 16) -> None:
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=backlog)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
