@@ -18,7 +18,7 @@ class Background:
     (a slow disk under the index cache) slows the caller down instead of letting their
     arguments pile up in memory."""
 
-    def __init__(self, name: str, backlog: int = 16) -> None:
+    def __init__(self, name: str, backlog: int = 4) -> None:
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=backlog)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)

@@ -27,6 +27,10 @@ from wicked_dr.repository.layout import object_name
 from wicked_dr.repository.segments import Segment
 
 PACK_MAGIC = b"WDRPACK\x01"
+# A pack is also cut at this many blobs: tiny files (wicked's index entries can be tens of
+# bytes) would otherwise put 100 k+ blobs into one 8 MiB pack, with a header of megabytes
+# and as many ids held in memory until it is sealed.
+PACK_BLOBS_MAX = 20_000
 _HEADER_LEN = struct.Struct(">I")
 
 
@@ -96,6 +100,7 @@ class PackBuilder:
         self._segments: list[Segment] = []
         self._pending: set[str] = set()  # added, not yet reported through on_pack
         self._size = 0
+        self._blobs = 0
         self._todo: queue.Queue[list[Segment] | None] = queue.Queue(maxsize=1)
         self._done: queue.Queue[_Sealed | BaseException] = queue.Queue()
         self._in_flight = 0
@@ -119,7 +124,8 @@ class PackBuilder:
         self._pending.update(segment.blob_ids)
         self._segments.append(segment)
         self._size += len(segment.data)
-        if self._size >= self._target:
+        self._blobs += len(segment.blob_ids)
+        if self._size >= self._target or self._blobs >= PACK_BLOBS_MAX:
             self._submit()
             self._report(block=False)
 
@@ -143,7 +149,7 @@ class PackBuilder:
             self._thread = threading.Thread(target=self._seal_loop, name="pack-sealer",
                                             daemon=True)
             self._thread.start()
-        segments, self._segments, self._size = self._segments, [], 0
+        segments, self._segments, self._size, self._blobs = self._segments, [], 0, 0
         self._in_flight += 1
         self._todo.put(segments)
 
