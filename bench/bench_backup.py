@@ -58,6 +58,9 @@ class Results:
 def timed(argv: list[str] | str, *, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> tuple[Run, str]:
     """Run a command (a list, or a shell pipeline as str) under /usr/bin/time."""
+    # Write back what earlier steps left dirty (a restore creates ~100 k files, rmtree
+    # removes as many) so that writeback does not slow down whichever run comes next.
+    os.sync()
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         cmd = ["bash", "-o", "pipefail", "-c", argv] if isinstance(argv, str) else argv
         proc = subprocess.run([TIME, "-f", "%e %M", "-o", tf.name, *cmd], env=env, cwd=cwd,
