@@ -223,11 +223,19 @@ class SnapshotWriter:
         return record
 
     def _add_lines(self, text: str, entries: int) -> None:
-        # A tree holds at most TREE_CHUNK_ENTRIES entries: stage before it would overflow.
-        if self._tree_count + entries > TREE_CHUNK_ENTRIES:
+        """Append manifest lines; a tree is cut after exactly TREE_CHUNK_ENTRIES entries, so
+        its boundaries depend on the manifest alone, not on how the scan grouped the lines:
+        an unchanged stretch of the volume gives the very same tree objects (no upload)."""
+        while self._tree_count + entries >= TREE_CHUNK_ENTRIES:
+            room = TREE_CHUNK_ENTRIES - self._tree_count
+            cut = _after_lines(text, room)
+            self._tree_lines.append(text[:cut])
+            self._tree_count += room
             self._stage_tree()
-        self._tree_lines.append(text)
-        self._tree_count += entries
+            text, entries = text[cut:], entries - room
+        if entries:
+            self._tree_lines.append(text)
+            self._tree_count += entries
 
     def _stage_tree(self) -> None:
         if self._tree_lines:
@@ -296,6 +304,14 @@ class SnapshotWriter:
 
     def cleanup(self) -> None:
         shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def _after_lines(text: str, count: int) -> int:
+    """The index just after the first ``count`` lines of ``text``."""
+    end = 0
+    for _ in range(count):
+        end = text.index("\n", end) + 1
+    return end
 
 
 def _without(segment: Segment, known: set[str]) -> Segment:
