@@ -10,6 +10,7 @@ refused before anything is written for them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat as statmod
@@ -163,9 +164,7 @@ def _restore_file(reader: BlobReader, entry: Entry, dest: Path, root: Path,
     # Blobs are verified against their ids before a byte is written; the whole-file hash
     # is checked too, and a mismatching file is removed rather than left behind.
     digest = hashlib.sha256()
-    if dest.is_symlink():
-        dest.unlink()
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    fd = _create(dest)
     try:
         for blob_id in entry.blobs:
             data = reader.get(blob_id)
@@ -180,6 +179,19 @@ def _restore_file(reader: BlobReader, entry: Entry, dest: Path, root: Path,
         dest.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+def _create(dest: Path) -> int:
+    """Open ``dest`` for writing, replacing a symlink there instead of following it. The
+    open comes first (O_NOFOLLOW refuses a symlink): no ``lstat`` per file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    try:
+        return os.open(dest, flags, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+    dest.unlink()  # a symlink (a previous restore, or planted): never written through
+    return os.open(dest, flags, 0o600)
 
 
 def _write_all(fd: int, data: bytes) -> None:

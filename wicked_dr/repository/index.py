@@ -86,6 +86,7 @@ class IndexCache:
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             self._db = _connect(path)
         self._in_run = False
+        self._reading = False  # a read transaction is open for lookups
         # Blob ids of the open run, the first RUN_SET_MAX of them: dedup within a run without
         # a query (a first backup asks for every file).
         self._run_set: set[str] = set()
@@ -106,7 +107,13 @@ class IndexCache:
     def close(self) -> None:
         if self._in_run:
             self.abort_run()
+        self._end_read()
         self._db.close()
+
+    def _end_read(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._db.execute("COMMIT")
 
     def sync(self, repo: Repository) -> None:
         """Load index objects not seen yet; start over when one disappeared (pruned)."""
@@ -221,6 +228,7 @@ class IndexCache:
         self._db.execute("COMMIT")
 
     def _begin(self) -> None:
+        self._end_read()
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -231,7 +239,14 @@ class IndexCache:
     # --- lookups -------------------------------------------------------------------------
 
     def lookup(self, blob_id: str) -> BlobRef | None:
-        """Where ``blob_id`` is stored, or None."""
+        """Where ``blob_id`` is stored, or None.
+
+        Lookups share one read transaction (until a write or ``close``): in autocommit mode
+        every query would take and drop SQLite's shared lock and stat the file, three system
+        calls per restored file."""
+        if not self._reading and not self._in_run:
+            self._db.execute("BEGIN")
+            self._reading = True
         row = self._db.execute("SELECT p.id FROM blobs b JOIN packs p ON p.n = b.pack "
                                "WHERE b.id=?", (bytes.fromhex(blob_id),)).fetchone()
         return BlobRef(row[0]) if row else None
