@@ -51,7 +51,6 @@ FRAME = struct.Struct(">I")
 NICENESS = 5  # scheduling priority of a worker, relative to the main process
 GC_THRESHOLD = 50_000  # container allocations between collections while scanning
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
 _sha256 = hashlib.sha256
 
 
@@ -188,15 +187,9 @@ class _BatchScanner:
         if st.st_size > min(INLINE_MAX, self._budget):
             self._big(name, st)
             return
-        try:
-            # O_NOFOLLOW: never read through a symlink swapped in after the lstat.
-            fd = os.open(path, _OPEN_FLAGS)
-            try:
-                content = _read_fd(fd, st.st_size)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            self._item(ErrorItem(name, _message(exc)))
+        content = _read_small(path, st.st_size)
+        if isinstance(content, str):
+            self._item(ErrorItem(name, content))
             return
         if content is None:
             self._big(name, st)  # it grew since the lstat
@@ -250,19 +243,15 @@ class _BatchScanner:
 def _read_small(path: str, size: int) -> bytes | str | None:
     """The content; None when the file is larger than ``size`` now; a message on error."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        # O_NOFOLLOW: never read through a symlink swapped in after the lstat.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            return _read_fd(fd, size)
+            # One byte more than stat said, so a file that grew meanwhile is noticed.
+            content = os.read(fd, size + 1)
         finally:
             os.close(fd)
     except OSError as exc:
         return _message(exc)
-
-
-def _read_fd(fd: int, size: int) -> bytes | None:
-    """The content; None when the file is larger than ``size`` now."""
-    # One byte more than stat said, so a file that grew meanwhile is noticed.
-    content = os.read(fd, size + 1)
     return None if len(content) > size else content
 
 

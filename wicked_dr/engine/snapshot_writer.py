@@ -104,13 +104,9 @@ class SnapshotWriter:
         self.stats.bytes_read += size
         return whole.hexdigest(), tuple(blobs), size
 
-    def _store_blob(self, data: bytes, blob_id: str | None = None) -> str:
-        blob_id = blob_id or sha256_hex(data)
-        if self._packs.is_pending(blob_id) or self._cache.has(blob_id):
-            return blob_id
-        self._packs.add(blob_id, data)
-        self.stats.bytes_new += len(data)
-        self.stats.blobs_new += 1
+    def _store_blob(self, data: bytes) -> str:
+        blob_id = sha256_hex(data)
+        self._store_segment(Segment([blob_id], [len(data)], data))
         return blob_id
 
     def _store_segment(self, segment: Segment) -> None:

@@ -112,7 +112,7 @@ def _align(names: list[str], lines: list[str]) -> _Cached:
     """The stat-cache lines of one batch, by position in ``names``."""
     parts = [line.split("\t", 2) for line in lines]
     if [p[0] for p in parts] == names:  # the usual case: the same names, none quoted
-        return _Cached([p[1] for p in parts], list(lines), [p[2] for p in parts])
+        return _Cached([p[1] for p in parts], lines, [p[2] for p in parts])
     by_name = {unfield(p[0]): (p, line) for p, line in zip(parts, lines, strict=True)}
     found = [by_name.get(name) for name in names]
     return _Cached([f[0][1] if f else None for f in found], [f[1] if f else "" for f in found],

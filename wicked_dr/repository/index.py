@@ -42,15 +42,15 @@ _INSERT_BLOBS = """
 WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?2)
 INSERT OR IGNORE INTO blobs SELECT substr(?1, i * 32 + 1, 32), ?3 FROM k"""
 _UNINDEXED = ""  # index_id of a run's pack until its index object is staged
-RUN_SET_MAX = 100_000  # about 14 MiB of Python set (hex ids); beyond, has() asks SQLite
+RUN_SET_MAX = 100_000  # about 14 MiB of Python set (hex ids); beyond, the filter, then SQLite
 RUN_FILTER_BITS = 1 << 24  # 2 MiB; about 6 % false positives at a million blobs
+BUSY_TIMEOUT_S = 60.0
 
 
 def _filter_position(key: bytes) -> tuple[int, int]:
     """Byte index and bit mask of a blob id in the run filter (ids are uniform hashes)."""
     n = int.from_bytes(key[:3], "big")
     return n >> 3, 1 << (n & 7)
-BUSY_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class IndexCache:
         self._spilled = False  # whether blobs of this run are in the filter, not the set
         # A run's packs are written from a background thread while lookups go on.
         self._lock = threading.Lock()
-        self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
+        self._empty = self._no_blobs()
 
     @classmethod
     def for_repository(cls, repo: Repository, state_dir: Path) -> IndexCache:
@@ -127,7 +127,7 @@ class IndexCache:
             loaded = set()
         for index_id in sorted(stored - loaded):
             self.add_index(index_id, repo.load("index", index_id))
-        self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
+        self._empty = self._no_blobs()
 
     def add_index(self, index_id: str, plaintext: bytes) -> None:
         """Record an index object (its plaintext) read from the repository."""
@@ -193,7 +193,7 @@ class IndexCache:
         self._run_set_room = RUN_SET_MAX
         self._run_filter = bytearray(RUN_FILTER_BITS // 8)
         self._spilled = False
-        self._empty = self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
+        self._empty = self._no_blobs()
 
     def _insert_pack(self, record: PackRecord, index_id: str) -> None:
         cursor = self._db.execute("INSERT OR IGNORE INTO packs (id, raw_size, stored_size, "
@@ -271,6 +271,9 @@ class IndexCache:
         with self._lock:
             return self._db.execute(_HAS_QUERY,
                                     (bytes.fromhex(blob_id),)).fetchone() is not None
+
+    def _no_blobs(self) -> bool:
+        return self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
 
     def pack_raw_size(self, pack_id: str) -> int | None:
         """The plaintext size of a pack, the bound for decompressing it."""

@@ -20,5 +20,3 @@ class Segment(NamedTuple):
     lengths: list[int]
     data: bytes
 
-
-EMPTY = Segment([], [], b"")
