@@ -2,7 +2,9 @@
 
 One YAML file, every key overridable by ``WICKED_DR_<SECTION>__<KEY>`` (top-level keys:
 ``WICKED_DR_<KEY>``); keys marked *secret* can also come from ``..._FILE`` (Docker secrets).
-Unknown keys are errors, because a typo must never silently disable a backup.
+Unknown keys are errors, because a typo must never silently disable a backup; so are
+duplicate keys (a second block would silently replace the first) and numbers outside their
+range.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
 from wicked_dr.errors import ConfigError
 
@@ -26,12 +29,24 @@ ENV_CONFIG_PATH = "WICKED_DR_CONFIG"
 SECRET_FILE_SUFFIX = "_FILE"
 
 
-def _field(default: Any, description: str, *, example: Any = None, secret: bool = False) -> Any:
-    """A schema field with the description and example that ``config example`` prints."""
+def _field(default: Any, description: str, *, example: Any = None, secret: bool = False,
+           bounds: tuple[float, float] | None = None) -> Any:
+    """A schema field with the description and example that ``config example`` prints.
+
+    ``bounds`` is the inclusive range of a number. Such a field is also strict: in lax mode
+    pydantic takes YAML ``true`` for 1 (and the string '8' for 8); environment values still
+    work, they go through ``yaml.safe_load`` and arrive as numbers."""
     extra: dict[str, Any] = {"secret": secret}
     if example is not None:
         extra["example"] = example
-    return Field(default=default, description=description, json_schema_extra=extra)
+    if bounds is None:
+        return Field(default=default, description=description, json_schema_extra=extra)
+    low, high = bounds
+    return Field(default=default, description=description, json_schema_extra=extra,
+                 ge=low, le=high, strict=True)
+
+
+UID_MAX = 2**32 - 2  # (uid_t)-1 means "leave unchanged" to chown
 
 
 class Section(BaseModel):
@@ -74,10 +89,15 @@ class RepositoryConfig(Section):
     sse_kms_key_id: str | None = _field(None, "KMS key id when sse is aws:kms.")
     storage_class: str | None = _field(None, "S3 storage class for packs.",
                                        example="STANDARD_IA")
+    # At most 128 MiB: a pack is held in memory while it is sealed (a backup holds about
+    # three, a restore caches four: engine/blobs.py), and a pack, which may pass the target
+    # by one segment, must stay below MAX_PACK (256 MiB, repository/layout.py), the bound
+    # for opening a pack whose size the index does not know.
     pack_size_mib: int = _field(8, "Target size of a pack before compression, in MiB.",
-                                example=8)
+                                example=8, bounds=(1, 128))
     lock_expiry_s: int = _field(
-        300, "A repository lock expires this many seconds after its last renewal.", example=300)
+        300, "A repository lock expires this many seconds after its last renewal.", example=300,
+        bounds=(10, 86400))
 
     @field_validator("url")
     @classmethod
@@ -94,13 +114,6 @@ class RepositoryConfig(Section):
                 f"got {value!r}")
         return value
 
-    @field_validator("pack_size_mib", "lock_expiry_s")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value <= 0:
-            raise ValueError("must be a positive number")
-        return value
-
 
 class VolumeConfig(Section):
     """portal-api's dynamic data volume."""
@@ -112,15 +125,18 @@ class VolumeConfig(Section):
         "wicked-lock: hold wicked's global.lock while reading, for a consistent snapshot; "
         "none: read without it (files may be torn).",
     )
+    # 0 is allowed (fail at once when a write is in flight); at most 10 minutes, because
+    # portal-api cannot write while we hold global.lock and wait.
     quiesce_timeout_s: float = _field(
-        10.0, "Longest wait for in-flight writes (*.lock files) to finish.", example=10)
+        10.0, "Longest wait for in-flight writes (*.lock files) to finish.", example=10,
+        bounds=(0, 600))
     max_shrink_percent: float = _field(
         20.0, "Refuse a backup whose file count fell by more than this since the last snapshot.",
-        example=20)
+        example=20, bounds=(0, 100))
     scan_workers: int | None = _field(
         None,
         "Processes that stat, read and hash files in parallel (0: all in the main process; "
-        "empty: twice the number of CPUs, at most 8).", example=4)
+        "empty: twice the number of CPUs, at most 8).", example=4, bounds=(0, 64))
 
     def workers(self) -> int:
         """How many scan worker processes to run."""
@@ -130,13 +146,6 @@ class VolumeConfig(Section):
         # often as it computes; measured on 2 CPUs, 4 workers beat 2 by about 8 %.
         return min(8, 2 * (os.cpu_count() or 1))
 
-    @field_validator("quiesce_timeout_s", "max_shrink_percent", "scan_workers")
-    @classmethod
-    def _not_negative(cls, value: float | None) -> float | None:
-        if value is not None and value < 0:
-            raise ValueError("must not be negative")
-        return value
-
 
 class KongTokensConfig(Section):
     """Kong's OAuth2 token tables (optional)."""
@@ -144,9 +153,10 @@ class KongTokensConfig(Section):
     dsn: SecretStr | None = _field(
         None, "Kong's PostgreSQL database; empty turns token backup off.", secret=True,
         example="postgresql://kong:secret@kong-db:5432/kong?sslmode=require")
-    connect_timeout_s: int = _field(10, "Connection timeout.", example=10)
+    connect_timeout_s: int = _field(10, "Connection timeout.", example=10, bounds=(1, 600))
+    # Not 0: PostgreSQL reads statement_timeout 0 as "no timeout".
     statement_timeout_s: int = _field(300, "Statement timeout for the token export.",
-                                      example=300)
+                                      example=300, bounds=(1, 86400))
     workspace: str = _field("default", "Kong 2.x/3.x workspace to restore tokens into.")
 
 
@@ -161,11 +171,15 @@ class ScheduleConfig(Section):
 class RetentionConfig(Section):
     """How many snapshots prune keeps."""
 
-    keep_last: int = _field(10, "Keep the newest N snapshots.")
-    keep_hourly: int = _field(48, "Keep the newest snapshot of each of the last N hours.")
-    keep_daily: int = _field(14, "Keep the newest snapshot of each of the last N days.")
-    keep_weekly: int = _field(8, "Keep the newest snapshot of each of the last N weeks.")
-    keep_monthly: int = _field(12, "Keep the newest snapshot of each of the last N months.")
+    keep_last: int = _field(10, "Keep the newest N snapshots.", bounds=(0, 10000))
+    keep_hourly: int = _field(48, "Keep the newest snapshot of each of the last N hours.",
+                              bounds=(0, 10000))
+    keep_daily: int = _field(14, "Keep the newest snapshot of each of the last N days.",
+                             bounds=(0, 10000))
+    keep_weekly: int = _field(8, "Keep the newest snapshot of each of the last N weeks.",
+                              bounds=(0, 10000))
+    keep_monthly: int = _field(12, "Keep the newest snapshot of each of the last N months.",
+                               bounds=(0, 10000))
 
 
 class VerifyConfig(Section):
@@ -173,14 +187,15 @@ class VerifyConfig(Section):
 
     image: str = _field("wicked-dr-verify:latest",
                         "Local image the scratch containers run (never pulled).")
-    timeout_s: int = _field(600, "Longest a verification may run.")
+    timeout_s: int = _field(600, "Longest a verification may run.", bounds=(1, 86400))
 
 
 class RestoreConfig(Section):
     """How restores treat restored files."""
 
-    owner_uid: int = _field(888, "Owner of restored files (wicked's node user).")
-    owner_gid: int = _field(888, "Group of restored files.")
+    owner_uid: int = _field(888, "Owner of restored files (wicked's node user).",
+                            bounds=(0, UID_MAX))
+    owner_gid: int = _field(888, "Group of restored files.", bounds=(0, UID_MAX))
     empty_webhook_queues: list[str] = _field(
         ["mailer", "chatbot"],
         "Webhook listeners whose pending events are emptied on a live restore, so mails "
@@ -303,10 +318,11 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None,
     """Read, merge environment overrides and validate; raise ConfigError with every problem."""
     environ = os.environ if environ is None else environ
     label = path.name
-    raw = _read_yaml(path, required=required)
     problems: list[str] = []
+    raw = _read_yaml(path, problems, required=required)
     if not isinstance(raw, dict):
-        raise ConfigError([f"{label}: the top level must be a mapping of sections"])
+        problems.append(f"{label}: the top level must be a mapping of sections")
+        raise ConfigError(problems)
     _apply_env_overrides(raw, environ, problems)
     try:
         config = Config.model_validate(raw)
@@ -318,7 +334,36 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None,
     return config
 
 
-def _read_yaml(path: Path, *, required: bool) -> Any:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting every key that a mapping repeats (at any depth).
+
+    PyYAML keeps the last value of a repeated key, so a second ``repository:`` block would
+    silently replace the first. A key that overrides one merged in with ``<<:`` is fine."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.duplicates: list[tuple[Any, int, int]] = []  # key, line, line of the first
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                seen = key in first_lines
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if seen:
+                self.duplicates.append((key, line, first_lines[key]))
+            else:
+                first_lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path, problems: list[str], *, required: bool) -> Any:
+    """The file's data; a repeated key adds a problem (the last value is kept)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -328,12 +373,17 @@ def _read_yaml(path: Path, *, required: bool) -> Any:
         return {}
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    loader = _UniqueKeyLoader(text)
     try:
-        data = yaml.safe_load(text)
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
         raise ConfigError([f"{path.name}:{line} is not valid YAML"]) from None
+    finally:
+        loader.dispose()
+    problems.extend(f"{path.name}: line {line}: duplicate key {key!r} (first at line {first})"
+                    for key, line, first in loader.duplicates)
     return {} if data is None else data
 
 
@@ -413,6 +463,10 @@ def _describe(label: str, exc: ValidationError) -> list[str]:
     return lines
 
 
+_RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
+_TYPE_ERRORS = {"int_type", "int_parsing", "int_from_float", "float_type", "float_parsing"}
+
+
 def _message(error: Any) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -421,7 +475,32 @@ def _message(error: Any) -> str:
         expected = error.get("ctx", {}).get("expected", "")
         return f"got {error.get('input')!r}, expected one of {expected}"
     text: str = error["msg"]
+    if kind in _RANGE_ERRORS:
+        bounds = _bounds_at(error["loc"])
+        if bounds is not None:
+            text = f"must be between {bounds[0]} and {bounds[1]}"
+        return f"{text} (got {error.get('input')!r})"
+    if kind in _TYPE_ERRORS:
+        return f"{text} (got {error.get('input')!r})"
     return re.sub(r"^Value error, ", "", text)
+
+
+def _bounds(field: FieldInfo) -> tuple[float, float] | None:
+    """The inclusive range ``_field(bounds=...)`` gave a number, read back from pydantic."""
+    low = next((m.ge for m in field.metadata if getattr(m, "ge", None) is not None), None)
+    high = next((m.le for m in field.metadata if getattr(m, "le", None) is not None), None)
+    return None if low is None or high is None else (low, high)
+
+
+def _bounds_at(loc: tuple[int | str, ...]) -> tuple[float, float] | None:
+    """The range of the field at an error's location (``('retention', 'keep_daily')``)."""
+    if len(loc) == 2 and loc[0] in SECTIONS:
+        field = SECTIONS[str(loc[0])].model_fields.get(str(loc[1]))
+    elif len(loc) == 1:
+        field = Config.model_fields.get(str(loc[0]))
+    else:
+        return None
+    return _bounds(field) if field is not None else None
 
 
 # --- presenting --------------------------------------------------------------------------
@@ -461,6 +540,9 @@ def _example_field(section: str | None, key: str, field: Any) -> list[str]:
     extra = field.json_schema_extra or {}
     text = f"{field.description}" + (" (secret)" if extra.get("secret") else "")
     out = ["# " + line for line in textwrap.wrap(text, width=94)]
+    bounds = _bounds(field)
+    if bounds is not None:
+        out.append(f"# range: {bounds[0]} to {bounds[1]}")
     if "example" in extra:
         out.append(f"# example: {_scalar(extra['example'])}")
     default = field.default if field.default_factory is None else field.default_factory()

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
@@ -123,7 +123,8 @@ def test_load_three_mistakes_reports_three_problems(tmp_path: Path) -> None:
     assert "unknown key" in by_path["repository.urll"]
     assert "'maybe'" in by_path["volume.quiesce"]
     assert "'wicked-lock'" in by_path["volume.quiesce"]
-    assert "positive" in by_path["repository.pack_size_mib"]
+    assert by_path["repository.pack_size_mib"].endswith(
+        "must be between 1 and 128 (got -1)")
 
 
 def test_validate_command_three_mistakes_prints_three_lines_exit_2(
@@ -233,6 +234,189 @@ def test_config_path_cli_option_wins_over_env(
     good = _write(tmp_path, "{}\n", "good.yaml")
     assert main(["--config", str(good), "config", "validate"]) == 0
     assert capsys.readouterr().err == ""
+
+
+# --- duplicate keys ---------------------------------------------------------------------------
+
+DUPLICATE_REPOSITORY = """\
+repository:
+  url: /srv/repo
+  encryption_key_file: /run/secrets/key
+volume:
+  path: /srv/dynamic
+repository:
+  url: /srv/other
+"""
+
+
+def test_load_duplicate_section_names_key_and_both_lines(tmp_path: Path) -> None:
+    """A second `repository:` block is an error naming the key and both lines, not a silent
+    replacement that drops encryption_key_file."""
+    problems = _problems(_write(tmp_path, DUPLICATE_REPOSITORY))
+    assert problems == ["config.yaml: line 6: duplicate key 'repository' (first at line 1)"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("repository:\n  url: /a\n  pack_size_mib: 8\n  url: /b\n",
+     "config.yaml: line 4: duplicate key 'url' (first at line 2)"),
+    ("repository: {url: /a, url: /b}\n",
+     "config.yaml: line 1: duplicate key 'url' (first at line 1)"),
+    ("volume:\n  path:\n    deep:\n      x: 1\n      x: 2\n",
+     "config.yaml: line 5: duplicate key 'x' (first at line 4)"),
+    ("restore:\n  empty_webhook_queues:\n    - {a: 1,\n       a: 2}\n",
+     "config.yaml: line 4: duplicate key 'a' (first at line 3)"),
+])
+def test_load_duplicate_key_at_any_depth_is_reported(tmp_path: Path, text: str,
+                                                     expected: str) -> None:
+    """A duplicate key inside a section, a flow mapping or a deeper value is reported too."""
+    assert expected in _problems(_write(tmp_path, text))
+
+
+def test_load_duplicate_keys_every_one_is_reported(tmp_path: Path) -> None:
+    """Every duplicate is reported at once, together with the schema problems of the file."""
+    text = ("retention:\n  keep_last: 1\n  keep_last: 2\n"
+            "log:\n  level: info\n  level: debug\n"
+            "volume:\n  quiesce: maybe\n")
+    problems = _problems(_write(tmp_path, text))
+    assert problems[:2] == ["config.yaml: line 3: duplicate key 'keep_last' (first at line 2)",
+                            "config.yaml: line 6: duplicate key 'level' (first at line 5)"]
+    assert len(problems) == 3
+    assert problems[2].startswith("config.yaml: at 'volume.quiesce': ")
+
+
+def test_load_merge_key_overridden_explicitly_is_not_a_duplicate(tmp_path: Path) -> None:
+    """A key that overrides one merged in with `<<:` is ordinary YAML, not a duplicate."""
+    text = "retention:\n  <<: {keep_last: 1, keep_daily: 2}\n  keep_last: 5\n"
+    config = load_config(_write(tmp_path, text), {})
+    assert (config.retention.keep_last, config.retention.keep_daily) == (5, 2)
+
+
+def test_validate_command_duplicate_key_one_line_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`config validate` prints the duplicate as one stderr line and exits 2."""
+    path = _write(tmp_path, DUPLICATE_REPOSITORY)
+    code = main(["--config", str(path), "config", "validate"])
+    out, err = capsys.readouterr()
+    assert code == ExitCode.USAGE == 2
+    assert out == ""
+    assert _error_lines(err) == [
+        f"{ERROR_PREFIX}config.yaml: line 6: duplicate key 'repository' (first at line 1)"]
+    assert err.strip().splitlines() == _error_lines(err)
+
+
+# --- bounds of numbers ------------------------------------------------------------------------
+
+
+def _numeric_fields() -> list[tuple[str, str]]:
+    """Every (section, key) of the schema holding a number (optionally empty)."""
+    found = []
+    for section, model in SECTIONS.items():
+        for key, field in model.model_fields.items():
+            kinds = set(get_args(field.annotation)) or {field.annotation}
+            if kinds - {type(None)} and kinds - {type(None)} <= {int, float}:
+                found.append((section, key))
+    return found
+
+
+def test_numeric_fields_the_schema_has_numbers() -> None:
+    """The helper below finds the schema's numbers (guards the tests that loop over them)."""
+    fields = _numeric_fields()
+    assert ("retention", "keep_daily") in fields
+    assert ("volume", "scan_workers") in fields
+    assert ("volume", "max_shrink_percent") in fields
+    assert len(fields) >= 15
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("retention", "keep_daily", "-3", "must be between 0 and 10000 (got -3)"),
+    ("volume", "max_shrink_percent", "150", "must be between 0 and 100 (got 150)"),
+    ("repository", "pack_size_mib", "100000", "must be between 1 and 128 (got 100000)"),
+    ("repository", "lock_expiry_s", "5", "must be between 10 and 86400 (got 5)"),
+    ("volume", "scan_workers", "65", "must be between 0 and 64 (got 65)"),
+    ("restore", "owner_uid", "4294967295", "must be between 0 and 4294967294 (got 4294967295)"),
+    ("verify", "timeout_s", "0", "must be between 1 and 86400 (got 0)"),
+    ("kong_tokens", "connect_timeout_s", "0", "must be between 1 and 600 (got 0)"),
+])
+def test_load_out_of_range_number_names_key_and_range(
+        tmp_path: Path, section: str, key: str, value: str, expected: str) -> None:
+    """An impossible number is one line naming the key, the allowed range and the value."""
+    problems = _problems(_write(tmp_path, f"{section}:\n  {key}: {value}\n"))
+    assert problems == [f"config.yaml: at '{section}.{key}': {expected}"]
+
+
+@pytest.mark.parametrize(("section", "key"), _numeric_fields())
+def test_load_any_number_out_of_range_or_boolean_is_refused(tmp_path: Path, section: str,
+                                                            key: str) -> None:
+    """Every number in the schema has bounds on both sides and refuses YAML true."""
+    for value in ("-1", "1000000000000", "true"):
+        problems = _problems(_write(tmp_path, f"{section}:\n  {key}: {value}\n"))
+        assert len(problems) == 1, (value, problems)
+        assert problems[0].startswith(f"config.yaml: at '{section}.{key}': "), problems
+    assert "True" in problems[0]
+
+
+def test_load_boolean_pack_size_is_refused(tmp_path: Path) -> None:
+    """`pack_size_mib: true` is not taken for 1 MiB: the message names the key and the value."""
+    problems = _problems(_write(tmp_path, "repository:\n  pack_size_mib: true\n"))
+    assert problems == ["config.yaml: at 'repository.pack_size_mib': "
+                        "Input should be a valid integer (got True)"]
+
+
+def test_load_bounds_are_inclusive(tmp_path: Path) -> None:
+    """The ends of each range are allowed values."""
+    text = ("repository:\n  pack_size_mib: 128\n  lock_expiry_s: 10\n"
+            "volume:\n  max_shrink_percent: 100\n  scan_workers: 0\n  quiesce_timeout_s: 0\n"
+            "retention:\n  keep_daily: 0\n  keep_last: 10000\n"
+            "restore:\n  owner_uid: 0\n  owner_gid: 4294967294\n")
+    config = load_config(_write(tmp_path, text), {})
+    assert config.repository.pack_size_mib == 128
+    assert config.volume.max_shrink_percent == 100
+    assert config.restore.owner_gid == 2**32 - 2
+
+
+def test_validate_command_every_range_problem_at_once_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`config validate` reports every out-of-range value in one run, one line each, exit 2."""
+    text = ("retention:\n  keep_daily: -3\n"
+            "volume:\n  max_shrink_percent: 150\n"
+            "repository:\n  pack_size_mib: 100000\n")
+    code = main(["--config", str(_write(tmp_path, text)), "config", "validate"])
+    lines = _error_lines(capsys.readouterr().err)
+    assert code == 2
+    assert sorted(lines) == sorted(f"{ERROR_PREFIX}config.yaml: at {rest}" for rest in [
+        "'retention.keep_daily': must be between 0 and 10000 (got -3)",
+        "'volume.max_shrink_percent': must be between 0 and 100 (got 150)",
+        "'repository.pack_size_mib': must be between 1 and 128 (got 100000)",
+    ])
+
+
+def test_env_number_for_strict_field_is_typed_and_bounded(tmp_path: Path) -> None:
+    """Environment values of the strict number keys are parsed (16 is int 16, 12.5 a float),
+    and a boolean or out-of-range value is still refused."""
+    path = _write(tmp_path, "")
+    config = load_config(path, {"WICKED_DR_REPOSITORY__PACK_SIZE_MIB": "16",
+                                "WICKED_DR_VOLUME__MAX_SHRINK_PERCENT": "12.5",
+                                "WICKED_DR_VOLUME__SCAN_WORKERS": "0",
+                                "WICKED_DR_RESTORE__OWNER_UID": "1000"})
+    assert config.repository.pack_size_mib == 16
+    assert config.volume.max_shrink_percent == 12.5
+    assert config.volume.scan_workers == 0
+    assert config.restore.owner_uid == 1000
+    problems = _problems(path, {"WICKED_DR_REPOSITORY__PACK_SIZE_MIB": "true",
+                                "WICKED_DR_RETENTION__KEEP_DAILY": "-3"})
+    assert sorted(problems) == [
+        "config.yaml: at 'repository.pack_size_mib': Input should be a valid integer "
+        "(got True)",
+        "config.yaml: at 'retention.keep_daily': must be between 0 and 10000 (got -3)"]
+
+
+def test_example_documents_the_range_of_each_number() -> None:
+    """`config example` states the allowed range next to every bounded key."""
+    text = example_yaml()
+    assert "  # range: 0 to 100\n  # example: 20\n  max_shrink_percent: 20.0\n" in text
+    assert "  # range: 1 to 128\n  # example: 8\n  pack_size_mib: 8\n" in text
+    assert "  # range: 0 to 10000\n  keep_daily: 14\n" in text
+    assert text.count("# range: ") == len(_numeric_fields())
 
 
 # --- environment overrides -------------------------------------------------------------------
