@@ -62,6 +62,7 @@ environment:
   WICKED_DR_<SECTION>__<KEY>_FILE  reads a secret key from a file (Docker secrets)
 
 examples:
+  wicked-dr init
   wicked-dr backup --json
   wicked-dr snapshots
   wicked-dr restore latest --target /tmp/restore
@@ -151,6 +152,14 @@ def _command(sub: Any, name: str, help_text: str, description: str) -> argparse.
 
 
 def _add_backup_commands(sub: Any) -> None:
+    init = _command(sub, "init", "create the repository",
+                    "Create the repository at repository.url, encrypted when "
+                    "repository.encryption_key_file is set. Only a location that holds no "
+                    "object at all is used; an existing repository is left as it is. "
+                    "(backup also creates one in an empty location, unless state_dir "
+                    "remembers another repository there.)")
+    init.add_argument("--create-bucket", action="store_true",
+                      help="create the S3 bucket when it does not exist (never done otherwise)")
     backup = _command(sub, "backup", "take a snapshot now",
                       "Snapshot the dynamic data volume (under wicked's global.lock) and, "
                       "when kong_tokens.dsn is set, Kong's OAuth2 tokens.")
@@ -290,6 +299,8 @@ def _level(configured: str, shift: int) -> str:
 
 
 def _emit(args: argparse.Namespace, result: Any) -> None:
+    if result is None:
+        return  # e.g. export --tar -: stdout carries the tar, not a byte more
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
     else:
@@ -312,6 +323,12 @@ def _with_progress(args: argparse.Namespace, title: str,
 
     with progress_reporter(title, enabled=not args.json) as progress:
         return run(RunOptions(lock_wait_s=args.lock_wait, progress=progress))
+
+
+def _init(config: Config, args: argparse.Namespace) -> Any:
+    from wicked_dr.actions.init import run_init
+
+    return run_init(config, create_bucket=args.create_bucket).to_dict()
 
 
 def _backup(config: Config, args: argparse.Namespace) -> Any:
@@ -388,6 +405,7 @@ def _not_yet(name: str) -> Callable[[Config, argparse.Namespace], Any]:
 
 
 _HANDLERS: dict[str, Callable[[Config, argparse.Namespace], Any]] = {
+    "init": _init,
     "backup": _backup,
     "snapshots": _snapshots,
     "check": _check,

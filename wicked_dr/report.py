@@ -16,6 +16,10 @@ def render(command: str, result: Any) -> str:
                 f"{_size(result['bytes_read'])} read, {_size(result['bytes_new'])} new, "
                 f"{result['errors']} unreadable, wicked locked for {result['lock_window_s']} s,"
                 f" {result['duration_s']} s in all")
+    if command == "init":
+        state = "created" if result["created"] else "already exists, left as it is"
+        key = f"encrypted, key id {result['key_id']}" if result["encrypted"] else "not encrypted"
+        return f"repository {result['repo_id']} at {result['repository']}: {state} ({key})"
     if command == "check":
         lines = [f"{result['snapshots']} snapshots, {result['packs']} packs, "
                  f"{result['packs_read']} packs read: no problems"]

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.integration
 def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Repository:
     target = repo_target(request, tmp_path)
     backend = target.backend()
-    return Repository.open(backend, None, create=True)
+    return Repository.init(backend, None, create_location=True)[0]
 
 
 def _dead_pid() -> int:
@@ -70,7 +70,7 @@ def test_two_exclusive_acquirers_exactly_one_wins(tmp_path: Path, request: pytes
                                                   kind: str, rounds: int) -> None:
     """Two exclusive acquirers racing, round after round: exactly one holds the lock."""
     target = repo_target(request, tmp_path, kind)
-    repo = Repository.open(target.backend(), None, create=True)
+    repo = Repository.init(target.backend(), None, create_location=True)[0]
     # One Repository per contender, like two processes (a Sealer is not shared across threads).
     contenders = [target.open(), target.open()]
     for _ in range(rounds):
@@ -251,6 +251,74 @@ def test_backup_foreign_global_lock_exit_4_left_untouched(volume_setup: Setup,
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
+def _watch_global_lock(lock: Path, foreign: bytes, stop: threading.Event) -> list[str]:
+    """Poll ``lock`` until ``stop``: the states it went through ('foreign' with exactly
+    ``foreign`` inside, 'ours' with wicked-dr's marker, 'absent', 'other'), repeats merged."""
+    states: list[str] = []
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                body = lock.read_bytes()
+                state = ("foreign" if body == foreign
+                         else "ours" if b'"created_by": "wicked-dr"' in body else "other")
+            except FileNotFoundError:
+                state = "absent"
+            if not states or states[-1] != state:
+                states.append(state)
+            time.sleep(0.002)
+
+    threading.Thread(target=poll, daemon=True).start()
+    return states
+
+
+def test_backup_lock_wait_foreign_global_lock_removed_then_backup_runs(
+        volume_setup: Setup) -> None:
+    """backup --lock-wait 30s waits for somebody else's global.lock (never touching it); once
+    its owner removes it, the backup takes its own, snapshots, and leaves no lock behind."""
+    s = volume_setup
+    lock = s.volume / "global.lock"
+    foreign = b'{"created_by": "operator", "note": "maintenance"}'
+    lock.write_bytes(foreign)
+    stop = threading.Event()
+    states = _watch_global_lock(lock, foreign, stop)
+    timer = threading.Timer(1.0, lock.unlink)
+    timer.start()
+    try:
+        run = cli(s.config_path, "--lock-wait", "30s", "backup", "--json")
+    finally:
+        timer.join()
+        time.sleep(0.05)
+        stop.set()
+    assert run.code == 0, run.err
+    assert snapshot_ids(s.repo()) == [json.loads(run.out)["snapshot"]]
+    assert not lock.exists()
+    assert states[0] == "foreign" and "ours" in states and "other" not in states, states
+    last_foreign = max(i for i, state in enumerate(states) if state == "foreign")
+    assert states.index("ours") > last_foreign, states  # ours only after theirs was gone
+    assert states[-1] == "absent", states
+
+
+def test_backup_lock_wait_foreign_global_lock_stays_exit_4_after_wait(
+        volume_setup: Setup) -> None:
+    """backup --lock-wait 1.5s with a foreign global.lock that stays exits 4, not before the
+    wait is over; the lock is byte- and time-identical and no snapshot is written."""
+    s = volume_setup
+    lock = s.volume / "global.lock"
+    lock.write_bytes(b"")
+    os.utime(lock, ns=(1_000_000_000, 1_000_000_000))
+    before = lock.stat()
+    started = time.monotonic()
+    run = cli(s.config_path, "backup", "--lock-wait", "1.5s")
+    assert run.code == 4, run.err
+    assert time.monotonic() - started >= 1.5
+    assert "global.lock" in run.err
+    assert lock.read_bytes() == b""
+    after = lock.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert snapshot_ids(s.repo()) == []
+
+
 def _our_style_lock(holder: Holder) -> bytes:
     return json.dumps({"created_by": "wicked-dr", "holder": holder.to_json(),
                        "created": time.time() - 5}).encode()
@@ -316,7 +384,6 @@ def test_backup_cli_lock_left_by_killed_backup_does_not_block(tmp_path: Path,
     repo = s.repo()
     dead = Holder(socket.gethostname(), boot_id(), _dead_pid(), 1, "dead")
     lock_id = _plant_lock(repo, dead, exclusive=False, expires_in=600)
-    time.sleep(1.0)  # next snapshot in a later second (ids have whole seconds)
     assert cli(s.config_path, "backup").code == 0
     held = acquire(repo, exclusive=True, operation="prune", wait_s=0, expiry_s=30)
     assert lock_id not in [x.lock_id for x in list_locks(repo)]

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from wicked_dr.errors import ExitCode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ERROR_PREFIX = "wicked-dr: error: "
-COMMANDS = ["backup", "snapshots", "check", "export", "restore", "verify", "drill", "prune",
+COMMANDS = ["init", "backup", "snapshots", "check", "export", "restore", "verify", "drill", "prune",
             "kong-resync", "daemon", "config"]
 STUBS = ["verify", "drill", "prune", "kong-resync", "daemon"]
 
@@ -57,14 +56,21 @@ def _env() -> dict[str, str]:
 def _run(args: list[str], *, console_script: bool = False) -> subprocess.CompletedProcess[str]:
     """The real program in a child process, stdin not a terminal."""
     if console_script:
-        exe = shutil.which("wicked-dr")
-        if exe is None:
-            service_missing("the wicked-dr console script", "install the package: pip install -e .")
-        command = [exe]
+        command = [str(_console_script())]
     else:
         command = [sys.executable, "-m", "wicked_dr.cli"]
     return subprocess.run([*command, *args], capture_output=True, text=True, env=_env(),
                           cwd=REPO_ROOT, stdin=subprocess.DEVNULL, timeout=120, check=False)
+
+
+def _console_script() -> Path:
+    """The ``wicked-dr`` script the project's set-up installed beside the interpreter running
+    the tests (``.venv/bin``); never whatever else happens to be on PATH."""
+    script = Path(sys.executable).parent / "wicked-dr"
+    if not script.is_file():
+        pytest.fail(f"{script} is missing: the package is not installed in this interpreter's "
+                    "environment; run scripts/test-env.sh (pip install -e .)")
+    return script
 
 
 def _help_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

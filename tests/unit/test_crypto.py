@@ -120,14 +120,14 @@ def test_repository_open_key_mismatches_rejected(tmp_path: Path) -> None:
     """Wrong key -> WrongKeyError ('wrong encryption key'); no key -> WrongKeyError; a key for a
     plain repository -> UsageError."""
     encrypted = LocalBackend(tmp_path / "enc")
-    Repository.open(encrypted, _key(), create=True)
+    Repository.init(encrypted, _key(), create_location=True)
     with pytest.raises(WrongKeyError, match="wrong encryption key"):
         Repository.open(encrypted, _key(bytes(32)))
     with pytest.raises(WrongKeyError, match="encrypted"):
         Repository.open(encrypted, None)
     assert Repository.open(encrypted, _key()).config.key_id == key_id_of(SECRET)
     plain = LocalBackend(tmp_path / "plain")
-    Repository.open(plain, None, create=True)
+    Repository.init(plain, None, create_location=True)
     with pytest.raises(UsageError, match="not encrypted"):
         Repository.open(plain, _key())
 

@@ -7,7 +7,7 @@ import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from wicked_dr import __version__
 from wicked_dr.actions.common import (
     RunOptions,
     index_cache,
-    open_repository,
+    open_or_create_repository,
     stat_cache_dir,
 )
 from wicked_dr.config import Config
@@ -59,7 +59,7 @@ def run_backup(config: Config, *, force: bool = False,
     source = VolumeSource(config.volume)
     if not force:
         source.check_looks_like_wicked()
-    repo = open_repository(config, create=True)
+    repo = open_or_create_repository(config)
     with locked(repo, exclusive=False, operation="backup", wait_s=options.lock_wait_s,
                 expiry_s=config.repository.lock_expiry_s) as lock:
         previous = _previous_snapshot(repo)
@@ -85,7 +85,7 @@ def _previous_snapshot(repo: Repository) -> dict[str, Any] | None:
 
 def _writer(repo: Repository, config: Config,
             previous: dict[str, Any] | None) -> SnapshotWriter:
-    snapshot_id = new_snapshot_id()
+    snapshot_id = new_snapshot_id(after=previous["id"] if previous else None)
     staging_root = config.state_dir / "staging"
     _remove_stale_staging(staging_root)
     stat_dir = stat_cache_dir(repo, config)
@@ -161,10 +161,22 @@ def _result(snapshot_id: str, stats: WriteStats, sources: dict[str, Any],
                         stats.objects_written, len(stats.errors))
 
 
-def new_snapshot_id() -> str:
-    """Ids sort by time: ``20261126T051500.123456Z-3fa2c1d0``."""
-    # Microseconds, so two snapshots in one second still sort in the order they were taken.
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(4)
+def new_snapshot_id(after: str | None = None) -> str:
+    """Ids sort by time: ``20261126T051500.123456Z-3fa2c1d0``.
+
+    Microseconds, so two snapshots in one second still sort in the order they were taken;
+    and an id always sorts after ``after`` (the newest snapshot), even when the wall clock
+    stands still or stepped back, so 'latest' is always the snapshot taken last.
+    """
+    stamp = utc_now()
+    if after is not None:
+        stamp = max(stamp, snapshot_time(after) + timedelta(microseconds=1))
+    return stamp.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(4)
+
+
+def utc_now() -> datetime:
+    """The wall clock the snapshot ids read (one place, so tests can pin it)."""
+    return datetime.now(UTC)
 
 
 def _id_time(snapshot_id: str) -> str:

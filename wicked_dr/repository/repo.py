@@ -75,16 +75,35 @@ class Repository:
     # --- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, backend: Backend, key: Key | None, *, create: bool = False) -> Repository:
-        """Open the repository at ``backend``; create it first when ``create`` and absent."""
+    def open(cls, backend: Backend, key: Key | None) -> Repository:
+        """Open the existing repository at ``backend``.
+
+        NotFoundError when the location holds nothing; IntegrityError when it holds objects
+        but no readable ``config`` (never a repository to write over).
+        """
         config = _read_config(backend)
         if config is None:
-            if not create:
-                raise NotFoundError(f"no wicked-dr repository at {backend.url} (run "
-                                    "'wicked-dr backup' once to create it)")
-            config = _create_config(backend, key)
+            _refuse_headless(backend)
+            raise NotFoundError(f"no wicked-dr repository at {backend.url}; create one with "
+                                "'wicked-dr init'")
         _check_key(backend.url, config, key)
         return cls(backend, config, key)
+
+    @classmethod
+    def init(cls, backend: Backend, key: Key | None, *,
+             create_location: bool = False) -> tuple[Repository, bool]:
+        """Open the repository at ``backend``, creating it only where the location holds no
+        object at all; ``(repository, created)``.
+
+        A location (bucket, directory) that does not exist is created only when
+        ``create_location``; the caller decides (a bucket needs ``--create-bucket``).
+        """
+        config = _read_config(backend) if backend.exists() else None
+        created = config is None
+        if config is None:
+            config = _create_config(backend, key, create_location=create_location)
+        _check_key(backend.url, config, key)
+        return cls(backend, config, key), created
 
     # --- objects -------------------------------------------------------------------------
 
@@ -161,9 +180,22 @@ def _read_config(backend: Backend) -> RepoConfig | None:
                              "config") from None
 
 
-def _create_config(backend: Backend, key: Key | None) -> RepoConfig:
+def _refuse_headless(backend: Backend) -> None:
+    """Objects without a ``config``: a damaged repository or foreign files, never empty."""
     if not backend.exists():
-        backend.create()
+        return
+    first = next(iter(backend.list("")), None)
+    if first is not None:
+        raise IntegrityError(
+            f"{backend.url} holds objects (e.g. {first.name!r}) but no readable 'config' "
+            "object: the repository's config was lost, or the location belongs to something "
+            "else; restore 'config' from a copy (docs/format.md) or choose an empty location")
+
+
+def _create_config(backend: Backend, key: Key | None, *,
+                   create_location: bool) -> RepoConfig:
+    _prepare_location(backend, create_location=create_location)
+    _refuse_headless(backend)
     repo_id = secrets.token_hex(16)
     check = None
     if key is not None:
@@ -183,6 +215,15 @@ def _create_config(backend: Backend, key: Key | None) -> RepoConfig:
     return config
 
 
+def _prepare_location(backend: Backend, *, create_location: bool) -> None:
+    if backend.exists():
+        return
+    if not create_location:
+        raise NotFoundError(f"the repository location {backend.url} does not exist (for S3: "
+                            "the bucket); create it, or run 'wicked-dr init --create-bucket'")
+    backend.create()
+
+
 def _check_key(url: str, config: RepoConfig, key: Key | None) -> None:
     if config.key_id is None and key is not None:
         raise UsageError(f"repository at {url} is not encrypted, but "
@@ -193,13 +234,20 @@ def _check_key(url: str, config: RepoConfig, key: Key | None) -> None:
             raise WrongKeyError(f"repository at {url} is encrypted (key id {config.key_id}); "
                                 "set repository.encryption_key_file to its key")
         return
-    sealer = Sealer(config.repo_id, key)
-    try:
-        ok = sealer.open("keycheck", CONFIG_NAME, bytes.fromhex(config.key_check or ""),
-                         max_size=64) == KEY_CHECK_PLAINTEXT
-    except (IntegrityError, ValueError):
-        ok = False
-    if not ok:
+    if not _key_check_opens(config, key):
+        if config.key_id == key.key_id:
+            raise IntegrityError(
+                f"the config object of the repository at {url} does not authenticate with its "
+                f"own key (key id {key.key_id}): it was altered or replaced; restore 'config' "
+                "from a copy (docs/format.md)")
         raise WrongKeyError(f"wrong encryption key for repository at {url}: it needs key id "
                             f"{config.key_id}, the configured key is {key.key_id}")
 
+
+def _key_check_opens(config: RepoConfig, key: Key) -> bool:
+    sealer = Sealer(config.repo_id, key)
+    try:
+        return sealer.open("keycheck", CONFIG_NAME, bytes.fromhex(config.key_check or ""),
+                           max_size=64) == KEY_CHECK_PLAINTEXT
+    except (IntegrityError, ValueError):
+        return False

@@ -1,0 +1,36 @@
+"""``wicked-dr init``: create the repository, explicitly and only in an empty location."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from wicked_dr.actions.common import init_repository
+from wicked_dr.config import Config
+from wicked_dr.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What ``init --json`` prints."""
+
+    repository: str
+    repo_id: str
+    created: bool
+    encrypted: bool
+    key_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_init(config: Config, *, create_bucket: bool = False) -> InitResult:
+    """Create the repository where the location holds nothing; an existing repository that
+    opens with the configured key is left as it is (``created`` false)."""
+    repo, created = init_repository(config, create_bucket=create_bucket)
+    result = InitResult(repo.url, repo.repo_id, created, repo.config.key_id is not None,
+                        repo.config.key_id)
+    log.info("init done", **result.to_dict())
+    return result
