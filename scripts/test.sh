@@ -14,6 +14,9 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT" || exit 1
 
 bash scripts/test-env.sh || { echo "test: test environment could not be prepared" >&2; exit 1; }
+# The project's own programs first: a child process that runs `wicked-dr` gets the one this
+# checkout installed, never another copy that happens to be on the machine's PATH.
+export PATH="$REPO_ROOT/.venv/bin:$PATH"
 
 failed=()
 step() {

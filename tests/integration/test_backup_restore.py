@@ -99,23 +99,31 @@ def test_backup_incremental_restore_round_trip_byte_identical(
     assert_same_tree(s.volume, tmp_path / "r2")
 
 
-def test_backups_within_one_second_latest_is_the_newest(tmp_path: Path) -> None:
-    """Snapshots taken in quick succession list in creation order; 'latest' is the newest."""
+def test_backups_in_one_clock_instant_sort_in_creation_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snapshots taken while the wall clock stands still (or within one second) list in
+    creation order, and 'latest' is the one taken last: the order does not depend on speed."""
+    from datetime import UTC, datetime
+
+    from wicked_dr.actions import backup as backup_action
+
+    frozen = datetime(2026, 11, 30, 3, 0, 0, 500_000, tzinfo=UTC)
+    monkeypatch.setattr(backup_action, "utc_now", lambda: frozen)
     s = make_setup(tmp_path, RepoTarget("local", {"url": str(tmp_path / "repo")}),
                    quiesce="none")
     generate(s.volume, users=2, seed=1)
     created: list[str] = []
-    for _ in range(40):
+    for _ in range(6):
         run = cli(s.config_path, "backup", "--json")
         assert run.code == 0, run.err
         created.append(json.loads(run.out)["snapshot"])
-        same_second = [c for c in created if c[:16] == created[-1][:16]]
-        if len(same_second) >= 6:
-            break
-    assert len(same_second) >= 6, "backups too slow to land six in one second"
+    assert {c[:16] for c in created} == {"20261130T030000."}  # one second
     assert snapshot_ids(s.repo()) == created
     listed = json.loads(cli(s.config_path, "snapshots", "--json").out)
     assert [row["id"] for row in listed] == created
+    latest = cli(s.config_path, "restore", "latest", "--target", str(tmp_path / "r"),
+                 "--dry-run", "--json")
+    assert json.loads(latest.out)["snapshot"] == created[-1]
 
 
 def test_backup_unchanged_volume_reads_no_file(setup: Setup) -> None:

@@ -244,8 +244,9 @@ def test_restart_kong_nodes_never_healthy_again_times_out_with_docker_error(
     with pytest.raises(DockerError, match=f"{stuck.name} did not come back.*health"):
         restart_kong_nodes(ContainersConfig(kong=f"label={ROLE_LABEL}={group}"), timeout_s=2)
 
-    # The stand-in stops at once: the wait is the 2 s asked for, not the default 120 s.
-    assert 2 <= time.monotonic() - began < 8
+    # The wait is the 2 s asked for, not the default 120 s: at least 2 s, and far below 120 s
+    # however loaded the machine (the bound tells the two apart, it times nothing).
+    assert 2 <= time.monotonic() - began < 100
     assert len(_starts(stuck)) == 2
     assert (_state(after)["StartedAt"], len(_starts(after))) == (after_started, 1)
 

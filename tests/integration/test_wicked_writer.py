@@ -107,7 +107,7 @@ def test_writer_respecting_locks_global_lock_held_changes_nothing(volume: Path) 
             assert _hashes(volume, files) == before
             time.sleep(0.01)
         (volume / "global.lock").unlink()
-        assert _wait_for_change(volume, files, before, 5.0)
+        assert _wait_for_change(volume, files, before, 60.0)
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
     counters = json.loads(out.splitlines()[-1])
@@ -121,7 +121,7 @@ def test_writer_ignoring_locks_global_lock_held_still_writes(volume: Path) -> No
     (volume / "global.lock").write_text("")
     before = _hashes(volume, files)
     with _writer(volume, "--seconds", "30", "--ignore-locks"):
-        assert _wait_for_change(volume, files, before, 5.0)
+        assert _wait_for_change(volume, files, before, 60.0)
 
 
 def test_writer_respecting_locks_file_lock_present_skips_that_file(volume: Path) -> None:
@@ -143,7 +143,8 @@ def test_writer_unlocked_reader_sees_torn_files(volume: Path) -> None:
     files = default_files(volume)
     torn = 0
     with _writer(volume, "--seconds", "30", "--respect-locks"):
-        deadline = time.monotonic() + 3.0
+        # Until three tears are seen: a loaded machine takes longer, never fails the test.
+        deadline = time.monotonic() + 25.0
         while time.monotonic() < deadline and torn < 3:
             torn += sum(is_torn((volume / f).read_bytes()) for f in files)
     assert torn >= 3
