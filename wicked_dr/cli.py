@@ -104,6 +104,15 @@ class _ModeRequired(UsageError):
         return str(self)
 
 
+class _AlreadyReported(WickedDRError):
+    """A failure whose result (e.g. check's report) was printed on stdout: stderr still gets
+    the one line, and the exit code is the original error's."""
+
+    def __init__(self, error: WickedDRError) -> None:
+        self.exit_code = error.exit_code
+        super().__init__(error.one_line())
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message} (see --help)")
@@ -139,8 +148,9 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool = False) -> 
     common.add_argument("-q", "--quiet", action="count", default=zero, help="less logging")
     common.add_argument("--lock-wait", type=parse_duration,
                         default=argparse.SUPPRESS if suppress else 0.0, metavar="DURATION",
-                        help="wait this long for a repository lock held by another process "
-                        "(e.g. 30s, 5m; default: do not wait)")
+                        help="wait this long for a repository lock, or wicked's "
+                        "global.lock, held by another process (e.g. 30s, 5m; default: do "
+                        "not wait)")
 
 
 def _command(sub: Any, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
@@ -234,7 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return _dispatch(args)
     except WickedDRError as exc:
-        return _fail(exc.one_line(), exc.exit_code, json_output)
+        # A failure whose report is already on stdout adds no {"error"} object to it.
+        return _fail(exc.one_line(), exc.exit_code,
+                     json_output and not isinstance(exc, _AlreadyReported))
     except (KeyboardInterrupt, Interrupted):
         return _fail("interrupted", ExitCode.INTERRUPTED, json_output)
     except OSError as exc:
@@ -345,11 +357,15 @@ def _snapshots(config: Config, args: argparse.Namespace) -> Any:
 
 
 def _check(config: Config, args: argparse.Namespace) -> Any:
-    from wicked_dr.actions.check import run_check
+    from wicked_dr.actions.check import CheckFailed, run_check
 
     fraction = 1.0 if args.read_data else (args.read_data_subset or 0.0)
-    return _with_progress(args, "check", lambda o: run_check(config, read_fraction=fraction,
-                                                             options=o))
+    try:
+        return _with_progress(args, "check", lambda o: run_check(
+            config, read_fraction=fraction, options=o))
+    except CheckFailed as exc:
+        _emit(args, exc.result)  # every problem, as data with --json; then exit 3
+        raise _AlreadyReported(exc) from exc
 
 
 def _export(config: Config, args: argparse.Namespace) -> Any:

@@ -21,8 +21,11 @@ def render(command: str, result: Any) -> str:
         key = f"encrypted, key id {result['key_id']}" if result["encrypted"] else "not encrypted"
         return f"repository {result['repo_id']} at {result['repository']}: {state} ({key})"
     if command == "check":
+        problems = result["problems"]
+        found = f"{len(problems)} problem(s)" if problems else "no problems"
         lines = [f"{result['snapshots']} snapshots, {result['packs']} packs, "
-                 f"{result['packs_read']} packs read: no problems"]
+                 f"{result['packs_read']} packs read: {found}"]
+        lines += [f"problem: {p['object']}: {p['message']}" for p in problems]
         lines += [f"warning: {w}" for w in result["warnings"]]
         return "\n".join(lines)
     if command == "restore" and isinstance(result, dict) and "kong_restarts" in result:

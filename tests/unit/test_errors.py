@@ -6,6 +6,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,6 +201,21 @@ def test_cli_refused_guard_exits_6_and_creates_nothing(
     (setup.parent / "volume" / "users" / "_index.json").unlink()
     assert main(["--config", str(setup), "backup"]) == ExitCode.REFUSED
     assert "users/_index.json" in _one_error_line(capsys.readouterr().err)
+    assert not (setup.parent / "repo").exists()
+
+
+@pytest.mark.parametrize("force", [(), ("--force",)], ids=["guarded", "force"])
+def test_cli_backup_missing_volume_path_names_key_exit_1(
+        setup: Path, force: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    """A volume.path that does not exist says so and names the key (with --force too, which
+    skips only the wicked-markers guard), not "run as uid 888 or root"; nothing is created."""
+    volume = setup.parent / "volume"
+    shutil.rmtree(volume)
+    assert main(["--config", str(setup), "backup", *force]) == ExitCode.FAILED
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"volume.path {volume} does not exist" in line
+    assert "uid 888" not in line
+    assert not volume.exists()
     assert not (setup.parent / "repo").exists()
 
 

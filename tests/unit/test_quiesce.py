@@ -129,3 +129,44 @@ def test_quiesced_lock_replaced_during_block_left_alone(tmp_path: Path) -> None:
     with quiesced(tmp_path, "wicked-lock", 1.0):
         (tmp_path / GLOBAL_LOCK).write_bytes(b"")  # portal-api restarted and someone re-locked
     assert (tmp_path / GLOBAL_LOCK).read_bytes() == b""
+
+
+def test_quiesced_foreign_lock_gone_within_lock_wait_then_taken(tmp_path: Path) -> None:
+    """With a lock wait, somebody else's global.lock is waited for (never touched); once it
+    is gone, ours is taken and the block runs."""
+    foreign = tmp_path / GLOBAL_LOCK
+    foreign.write_bytes(b"")
+    removed = threading.Event()
+
+    def operator_unlocks() -> None:
+        assert foreign.read_bytes() == b""  # still theirs, untouched, when they remove it
+        foreign.unlink()
+        removed.set()
+
+    timer = threading.Timer(1.0, operator_unlocks)
+    timer.start()
+    try:
+        with quiesced(tmp_path, "wicked-lock", 1.0, lock_wait_s=30.0):
+            assert removed.is_set()
+            doc = json.loads(foreign.read_bytes())
+            assert doc["holder"]["instance"] == current_holder().instance
+    finally:
+        timer.join()
+    assert not foreign.exists()
+
+
+def test_quiesced_foreign_lock_outlives_lock_wait_locked_error_after_wait(
+        tmp_path: Path) -> None:
+    """A foreign global.lock that stays: LockedError only after the lock wait, naming the
+    wait; the file is left exactly as it was."""
+    foreign = tmp_path / GLOBAL_LOCK
+    foreign.write_bytes(b"portal-api")
+    before = foreign.stat()
+    started = time.monotonic()
+    with pytest.raises(LockedError, match=r"0\.8 s"), \
+            quiesced(tmp_path, "wicked-lock", 1.0, lock_wait_s=0.8):
+        pytest.fail("the block must not run")
+    assert time.monotonic() - started >= 0.8
+    after = foreign.stat()
+    assert foreign.read_bytes() == b"portal-api"
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

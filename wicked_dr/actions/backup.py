@@ -57,7 +57,9 @@ def run_backup(config: Config, *, force: bool = False,
     options = options or RunOptions()
     started = time.monotonic()
     source = VolumeSource(config.volume)
-    if not force:
+    if force:
+        source.check_exists()
+    else:
         source.check_looks_like_wicked()
     repo = open_or_create_repository(config)
     with locked(repo, exclusive=False, operation="backup", wait_s=options.lock_wait_s,
@@ -65,7 +67,8 @@ def run_backup(config: Config, *, force: bool = False,
         previous = _previous_snapshot(repo)
         writer = _writer(repo, config, previous)
         try:
-            sources = _read_sources(config, source, writer, previous, force=force)
+            sources = _read_sources(config, source, writer, previous, force=force,
+                                    lock_wait_s=options.lock_wait_s)
             writer.seal()
             lock.check()
             doc = _snapshot_doc(writer, previous, sources, started)
@@ -108,8 +111,9 @@ def _remove_stale_staging(staging_root: Path) -> None:
 
 
 def _read_sources(config: Config, source: VolumeSource, writer: SnapshotWriter,
-                  previous: dict[str, Any] | None, *, force: bool) -> dict[str, Any]:
-    sources: dict[str, Any] = {"volume": source.backup(writer)}
+                  previous: dict[str, Any] | None, *, force: bool,
+                  lock_wait_s: float = 0.0) -> dict[str, Any]:
+    sources: dict[str, Any] = {"volume": source.backup(writer, lock_wait_s=lock_wait_s)}
     if not force:
         _guard_shrink(config, writer.stats, previous)
     if config.kong_tokens.dsn is not None:

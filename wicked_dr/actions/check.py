@@ -11,12 +11,14 @@ from wicked_dr.errors import IntegrityError
 
 
 class CheckFailed(IntegrityError):
-    """check found problems; ``report`` lists all of them."""
+    """check found problems; ``report`` lists all of them, ``result`` is the report as
+    ``check --json`` prints it (the same shape as a clean check's, with ``ok`` false)."""
 
     def __init__(self, report: CheckReport) -> None:
         self.report = report
+        self.result = report_dict(report)
         super().__init__(f"check found {len(report.problems)} problem(s): "
-                         + "; ".join(report.problems[:3]))
+                         + "; ".join(str(p) for p in report.problems[:3]))
 
 
 def run_check(config: Config, *, read_fraction: float = 0.0,
@@ -31,7 +33,9 @@ def run_check(config: Config, *, read_fraction: float = 0.0,
 
 
 def report_dict(report: CheckReport) -> dict[str, Any]:
+    """The report as data: ``problems`` is a list of ``{"object", "message"}``."""
     return {"ok": report.ok, "snapshots": report.snapshots, "indexes": report.indexes,
             "packs": report.packs, "packs_read": report.packs_read,
-            "blobs_referenced": report.blobs_referenced, "problems": report.problems,
+            "blobs_referenced": report.blobs_referenced,
+            "problems": [p.to_json() for p in report.problems],
             "warnings": report.warnings}

@@ -11,20 +11,44 @@ from wicked_dr.actions.common import index_cache, open_repository
 from wicked_dr.config import Config
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.engine.catalog import resolve
-from wicked_dr.engine.export import export_tar
+from wicked_dr.engine.export import ReaderClosedError, export_tar
 
 
 def run_export(config: Config, snapshot_ref: str, tar_path: str) -> dict[str, Any]:
     """Write the snapshot as tar to ``tar_path`` ('-' is stdout); a file appears only whole."""
     repo = open_repository(config)
     snapshot = resolve(repo, snapshot_ref)
-    reader = BlobReader(repo, index_cache(repo, config))
+    reader = BlobReader(repo, index_cache(repo, config), snapshot_id=snapshot["id"])
     if tar_path == "-":
-        entries = export_tar(repo, reader, snapshot, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
+        entries = _export_to_stdout(repo, reader, snapshot)
     else:
         entries = _export_to_file(repo, reader, snapshot, Path(tar_path))
     return {"snapshot": snapshot["id"], "entries": entries, "tar": tar_path}
+
+
+def _export_to_stdout(repo: Any, reader: BlobReader, snapshot: dict[str, Any]) -> int:
+    """The tar on stdout, written unbuffered so that a reader closing the pipe (``| tar -t``
+    stops after the end-of-archive blocks, ``| head`` anywhere) is told apart exactly."""
+    sys.stdout.flush()
+    with open(sys.stdout.fileno(), "wb", buffering=0, closefd=False) as out:
+        try:
+            stats = export_tar(repo, reader, snapshot, out, out_name="stdout")
+        except ReaderClosedError:
+            _detach_stdout()
+            raise
+    if stats.reader_closed:
+        _detach_stdout()
+    return stats.entries
+
+
+def _detach_stdout() -> None:
+    """The reader closed stdout: point it at /dev/null, so that nothing written later (an
+    error object with --json, Python's flush at exit) fails with BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _export_to_file(repo: Any, reader: BlobReader, snapshot: dict[str, Any],
@@ -32,7 +56,7 @@ def _export_to_file(repo: Any, reader: BlobReader, snapshot: dict[str, Any],
     tmp = path.with_name(f".{path.name}.partial")
     try:
         with open(tmp, "wb") as out:
-            entries = export_tar(repo, reader, snapshot, out)
+            entries = export_tar(repo, reader, snapshot, out).entries
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

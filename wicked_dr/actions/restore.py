@@ -30,7 +30,7 @@ def run_restore_to_dir(config: Config, snapshot_ref: str, target: Path, *, force
     if dry_run:
         report.update(files=summary.get("files", 0), bytes=summary.get("bytes", 0))
         return report
-    reader = BlobReader(repo, index_cache(repo, config))
+    reader = BlobReader(repo, index_cache(repo, config), snapshot_id=snapshot["id"])
     stats = restore_tree(repo, reader, snapshot, target, progress=options.progress)
     report.update(files=stats.files, dirs=stats.dirs, symlinks=stats.symlinks,
                   bytes=stats.bytes, packs_fetched=stats.packs_fetched,
@@ -74,7 +74,7 @@ def _token_stream(repo: Repository, config: Config,
     if not stream or metadata is None:
         raise NotFoundError(f"snapshot {snapshot['id']} holds no Kong tokens (was "
                             "kong_tokens.dsn configured when it was taken?)")
-    reader = BlobReader(repo, index_cache(repo, config))
+    reader = BlobReader(repo, index_cache(repo, config), snapshot_id=snapshot["id"])
     return (reader.get(blob_id) for blob_id in stream["blobs"]), metadata
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from wicked_dr.errors import IntegrityError
+from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.repository.index import IndexCache
 from wicked_dr.repository.layout import MAX_PACK, object_name
 from wicked_dr.repository.packs import decode_pack
@@ -16,23 +16,31 @@ PACKS_IN_MEMORY = 4
 class BlobReader:
     """Fetches blobs by id; keeps the last few decoded packs, since restores read in order."""
 
-    def __init__(self, repo: Repository, index: IndexCache) -> None:
+    def __init__(self, repo: Repository, index: IndexCache, *,
+                 snapshot_id: str | None = None) -> None:
         self._repo = repo
         self._index = index
         self._packs: OrderedDict[str, dict[str, bytes]] = OrderedDict()
+        # Errors name the snapshot being read: the one a missing object makes unrestorable.
+        self._of = f"snapshot {snapshot_id}: " if snapshot_id else ""
         self.packs_fetched = 0
         self.bytes_fetched = 0
 
     def get(self, blob_id: str) -> bytes:
-        """The blob's bytes, verified; IntegrityError when missing or corrupt."""
+        """The blob's bytes, verified; IntegrityError when missing or corrupt (a snapshot that
+        references an object the repository lacks is damage, not "not found")."""
         ref = self._index.lookup(blob_id)
         if ref is None:
-            raise IntegrityError(f"blob {blob_id} is in no index: the repository is damaged "
-                                 "(run wicked-dr check)")
-        blobs = self._pack(ref.pack_id)
+            raise IntegrityError(f"{self._of}blob {blob_id} is in no index: the repository is "
+                                 "damaged (run 'wicked-dr check')")
+        try:
+            blobs = self._pack(ref.pack_id)
+        except NotFoundError:
+            raise IntegrityError(f"{self._of}pack {ref.pack_id} (holding blob {blob_id}) is "
+                                 "missing from the repository (run 'wicked-dr check')") from None
         data = blobs.get(blob_id)
         if data is None:
-            raise IntegrityError(f"pack {ref.pack_id} does not hold blob {blob_id}")
+            raise IntegrityError(f"{self._of}pack {ref.pack_id} does not hold blob {blob_id}")
         return data
 
     def _pack(self, pack_id: str) -> dict[str, bytes]:

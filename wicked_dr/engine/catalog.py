@@ -69,8 +69,11 @@ def _latest_verified(repo: Repository, ids: list[str]) -> dict[str, Any]:
     for snapshot_id in reversed(ids):
         if snapshot_id in verified:
             return load_snapshot(repo, snapshot_id)
-    raise NotFoundError("no verified snapshot yet: run 'wicked-dr verify', or name one "
-                        "explicitly ('latest' or an id from 'wicked-dr snapshots')")
+    # Nothing writes verification objects yet ('verify' is a stub): never send anybody to it.
+    why = ("verification is not implemented yet" if not verified
+           else "none of the matching snapshots has been verified")
+    raise NotFoundError(f"no verified snapshot: {why}; name a snapshot, e.g. 'wicked-dr "
+                        "restore latest ...' (or an id from 'wicked-dr snapshots')")
 
 
 def parse_before(text: str) -> datetime:

@@ -20,6 +20,21 @@ from wicked_dr.repository.repo import Repository
 Progress = Callable[[str, int], None]
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One problem: the object it is about (``pack <id>``, ``index <id>``, ``snapshot <id>``)
+    and what is wrong with it."""
+
+    object: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.object}: {self.message}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"object": self.object, "message": self.message}
+
+
 @dataclass
 class CheckReport:
     """What ``check`` looked at and every problem it found."""
@@ -29,12 +44,18 @@ class CheckReport:
     packs: int = 0
     packs_read: int = 0
     blobs_referenced: int = 0
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def problem(self, kind: str, object_id: str, message: str) -> None:
+        """Record a problem of object ``<kind> <object_id>``; a message that repeats the
+        object's name at its start loses it (errors raised deeper name it already)."""
+        name = f"{kind} {object_id}"
+        self.problems.append(Problem(name, message.removeprefix(f"{name}: ")))
 
 
 def check_repository(repo: Repository, *, read_fraction: float = 0.0,
@@ -46,7 +67,7 @@ def check_repository(repo: Repository, *, read_fraction: float = 0.0,
     stored = dict(repo.list_objects("data"))
     _check_packs_exist(packs, stored, report)
     blob_to_pack = _blob_map(packs)
-    _check_snapshots(repo, blob_to_pack, report)
+    _check_snapshots(repo, blob_to_pack, set(stored), report)
     if read_fraction > 0:
         _read_packs(repo, packs, stored, read_fraction, report, progress, seed)
     return report
@@ -60,7 +81,7 @@ def _load_indexes(repo: Repository, report: CheckReport) -> dict[str, PackRecord
             for pack in read_index(repo, index_id):
                 packs[pack.pack_id] = pack
         except (IntegrityError, NotFoundError) as exc:
-            report.problems.append(f"index {index_id}: {exc.one_line()}")
+            report.problem("index", index_id, exc.one_line())
     report.packs = len(packs)
     return packs
 
@@ -69,46 +90,61 @@ def _check_packs_exist(packs: dict[str, PackRecord], stored: dict[str, int],
                        report: CheckReport) -> None:
     for pack_id, pack in sorted(packs.items()):
         if pack_id not in stored:
-            report.problems.append(f"pack {pack_id}: listed in an index but missing")
+            report.problem("pack", pack_id, "listed in an index but missing")
         elif stored[pack_id] != pack.stored_size:
-            report.problems.append(f"pack {pack_id}: size {stored[pack_id]}, index says "
-                                   f"{pack.stored_size}")
+            report.problem("pack", pack_id, f"size {stored[pack_id]}, index says "
+                                            f"{pack.stored_size}")
     orphans = set(stored) - set(packs)
     if orphans:
         report.warnings.append(f"{len(orphans)} pack(s) referenced by no index (left by an "
                                "interrupted backup; harmless)")
 
 
-def _blob_map(packs: dict[str, PackRecord]) -> set[str]:
-    return {blob.blob_id for pack in packs.values() for blob in pack.blobs}
+def _blob_map(packs: dict[str, PackRecord]) -> dict[str, str]:
+    return {blob.blob_id: pack.pack_id for pack in packs.values() for blob in pack.blobs}
 
 
-def _check_snapshots(repo: Repository, blobs: set[str], report: CheckReport) -> None:
+def _check_snapshots(repo: Repository, blobs: dict[str, str], stored: set[str],
+                     report: CheckReport) -> None:
     for snapshot_id in snapshot_ids(repo):
         report.snapshots += 1
         try:
             snapshot = load_snapshot(repo, snapshot_id)
-            missing = _missing_blobs(repo, snapshot, blobs, report)
+            missing, packs = _references(repo, snapshot, blobs, report)
         except (IntegrityError, NotFoundError) as exc:
-            report.problems.append(f"snapshot {snapshot_id}: {exc.one_line()}")
+            report.problem("snapshot", snapshot_id, exc.one_line())
             continue
         if missing:
-            report.problems.append(f"snapshot {snapshot_id}: {len(missing)} blob(s) in no "
-                                   f"pack, e.g. {sorted(missing)[0]}")
+            report.problem("snapshot", snapshot_id, f"{len(missing)} blob(s) in no pack, e.g. "
+                                                    f"{sorted(missing)[0]}")
+        lost = sorted(packs - stored)
+        if lost:
+            report.problem("snapshot", snapshot_id, f"needs {len(lost)} missing pack(s), "
+                                                    f"e.g. pack {lost[0]}")
 
 
-def _missing_blobs(repo: Repository, snapshot: dict[str, Any], blobs: set[str],
-                   report: CheckReport) -> set[str]:
+def _references(repo: Repository, snapshot: dict[str, Any], blobs: dict[str, str],
+                report: CheckReport) -> tuple[set[str], set[str]]:
+    """The snapshot's blobs that are in no index, and the packs holding all the others."""
     missing: set[str] = set()
+    packs: set[str] = set()
+
+    def note(blob_id: str) -> None:
+        pack_id = blobs.get(blob_id)
+        if pack_id is None:
+            missing.add(blob_id)
+        else:
+            packs.add(pack_id)
+
     for entry in iter_entries(repo, snapshot):
         for blob_id in entry.blobs:
             report.blobs_referenced += 1
-            if blob_id not in blobs:
-                missing.add(blob_id)
+            note(blob_id)
     streams = snapshot.get("streams") or {}
     for stream in streams.values():
-        missing.update(b for b in stream.get("blobs", []) if b not in blobs)
-    return missing
+        for blob_id in stream.get("blobs", []):
+            note(blob_id)
+    return missing, packs
 
 
 def _read_packs(repo: Repository, packs: dict[str, PackRecord], stored: dict[str, int],
@@ -122,9 +158,9 @@ def _read_packs(repo: Repository, packs: dict[str, PackRecord], stored: dict[str
             blobs = load_pack(repo, pack_id, packs[pack_id].raw_size)
             expected = {b.blob_id for b in packs[pack_id].blobs}
             if set(blobs) != expected:
-                report.problems.append(f"pack {pack_id}: holds other blobs than its index says")
+                report.problem("pack", pack_id, "holds other blobs than its index says")
         except (IntegrityError, NotFoundError) as exc:
-            report.problems.append(f"pack {pack_id}: {exc.one_line()}")
+            report.problem("pack", pack_id, exc.one_line())
         report.packs_read += 1
         if progress:
             progress("read", packs[pack_id].stored_size)

@@ -1,15 +1,22 @@
-"""The way out of our format: a snapshot as a plain tar stream (contents hash-verified)."""
+"""The way out of our format: a snapshot as a plain tar stream (contents hash-verified).
+
+A reader of the stream (``| tar -t``) may close it as soon as it has read the end-of-archive
+blocks, while the record padding after them is still being written: that is success. A reader
+that closes before the end-of-archive blocks did not get the whole tar: ``ReaderClosedError``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import select
 import tarfile
+from dataclasses import dataclass
 from typing import IO, Any
 
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.engine.restore import check_relative
-from wicked_dr.errors import IntegrityError
+from wicked_dr.errors import IntegrityError, OperationError
 from wicked_dr.repository.manifest import Entry, depth_first_order, iter_entries
 from wicked_dr.repository.repo import Repository
 
@@ -45,18 +52,79 @@ class _BlobStream(io.RawIOBase):
             raise IntegrityError(f"{self._entry.path}: content does not match its SHA-256")
 
 
+class ReaderClosedError(OperationError):
+    """The reader of the tar stream closed it before the end of the archive."""
+
+    def __init__(self, out_name: str, delivered: int) -> None:
+        self.delivered = delivered
+        super().__init__(f"export: the reader closed {out_name} after {delivered} bytes, "
+                         "before the end of the tar")
+
+
+@dataclass(frozen=True)
+class TarStats:
+    """What an export wrote: entries, bytes the reader took, and whether it closed the
+    stream after the end of the archive (then ``out`` is a broken pipe)."""
+
+    entries: int
+    bytes_written: int
+    reader_closed: bool
+
+
+class _CountingWriter(io.RawIOBase):
+    """Every byte to ``out``, counting what the reader accepted (exactly, when ``out`` is
+    unbuffered: each short write is counted). Once the reader has gone (EPIPE), further
+    writes are dropped: tarfile still flushes its buffer while unwinding."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        super().__init__()
+        self._out = out
+        self.written = 0
+        self.broken = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.broken:
+            return len(data)
+        view = memoryview(data)
+        while view:
+            try:
+                n = self._out.write(view)
+            except BrokenPipeError:
+                self.broken = True
+                raise
+            if n is None:  # a non-blocking output that is full: wait until it takes more
+                select.select([], [self._out], [])
+                continue
+            self.written += n
+            view = view[n:]
+        return len(data)
+
+
 def export_tar(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
-               out: IO[bytes]) -> int:
-    """Write ``snapshot`` as a tar stream to ``out``; return the number of entries."""
+               out: IO[bytes], *, out_name: str = "the output") -> TarStats:
+    """Write ``snapshot`` as a tar stream to ``out`` (best unbuffered: the byte count at a
+    closed reader is then exact). A reader closing ``out`` after the end-of-archive blocks is
+    success; before them, ``ReaderClosedError`` naming ``out_name``."""
+    counted = _CountingWriter(out)
     count = 0
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        entries = iter_entries(repo, snapshot)
-        for entry in depth_first_order(entries, int(snapshot.get("version", 1))):
-            check_relative(entry.path)  # tar members obey the restore path rules
-            tar.addfile(_tarinfo(entry), _BlobStream(reader, entry)
-                        if entry.type == "file" else None)
-            count += 1
-    return count
+    end_of_archive: int | None = None
+    try:
+        with tarfile.open(fileobj=counted, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            entries = iter_entries(repo, snapshot)
+            for entry in depth_first_order(entries, int(snapshot.get("version", 1))):
+                check_relative(entry.path)  # tar members obey the restore path rules
+                tar.addfile(_tarinfo(entry), _BlobStream(reader, entry)
+                            if entry.type == "file" else None)
+                count += 1
+            # The two zero blocks that end the archive; only record padding follows them.
+            end_of_archive = int(tar.offset) + 2 * tarfile.BLOCKSIZE
+    except BrokenPipeError:
+        if end_of_archive is None or counted.written < end_of_archive:
+            raise ReaderClosedError(out_name, counted.written) from None
+    return TarStats(count, counted.written, counted.broken)
 
 
 def _tarinfo(entry: Entry) -> tarfile.TarInfo:

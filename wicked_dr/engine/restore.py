@@ -20,11 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from wicked_dr.engine.blobs import BlobReader
-from wicked_dr.errors import IntegrityError, RefusedError
+from wicked_dr.errors import IntegrityError, OperationError, RefusedError
 from wicked_dr.repository.manifest import Entry, iter_entries
 from wicked_dr.repository.repo import Repository
 
 Progress = Callable[[str, int], None]
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpaceError(OperationError):
+    """The target's file system filled up during a restore."""
+
+    def __init__(self, dest: Path, target: Path, needed: int | None, free: int) -> None:
+        need = f"the snapshot needs {human_size(needed)}, " if needed is not None else ""
+        super().__init__(f"restore: no space left on device writing {dest}; {need}{target} "
+                         f"had {human_size(free)} free")
 
 
 @dataclass
@@ -64,36 +74,64 @@ def restore_tree(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
     ownership = ownership or Ownership(apply=os.geteuid() == 0)
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
+    free = free_bytes(root)
     stats = RestoreStats()
     dirs: list[Entry] = []
     links: list[Entry] = []
     destinations = _Destinations(root)
-    for entry in iter_entries(repo, snapshot):
-        dest = destinations.of(entry.path)
-        if entry.type == "dir":
-            _make_dir(dest, entry.path)
-            destinations.add_dir(entry.path)
-            dirs.append(entry)
-        elif entry.type == "file":
-            _restore_file(reader, entry, dest, root, ownership)
-            stats.files += 1
-            stats.bytes += entry.size
-            if progress:
-                progress("restore", entry.size)
-        elif entry.type == "symlink":
-            links.append(entry)
-        else:
-            stats.skipped.append(entry.path)
-    for link in links:
-        _restore_symlink(link, safe_destination(root, link.path), root, ownership)
-        stats.symlinks += 1
-    for entry in reversed(dirs):  # deepest first, so setting an mtime sticks
-        dest = safe_destination(root, entry.path)
-        _make_dir(dest, entry.path)  # still a real directory, not a symlink swapped in
-        _apply_metadata(dest, entry, ownership)
-        stats.dirs += 1
+    dest = root
+    try:
+        for entry in iter_entries(repo, snapshot):
+            dest = destinations.of(entry.path)
+            if entry.type == "dir":
+                _make_dir(dest, entry.path)
+                destinations.add_dir(entry.path)
+                dirs.append(entry)
+            elif entry.type == "file":
+                _restore_file(reader, entry, dest, root, ownership)
+                stats.files += 1
+                stats.bytes += entry.size
+                if progress:
+                    progress("restore", entry.size)
+            elif entry.type == "symlink":
+                links.append(entry)
+            else:
+                stats.skipped.append(entry.path)
+        for link in links:
+            dest = safe_destination(root, link.path)
+            _restore_symlink(link, dest, root, ownership)
+            stats.symlinks += 1
+        for entry in reversed(dirs):  # deepest first, so setting an mtime sticks
+            dest = safe_destination(root, entry.path)
+            _make_dir(dest, entry.path)  # still a real directory, not a symlink swapped in
+            _apply_metadata(dest, entry, ownership)
+            stats.dirs += 1
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        needed = (snapshot.get("summary") or {}).get("bytes")
+        raise NoSpaceError(dest, target, needed if isinstance(needed, int) else None,
+                           free) from None
     stats.packs_fetched = reader.packs_fetched
     return stats
+
+
+def free_bytes(path: Path) -> int:
+    """Space an unprivileged writer may still use on ``path``'s file system."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def human_size(n: int) -> str:
+    """``12.3 MiB``: sizes in messages."""
+    if n < 1024:
+        return f"{n} B"
+    value, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
 
 
 def safe_destination(root: Path, rel: str) -> Path:

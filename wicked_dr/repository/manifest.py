@@ -14,11 +14,21 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from wicked_dr.errors import IntegrityError
+from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.repository.entry_lines import dir_line, file_line, symlink_line
 from wicked_dr.repository.repo import Repository
 
 TREE_CHUNK_ENTRIES = 16384  # ~4 MiB of plaintext: few PUTs per backup, bounded memory
+# What an entry's numbers may be (docs/format.md section 7): a snapshot is data from a store
+# that may be damaged or hostile, and restore hands these numbers to chmod, chown and utime.
+MAX_MODE = 0o7777                   # permission bits only
+MAX_ID = 2**32 - 2                  # uid_t/gid_t; 2**32 - 1 means "leave unchanged" to chown
+MAX_SIZE = 2**63 - 1
+MIN_MTIME_NS, MAX_MTIME_NS = -(2**63) * 10**9, (2**63 - 1) * 10**9  # a 64-bit time_t
+
+
+class EntryError(ValueError):
+    """A manifest entry whose values no file can have."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +60,37 @@ class Entry:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Entry:
-        size = int(doc.get("size", 0))
-        sha = doc.get("sha256")
+        """The entry a manifest line describes; EntryError for values out of range."""
+        mode, uid, gid, mtime_ns = doc["mode"], doc["uid"], doc["gid"], doc["mtime_ns"]
+        size = doc.get("size", 0)
+        sha, target = doc.get("sha256"), doc.get("target")
         blobs = tuple(doc["blobs"]) if "blobs" in doc else implied_blobs(size, sha)
-        return cls(str(doc["path"]), str(doc["type"]), int(doc["mode"]), int(doc["uid"]),
-                   int(doc["gid"]), int(doc["mtime_ns"]), size, sha, blobs, doc.get("target"))
+        # One expression for the common case; _entry_error finds the culprit.
+        if not (type(mode) is int and 0 <= mode <= MAX_MODE
+                and type(uid) is int and 0 <= uid <= MAX_ID
+                and type(gid) is int and 0 <= gid <= MAX_ID
+                and type(mtime_ns) is int and MIN_MTIME_NS <= mtime_ns <= MAX_MTIME_NS
+                and type(size) is int and 0 <= size <= MAX_SIZE
+                and (sha is None or type(sha) is str)
+                and (target is None or type(target) is str)
+                and all(type(b) is str for b in blobs)):
+            raise _entry_error(doc)
+        return cls(str(doc["path"]), str(doc["type"]), mode, uid, gid, mtime_ns, size, sha,
+                   blobs, target)
+
+
+def _entry_error(doc: dict[str, Any]) -> EntryError:
+    """What is wrong with an entry ``Entry.from_json`` refused."""
+    where = f"entry {doc.get('path')!r}"
+    ranges = {"mode": (0, MAX_MODE), "uid": (0, MAX_ID), "gid": (0, MAX_ID),
+              "mtime_ns": (MIN_MTIME_NS, MAX_MTIME_NS), "size": (0, MAX_SIZE)}
+    for key, (low, high) in ranges.items():
+        value = doc.get(key, 0)
+        if type(value) is not int:
+            return EntryError(f"{where}: {key} {value!r} is not an integer")
+        if not low <= value <= high:
+            return EntryError(f"{where}: {key} {value} is out of range")
+    return EntryError(f"{where}: sha256, target or blobs is not text")
 
 
 def implied_blobs(size: int, sha256: str | None) -> tuple[str, ...]:
@@ -114,15 +150,28 @@ def encode_entry(e: Entry) -> str:
     return dir_line(e.path, e.mode, e.uid, e.gid, e.mtime_ns)
 
 
-def decode_tree(tree_id: str, plaintext: bytes) -> list[Entry]:
-    """The entries of one tree object."""
+def decode_tree(tree_id: str, plaintext: bytes, snapshot_id: str | None = None) -> list[Entry]:
+    """The entries of one tree object (of ``snapshot_id``, named in errors)."""
+    where = f"tree object {tree_id}"
+    if snapshot_id is not None:
+        where = f"snapshot {snapshot_id}: {where}"
     try:
         return [Entry.from_json(json.loads(line)) for line in plaintext.splitlines() if line]
-    except (ValueError, KeyError, TypeError):
-        raise IntegrityError(f"tree object {tree_id} is malformed") from None
+    except EntryError as exc:
+        raise IntegrityError(f"{where}: {exc} (the snapshot is damaged or was tampered "
+                             "with); refused") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise IntegrityError(f"{where} is malformed") from None
 
 
 def iter_entries(repo: Repository, snapshot: dict[str, Any]) -> Iterator[Entry]:
-    """Every entry of a snapshot, in manifest order, one tree object in memory at a time."""
+    """Every entry of a snapshot, in manifest order, one tree object in memory at a time. A
+    tree object the snapshot names but the repository lacks is damage: IntegrityError."""
+    snapshot_id = str(snapshot.get("id"))
     for tree_id in snapshot.get("trees", []):
-        yield from decode_tree(tree_id, repo.load("tree", tree_id))
+        try:
+            plaintext = repo.load("tree", tree_id)
+        except NotFoundError:
+            raise IntegrityError(f"snapshot {snapshot_id}: tree object {tree_id} is missing "
+                                 "from the repository") from None
+        yield from decode_tree(tree_id, plaintext, snapshot_id)

@@ -29,10 +29,18 @@ class VolumeSource:
         self.config = config
         self.path = config.path
 
-    def check_looks_like_wicked(self) -> None:
-        """Refuse a folder that is not (or no longer) wicked's dynamic data."""
+    def check_exists(self) -> None:
+        """Fail on a volume.path that does not exist or is no directory (even with --force:
+        there is nothing to snapshot)."""
+        if not self.path.exists():
+            raise SourceError(f"volume.path {self.path} does not exist; set volume.path to "
+                              "portal-api's dynamic data folder (is the volume mounted?)")
         if not self.path.is_dir():
             raise SourceError(f"volume.path {self.path} is not a directory")
+
+    def check_looks_like_wicked(self) -> None:
+        """Refuse a folder that is not (or no longer) wicked's dynamic data."""
+        self.check_exists()
         missing = [m for m in WICKED_MARKERS if not (self.path / m).is_file()]
         if missing:
             raise RefusedError(
@@ -41,9 +49,11 @@ class VolumeSource:
                 "intended; wicked 1.0 with Postgres storage keeps its data in the 'wicked' "
                 "database instead)")
 
-    def backup(self, sink: TreeSink) -> dict[str, Any]:
-        """Walk the volume into ``sink`` under the configured quiesce mode."""
-        with quiesced(self.path, self.config.quiesce, self.config.quiesce_timeout_s) as report:
+    def backup(self, sink: TreeSink, *, lock_wait_s: float = 0.0) -> dict[str, Any]:
+        """Walk the volume into ``sink`` under the configured quiesce mode, waiting up to
+        ``lock_wait_s`` for somebody else's ``global.lock`` to go away."""
+        with quiesced(self.path, self.config.quiesce, self.config.quiesce_timeout_s,
+                      lock_wait_s=lock_wait_s) as report:
             sink.add_tree(self.path, exclude=is_excluded, settle=report.settle)
         return {"path": str(self.path), "quiesce": report.mode,
                 "lock_window_s": report.window_s, "waited_for_writes": report.waited_for_locks,

@@ -28,6 +28,7 @@ log = get_logger(__name__)
 GLOBAL_LOCK = "global.lock"
 MARKER = "wicked-dr"
 POLL_S = 0.02
+LOCK_POLL_S = 0.1  # how often a foreign global.lock is looked at again under --lock-wait
 # A writer that checked for global.lock just before we created it may still create its own
 # file lock; give it this long to show up before the first scan.
 GRACE_S = 0.05
@@ -69,29 +70,59 @@ class QuiesceReport:
 
 
 @contextlib.contextmanager
-def quiesced(volume: Path, mode: str, timeout_s: float) -> Iterator[QuiesceReport]:
-    """Hold wicked's ``global.lock`` for the duration of the block (mode ``wicked-lock``).
+def quiesced(volume: Path, mode: str, timeout_s: float, *,
+             lock_wait_s: float = 0.0) -> Iterator[QuiesceReport]:
+    """Hold wicked's ``global.lock`` for the duration of the block (mode ``wicked-lock``),
+    waiting up to ``lock_wait_s`` for somebody else's to go away (it is never removed).
     The block calls ``settle`` on each directory listing before reading that directory."""
     report = QuiesceReport(mode)
     if mode == "none":
         yield report
         return
     lock = volume / GLOBAL_LOCK
-    report.removed_stale = _remove_our_stale_lock(lock)
     holder = current_holder()
+    deadline = time.monotonic() + lock_wait_s
     started = time.monotonic()
-    created = False
+    linking = created = False
+    attempts = 0
     try:
-        _create(lock, holder)
-        created = True
+        while not created:
+            attempts += 1
+            try:
+                report.removed_stale = _remove_our_stale_lock(lock) or report.removed_stale
+                linking = True
+                started = time.monotonic()
+                _create(lock, holder)
+                created = True
+            except LockedError as exc:
+                linking = False
+                _wait_or_give_up(lock, exc, lock_wait_s, deadline, first=attempts == 1)
         time.sleep(GRACE_S)
         report.deadline = time.monotonic() + timeout_s
         yield report
     finally:
-        if created or _owner_of(lock) == holder.instance:
+        # ``linking``: an interrupt may have come between the link and ``created = True``.
+        if created or (linking and _owner_of(lock) == holder.instance):
             _release(lock, holder)
-        report.window_s = round(time.monotonic() - started, 3)
-        log.info("global.lock released", window_s=report.window_s)
+        report.window_s = round(time.monotonic() - started, 3) if linking else 0.0
+        if linking:
+            log.info("global.lock released", window_s=report.window_s)
+
+
+def _wait_or_give_up(lock: Path, exc: LockedError, wait_s: float, deadline: float, *,
+                     first: bool) -> None:
+    """Another holder has global.lock: sleep a little before the next try, or raise once
+    ``--lock-wait`` is used up (at once without a wait)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        if wait_s <= 0:
+            raise exc
+        raise LockedError(f"{exc.one_line()} (still there after waiting {wait_s:g} s, "
+                          "--lock-wait)") from None
+    if first:
+        log.info("global.lock held by another holder; waiting", path=str(lock),
+                 wait_s=round(left, 1))
+    time.sleep(min(LOCK_POLL_S, left))
 
 
 def _create(lock: Path, holder: Holder) -> None:
@@ -108,9 +139,14 @@ def _create(lock: Path, holder: Holder) -> None:
         raise LockedError(f"{lock} exists and is not ours (portal-api or an operator holds "
                           "wicked's global lock); wait for it to go, never delete it "
                           "blindly") from None
-    except OSError as exc:
+    except FileNotFoundError:
+        raise OperationError(f"cannot create {lock}: the volume folder {lock.parent} does "
+                             "not exist") from None
+    except PermissionError as exc:
         raise OperationError(f"cannot create {lock}: {exc.strerror} (wicked-dr needs write "
                              "access to the volume: run as uid 888 or root)") from None
+    except OSError as exc:
+        raise OperationError(f"cannot create {lock}: {exc.strerror}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

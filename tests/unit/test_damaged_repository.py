@@ -1,0 +1,212 @@
+"""A damaged or hostile repository: restore, export and check say which object of which
+snapshot is wrong and exit 3 (integrity), never 5 (not found) or an internal error; `check`
+reports every problem as data, with --json too."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.minimal import minimal_volume_and_config
+from wicked_dr.actions.common import open_repository
+from wicked_dr.cli import main
+from wicked_dr.config import load_config
+from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
+from wicked_dr.errors import ExitCode
+from wicked_dr.repository.layout import object_name
+from wicked_dr.repository.manifest import encode_tree, iter_entries
+from wicked_dr.repository.repo import Repository, content_id
+
+ERROR_PREFIX = "wicked-dr: error: "
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No WICKED_DR_* variable of the calling shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("WICKED_DR_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture()
+def setup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A minimal wicked volume backed up once into a local repository; returns the config."""
+    config = minimal_volume_and_config(tmp_path)
+    (tmp_path / "volume" / "users" / "u1.json").write_text('{"id": "u1"}', encoding="utf-8")
+    assert main(["--config", str(config), "backup"]) == 0
+    capsys.readouterr()
+    return config
+
+
+def _repo(config: Path) -> Repository:
+    return open_repository(load_config(config))
+
+
+def _latest(config: Path) -> dict[str, Any]:
+    repo = _repo(config)
+    return load_snapshot(repo, snapshot_ids(repo)[-1])
+
+
+def _delete(config: Path, kind: str) -> str:
+    """Delete the latest snapshot's (first) tree, or a pack it needs; the object's id."""
+    repo = _repo(config)
+    if kind == "tree":
+        victim = _latest(config)["trees"][0]
+        name = object_name("tree", victim)
+    else:
+        victim = repo.list_ids("data")[0]
+        name = object_name("data", victim)
+    repo.backend.delete(name)
+    return str(victim)
+
+
+def _run(config: Path, command: str, capsys: pytest.CaptureFixture[str],
+         *extra: str) -> tuple[int, str, str]:
+    """One command against the latest snapshot: (exit code, stdout, stderr)."""
+    args = {"restore": ["restore", "latest", "--target", str(config.parent / "out")],
+            "export": ["export", "latest", "--tar", str(config.parent / "out.tar")],
+            "check": ["check"]}[command]
+    code = main(["--config", str(config), *extra, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith(ERROR_PREFIX)]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# --- objects missing under a snapshot ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tree", "pack"])
+@pytest.mark.parametrize("command", ["restore", "export"])
+def test_restore_export_missing_object_integrity_error_exit_3(
+        setup: Path, command: str, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tree or pack the snapshot needs is gone: exit 3 (integrity), naming the object and
+    the snapshot, not 5 (which means: no such snapshot)."""
+    snapshot_id = _latest(setup)["id"]
+    victim = _delete(setup, kind)
+    code, _, err = _run(setup, command, capsys)
+    line = _error_line(err)
+    assert code == ExitCode.INTEGRITY, line
+    assert victim in line and snapshot_id in line
+    assert "missing" in line
+    assert not (setup.parent / "out.tar").exists()
+
+
+@pytest.mark.parametrize("command", ["restore", "export"])
+def test_restore_export_missing_snapshot_stays_not_found_exit_5(
+        setup: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A snapshot id that does not exist is still "not found" (exit 5)."""
+    args = {"restore": ["--target", str(setup.parent / "out")],
+            "export": ["--tar", str(setup.parent / "out.tar")]}[command]
+    code = main(["--config", str(setup), command, "20000101T000000Z-00000000", *args])
+    assert code == ExitCode.NOT_FOUND, capsys.readouterr().err
+
+
+def test_check_missing_pack_names_snapshot_that_needs_it_exit_3(
+        setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check names the missing pack and the snapshot that cannot be restored without it."""
+    snapshot_id = _latest(setup)["id"]
+    victim = _delete(setup, "pack")
+    code, out, err = _run(setup, "check", capsys, "--json")
+    assert code == ExitCode.INTEGRITY, err
+    problems = json.loads(out)["problems"]
+    assert {"object": f"pack {victim}", "message": "listed in an index but missing"} in problems
+    about_snapshot = [p for p in problems if p["object"] == f"snapshot {snapshot_id}"]
+    assert len(about_snapshot) == 1 and victim in about_snapshot[0]["message"], problems
+
+
+# --- hostile manifest values -------------------------------------------------------------------
+
+
+def _hostile_snapshot(config: Path, **values: int) -> str:
+    """A snapshot like the latest one whose users/u1.json entry carries ``values``, sealed
+    through the Repository API (what a tampered repository could hold)."""
+    repo = _repo(config)
+    base = _latest(config)
+    entries = [dataclasses.replace(e, **values) if e.path == "users/u1.json" else e
+               for e in iter_entries(repo, base)]
+    plaintext = encode_tree(entries)
+    tree_id = content_id(plaintext)
+    repo.save("tree", tree_id, plaintext)
+    snapshot_id = base["id"].split("-")[0] + "-0badc0de"
+    repo.save_json("snapshot", snapshot_id, {**base, "id": snapshot_id, "trees": [tree_id]})
+    return snapshot_id
+
+
+HOSTILE = [("mtime_ns", 10**30), ("mode", -1), ("uid", 2**40)]
+
+
+@pytest.mark.parametrize(("field", "value"), HOSTILE, ids=[f for f, _ in HOSTILE])
+@pytest.mark.parametrize("command", ["restore", "export"])
+def test_restore_export_out_of_range_manifest_value_integrity_error_exit_3(
+        setup: Path, command: str, field: str, value: int,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An out-of-range mtime, mode or uid in a snapshot is an integrity error (exit 3) naming
+    the entry and the value, not "internal error (OverflowError)" and never applied."""
+    snapshot_id = _hostile_snapshot(setup, **{field: value})
+    args = {"restore": ["--target", str(setup.parent / "out")],
+            "export": ["--tar", str(setup.parent / "out.tar")]}[command]
+    code = main(["--config", str(setup), command, snapshot_id, *args])
+    line = _error_line(capsys.readouterr().err)
+    assert code == ExitCode.INTEGRITY, line
+    assert "'users/u1.json'" in line and f"{field} {value}" in line and snapshot_id in line
+    assert "internal error" not in line
+    assert not (setup.parent / "out" / "users" / "u1.json").exists()
+    assert not (setup.parent / "out.tar").exists()
+
+
+@pytest.mark.parametrize(("field", "value"), HOSTILE, ids=[f for f, _ in HOSTILE])
+def test_check_out_of_range_manifest_value_reported_exit_3(
+        setup: Path, field: str, value: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """check reports a hostile manifest value as a problem of its snapshot (exit 3)."""
+    snapshot_id = _hostile_snapshot(setup, **{field: value})
+    code, out, err = _run(setup, "check", capsys, "--json")
+    assert code == ExitCode.INTEGRITY, err
+    problems = json.loads(out)["problems"]
+    assert [p["object"] for p in problems] == [f"snapshot {snapshot_id}"]
+    assert "'users/u1.json'" in problems[0]["message"]
+
+
+# --- check reports problems as data ------------------------------------------------------------
+
+
+def test_check_json_with_problems_prints_structured_report_exit_3(
+        setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`check --json` that finds problems prints the same report as a clean check (ok false,
+    problems as a list of {object, message}) on stdout, one error line on stderr, exit 3."""
+    code, out, _ = _run(setup, "check", capsys, "--json")
+    assert code == 0
+    clean = json.loads(out)
+    victim = _delete(setup, "pack")
+    code, out, err = _run(setup, "check", capsys, "--json")
+    assert code == ExitCode.INTEGRITY, err
+    report = json.loads(out)
+    assert set(report) == set(clean)
+    assert report["ok"] is False
+    assert isinstance(report["problems"], list) and len(report["problems"]) >= 1
+    for problem in report["problems"]:
+        assert {"object", "message"} <= set(problem) and all(
+            isinstance(problem[k], str) and problem[k] for k in ("object", "message"))
+    assert any(p["object"] == f"pack {victim}" for p in report["problems"])
+    assert victim in _error_line(err)
+
+
+def test_check_human_with_problems_lists_each_problem_exit_3(
+        setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --json, a failed check lists every problem on stdout, one per line, and says
+    it failed on stderr (exit 3)."""
+    victim = _delete(setup, "pack")
+    code, out, err = _run(setup, "check", capsys)
+    assert code == ExitCode.INTEGRITY, err
+    assert "no problems" not in out
+    assert f"problem: pack {victim}: listed in an index but missing" in out.splitlines()
+    assert _error_line(err).startswith(f"{ERROR_PREFIX}check found ")
