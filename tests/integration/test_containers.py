@@ -32,8 +32,8 @@ from wicked_dr.actions.backup import run_backup
 from wicked_dr.actions.restore import run_restore_tokens
 from wicked_dr.config import Config, ContainersConfig
 from wicked_dr.errors import DockerError, NotFoundError
+from wicked_dr.portal.containers import restart_kong_nodes
 from wicked_dr.testing.sample_volume import generate
-from wicked_dr.wicked.containers import restart_kong_nodes
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 
 from wicked_dr.errors import LockedError, OperationError
 from wicked_dr.holder import Holder, boot_id, current_holder
-from wicked_dr.wicked.quiesce import GLOBAL_LOCK, MARKER, quiesced
+from wicked_dr.portal.quiesce import GLOBAL_LOCK, MARKER, quiesced
 
 
 def _dead_holder() -> Holder:

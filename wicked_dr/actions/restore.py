@@ -49,7 +49,7 @@ def run_restore_tokens(config: Config, snapshot_ref: str, *, dry_run: bool,
     if config.kong_tokens.dsn is None:
         raise NotFoundError("kong_tokens.dsn is not configured: set it to Kong's database")
     from wicked_dr.errors import DockerError
-    from wicked_dr.wicked.containers import restart_kong_nodes
+    from wicked_dr.portal.containers import restart_kong_nodes
 
     report = restore_tokens(config.kong_tokens, stream, metadata=metadata, dry_run=dry_run)
     result: dict[str, Any] = {"snapshot": snapshot["id"], "mode": "tokens-only",

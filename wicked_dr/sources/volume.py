@@ -7,8 +7,8 @@ from typing import Any
 
 from wicked_dr.config import VolumeConfig
 from wicked_dr.errors import RefusedError, SourceError
+from wicked_dr.portal.quiesce import quiesced
 from wicked_dr.sources.base import TreeSink
-from wicked_dr.wicked.quiesce import quiesced
 
 WICKED_MARKERS = ("meta.json", "users/_index.json")
 
