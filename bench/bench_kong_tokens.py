@@ -44,8 +44,9 @@ from pydantic import SecretStr
 from tests.fixtures import kong_data
 from tests.fixtures.postgres import OS_USER, PgServer, _free_port, _newest_bin
 from wicked_dr.config import KongTokensConfig
+from wicked_dr.repository.snapshot import StreamRef
 from wicked_dr.sources import kong_tokens
-from wicked_dr.sources.base import StreamRecord
+from wicked_dr.sources.base import BackupContext
 from wicked_dr.sources.kong_schema import detect_schema
 from wicked_dr.sources.kong_tokens import (
     KongTokensSource,
@@ -62,7 +63,7 @@ class SpoolSink:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def add_stream(self, name: str, chunks: Iterable[bytes]) -> StreamRecord:
+    def add_stream(self, name: str, chunks: Iterable[bytes]) -> StreamRef:
         digest = hashlib.sha256()
         size = 0
         with self.path.open("wb") as out:
@@ -70,7 +71,7 @@ class SpoolSink:
                 digest.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
-        return StreamRecord(name, size, digest.hexdigest(), (digest.hexdigest(),))
+        return StreamRef(size, digest.hexdigest(), (digest.hexdigest(),))
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -187,7 +188,7 @@ def _run(server: PgServer, bin_dir: Path, base: Path, n: int, generation: str, e
     meta: dict[str, Any] = {}
 
     def ours() -> None:
-        meta.update(KongTokensSource(config).backup(SpoolSink(spool)))
+        meta.update(KongTokensSource(config).backup(SpoolSink(spool), BackupContext()).metadata)
 
     steps: dict[str, Any] = {
         "backup": ours,

@@ -207,6 +207,10 @@ def _add_restore_command(sub: Any) -> None:
                          "(ISO 8601, e.g. 2026-11-26T03:00)")
     restore.add_argument("--force", action="store_true",
                          help="with --target: write into a non-empty directory")
+    restore.add_argument("--source", action="append", metavar="NAME",
+                         help="with --target: restore only this source's data (repeatable; "
+                         "default: the volume's files; e.g. kong_tokens writes "
+                         "DIR/kong_tokens.stream)")
 
 
 def _add_operations_commands(sub: Any) -> None:
@@ -284,7 +288,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     config = _load(args)
     handler = _HANDLERS[args.command]
-    result = handler(config, args)
+    result = _data(handler(config, args))
     _emit(args, result)
     if isinstance(result, dict) and result.get("ok") is False:
         # e.g. a token restore that could not put every token in place: the report is
@@ -308,6 +312,13 @@ def _level(configured: str, shift: int) -> str:
     levels = ["debug", "info", "warning", "error"]
     index = min(max(levels.index(configured) - shift, 0), len(levels) - 1)
     return levels[index]
+
+
+def _data(result: Any) -> Any:
+    """An action's typed result as the JSON-able data ``--json`` prints."""
+    from wicked_dr.actions.common import Result
+
+    return result.to_json() if isinstance(result, Result) else result
 
 
 def _emit(args: argparse.Namespace, result: Any) -> None:
@@ -340,14 +351,14 @@ def _with_progress(args: argparse.Namespace, title: str,
 def _init(config: Config, args: argparse.Namespace) -> Any:
     from wicked_dr.actions.init import run_init
 
-    return run_init(config, create_bucket=args.create_bucket).to_dict()
+    return run_init(config, create_bucket=args.create_bucket)
 
 
 def _backup(config: Config, args: argparse.Namespace) -> Any:
     from wicked_dr.actions.backup import run_backup
 
     return _with_progress(args, "backup", lambda o: run_backup(config, force=args.force,
-                                                               options=o).to_dict())
+                                                               options=o))
 
 
 def _snapshots(config: Config, args: argparse.Namespace) -> Any:
@@ -364,7 +375,7 @@ def _check(config: Config, args: argparse.Namespace) -> Any:
         return _with_progress(args, "check", lambda o: run_check(
             config, read_fraction=fraction, options=o))
     except CheckFailed as exc:
-        _emit(args, exc.result)  # every problem, as data with --json; then exit 3
+        _emit(args, _data(exc.result))  # every problem, as data with --json; then exit 3
         raise _AlreadyReported(exc) from exc
 
 
@@ -385,7 +396,7 @@ def _restore(config: Config, args: argparse.Namespace) -> Any:
     if args.target is not None:
         return _with_progress(args, "restore", lambda o: restore.run_restore_to_dir(
             config, ref, args.target, force=args.force, dry_run=args.dry_run,
-            before=args.before, options=o))
+            before=args.before, sources=args.source, options=o))
     if not (args.live or args.tokens_only):
         raise _ModeRequired(RESTORE_MODES)
     if not args.dry_run:

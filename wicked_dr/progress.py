@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from wicked_dr.actions.common import Progress
+# ``progress(kind, amount)``: e.g. ("upload", bytes). The one definition, for every layer.
+Progress = Callable[[str, int], None]
 
 
 @contextlib.contextmanager

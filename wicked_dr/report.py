@@ -46,12 +46,12 @@ def _restore_with_restarts(result: dict[str, Any]) -> str:
 def _snapshots(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no snapshots"
-    header = f"{'ID':<26} {'TIME (UTC)':<26} {'FILES':>8} {'SIZE':>10}  VERIFIED  TOKENS"
+    header = f"{'ID':<26} {'TIME (UTC)':<26} {'FILES':>8} {'SIZE':>10}  VERIFIED  SOURCES"
     lines = [header]
     for r in rows:
         lines.append(f"{r['id']:<26} {r['time']:<26} {r['files']:>8} {_size(r['bytes']):>10}"
                      f"  {'yes' if r['verified'] else 'no':<8}  "
-                     f"{'yes' if r['kong_tokens'] else 'no'}")
+                     f"{','.join(r['sources'])}")
     return "\n".join(lines)
 
 

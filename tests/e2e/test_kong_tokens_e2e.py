@@ -168,7 +168,7 @@ def test_cli_tokens_backup_loss_restore_reattaches_every_unexpired_token(
     assert run.code == 0, run.err
     assert world.password not in run.out + run.err
     snapshot_id = json.loads(run.out)["snapshot"]
-    meta = load_snapshot(setup.repo(), snapshot_id)["sources"]["kong_tokens"]
+    meta = load_snapshot(setup.repo(), snapshot_id).source("kong_tokens").metadata
     assert (meta["generation"], meta["exported"], meta["skipped_expired"]) == (
         generation, len(world.live), expired_rows)
     # Stream format 3: the tokens and the lookup tables as separate sections.
@@ -178,7 +178,8 @@ def test_cli_tokens_backup_loss_restore_reattaches_every_unexpired_token(
     assert ("ttls" in meta["sections"]) == (generation == "0.14")
     run = _wdr(setup, "snapshots", "--json", dsn=None)
     assert run.code == 0, run.err
-    assert [(r["id"], r["kong_tokens"]) for r in json.loads(run.out)] == [(snapshot_id, True)]
+    assert [(r["id"], r["sources"]) for r in json.loads(run.out)] == [
+        (snapshot_id, ["kong_tokens", "volume"])]
 
     _lose_and_rebuild(world)
     expected = world.expected_back()
@@ -232,11 +233,11 @@ def test_cli_tokens_only_snapshot_without_tokens_exits_5(
     run = _wdr(setup, "backup", "--json", dsn=None)
     assert run.code == 0, run.err
     run = _wdr(setup, "snapshots", "--json", dsn=None)
-    assert [r["kong_tokens"] for r in json.loads(run.out)] == [False]
+    assert [r["sources"] for r in json.loads(run.out)] == [["volume"]]
     _lose_and_rebuild(world)
 
     run = _wdr(setup, "restore", "latest", "--tokens-only", "--yes", "--json", dsn=world.dsn)
     assert run.code == 5, run.err
-    assert "holds no Kong tokens" in json.loads(run.out)["error"]
+    assert "holds no 'kong_tokens' data" in json.loads(run.out)["error"]
     assert any("kong_tokens.dsn" in line for line in run.err.splitlines())
     assert _db_state(world.dsn, "3.x") == (0, 0)

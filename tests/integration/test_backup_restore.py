@@ -22,6 +22,7 @@ from tests.fixtures.repos import (
     assert_same_tree,
     backdate,
     cli,
+    craft_snapshot,
     error_lines,
     make_setup,
     repo_target,
@@ -29,8 +30,7 @@ from tests.fixtures.repos import (
 )
 from tests.fixtures.services import service_missing
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
-from wicked_dr.repository.manifest import Entry, encode_tree, iter_entries
-from wicked_dr.repository.repo import content_id
+from wicked_dr.repository.manifest import Entry, iter_entries
 from wicked_dr.testing.sample_volume import generate, mutate
 
 pytestmark = pytest.mark.integration
@@ -244,7 +244,7 @@ def test_backup_special_file_reported_counted_not_claimed(setup: Setup) -> None:
     result = _backup(setup)
     assert result["errors"] == 1
     snapshot = load_snapshot(setup.repo(), str(result["snapshot"]))
-    assert [e["path"] for e in snapshot["errors"]] == ["users/pipe.json"]
+    assert [e.path for e in snapshot.errors] == ["users/pipe.json"]
     assert "users/pipe.json" not in _paths(setup, str(result["snapshot"]))
 
 
@@ -288,7 +288,7 @@ def test_backup_permission_denied_files_reported_counted_not_claimed(shared_dir:
     result = json.loads(run.out)
     assert result["errors"] == 2
     snapshot = load_snapshot(s.repo(), result["snapshot"])
-    assert sorted(e["path"] for e in snapshot["errors"]) == ["grants", "users/_secret.json"]
+    assert sorted(e.path for e in snapshot.errors) == ["grants", "users/_secret.json"]
     paths = _paths(s, result["snapshot"])
     assert "users/_secret.json" not in paths
     assert not [p for p in paths if p.startswith("grants/")]
@@ -313,15 +313,9 @@ def test_restore_non_empty_target_refused_unless_force(setup: Setup) -> None:
 
 
 def _crafted_snapshot(s: Setup, entries: list[Entry]) -> str:
-    """A snapshot whose single tree holds ``entries``, sealed through the Repository API."""
+    """A snapshot whose single tree holds ``entries``."""
     repo = s.repo()
-    base = load_snapshot(repo, snapshot_ids(repo)[-1])
-    plaintext = encode_tree(entries)
-    tree_id = content_id(plaintext)
-    repo.save("tree", tree_id, plaintext)
-    snapshot_id = base["id"].split("-")[0] + "-0badc0de"
-    repo.save_json("snapshot", snapshot_id, {**base, "id": snapshot_id, "trees": [tree_id]})
-    return snapshot_id
+    return craft_snapshot(repo, load_snapshot(repo, snapshot_ids(repo)[-1]), entries)
 
 
 def _meta_entry(s: Setup, path: str) -> Entry:

@@ -286,11 +286,11 @@ def test_restore_tokens_with_kong_configured_restarts_nodes_after_writing(
         kong_data.lose_kong(conn, "3.x")
         kong_data.sync_like_adapter(conn, "3.x", subs)
 
-    dry = run_restore_tokens(config, "latest", dry_run=True)
+    dry = run_restore_tokens(config, "latest", dry_run=True).to_json()
     assert "kong_restarts" not in dry and "restart every Kong node" in dry["next_step"]
     assert [len(_starts(n)) for n in nodes] == [1, 1]
 
-    done = run_restore_tokens(config, "latest", dry_run=False)
+    done = run_restore_tokens(config, "latest", dry_run=False).to_json()
     assert done["ok"] and done["tokens"]["restored"] == len(tokens)
     assert "next_step" not in done
     assert [(r["name"], r["restarted"]) for r in done["kong_restarts"]] == [

@@ -157,7 +157,7 @@ def test_backup_killed_mid_run_leaves_repository_usable(
 
     second = _backup(s)
     doc = load_snapshot(s.repo(), second)
-    assert doc["sources"]["volume"]["removed_stale_lock"] is (phase == "reading")
+    assert doc.source("volume").metadata["removed_stale_lock"] is (phase == "reading")
     assert not (s.volume / "global.lock").exists()
     run = cli(s.config_path, "restore", "latest", "--target", str(tmp_path / "r2"))
     assert run.code == 0, run.err
@@ -259,8 +259,8 @@ def test_tree_object_swapped_under_another_name_rejected_exit_3(tmp_path: Path,
     mutate(s.volume, 0.05, seed=2)
     second = _backup(s)
     repo = s.repo()
-    tree_a = load_snapshot(repo, first)["trees"][0]
-    tree_b = load_snapshot(repo, second)["trees"][0]
+    tree_a = load_snapshot(repo, first).trees[0]
+    tree_b = load_snapshot(repo, second).trees[0]
     assert tree_a != tree_b
     assert [e.path for e in iter_entries(repo, load_snapshot(repo, second))]
     backend = repo.backend

@@ -20,6 +20,7 @@ from tests.fixtures.postgres import PgServer
 from wicked_dr.config import KongTokensConfig
 from wicked_dr.errors import DatabaseError, IntegrityError, SourceError
 from wicked_dr.sources import kong_tokens
+from wicked_dr.sources.base import BackupContext
 from wicked_dr.sources.kong_tokens import KongTokensSource, restore_tokens
 from wicked_dr.testing.memory_sink import MemorySink
 from wicked_dr.testing.sample_volume import generate
@@ -126,7 +127,7 @@ def _attached(conn: Any, generation: str) -> dict[str, tuple[str | None, str | N
 
 def _backup(config: KongTokensConfig) -> tuple[MemorySink, dict[str, Any]]:
     sink = MemorySink()
-    metadata = KongTokensSource(config).backup(sink)
+    metadata = KongTokensSource(config).backup(sink, BackupContext()).metadata
     return sink, metadata
 
 
@@ -535,7 +536,7 @@ def test_backup_connection_dropped_mid_copy_raises_source_error(
     sink = MemorySink(on_chunk=kill_after_first_chunk)
     config = KongTokensConfig(dsn=SecretStr(pg_database))
     with pytest.raises(SourceError, match="exporting Kong tokens failed"):
-        KongTokensSource(config).backup(sink)
+        KongTokensSource(config).backup(sink, BackupContext())
     assert killed == [1]
 
 
@@ -605,7 +606,7 @@ def test_backup_connection_dropped_before_ttls_section_raises_source_error(
             killed.append(pg_server.terminate_backends(kong_tokens._BACKUP_APP))
 
     with pytest.raises(SourceError, match="exporting Kong tokens failed"):
-        KongTokensSource(config).backup(MemorySink(on_chunk=kill_before_ttls))
+        KongTokensSource(config).backup(MemorySink(on_chunk=kill_before_ttls), BackupContext())
     assert killed == [1]
 
 
@@ -621,7 +622,7 @@ def test_backup_sink_failure_mid_copy_propagates_and_closes_connection(
 
     config = KongTokensConfig(dsn=SecretStr(pg_database))
     with pytest.raises(OSError, match="disk full"):
-        KongTokensSource(config).backup(MemorySink(on_chunk=fail))
+        KongTokensSource(config).backup(MemorySink(on_chunk=fail), BackupContext())
     deadline = time.monotonic() + 10
     while pg_server.terminate_backends(kong_tokens._BACKUP_APP) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.fixtures.minimal import minimal_volume_and_config
 from tests.fixtures.services import service_missing
 from wicked_dr import __version__
 from wicked_dr.cli import build_parser, main
@@ -24,20 +24,6 @@ ERROR_PREFIX = "wicked-dr: error: "
 COMMANDS = ["init", "backup", "snapshots", "check", "export", "restore", "verify", "drill", "prune",
             "kong-resync", "daemon", "config"]
 STUBS = ["verify", "drill", "prune", "kong-resync", "daemon"]
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No WICKED_DR_* variable of the calling shell leaks into a test."""
-    for name in list(os.environ):
-        if name.startswith("WICKED_DR_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture()
-def setup(tmp_path: Path) -> Path:
-    """A config file pointing at a minimal wicked volume and a local repository in tmp_path."""
-    return minimal_volume_and_config(tmp_path)
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -309,6 +295,20 @@ def test_restore_live_modes_without_yes_piped_stdin_refuse_exit_2(
     assert err.startswith(ERROR_PREFIX)
     assert (_tree(volume), _tree(repo)) == before
     assert sys.stdin.read() == "yes\n"  # the answer was never consumed
+
+
+def test_restore_tokens_only_without_dsn_config_error_before_any_io(
+        setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--tokens-only without kong_tokens.dsn is a configuration error (exit 2) naming the key,
+    raised before the repository is even opened (here: it does not exist)."""
+    config = yaml.safe_load(setup.read_text())
+    config["repository"]["url"] = str(setup.parent / "no-repository-here")
+    setup.write_text(yaml.safe_dump(config))
+    code = main(["--config", str(setup), "restore", "latest", "--tokens-only", "--yes"])
+    assert code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "kong_tokens.dsn" in err
+    assert not (setup.parent / "no-repository-here").exists()
 
 
 def test_restore_live_without_yes_subprocess_refuses_exit_2(setup: Path) -> None:

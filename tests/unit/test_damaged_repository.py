@@ -6,31 +6,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.fixtures.minimal import minimal_volume_and_config
+from tests.fixtures.repos import craft_snapshot
 from wicked_dr.actions.common import open_repository
 from wicked_dr.cli import main
 from wicked_dr.config import load_config
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.errors import ExitCode
 from wicked_dr.repository.layout import object_name
-from wicked_dr.repository.manifest import encode_tree, iter_entries
-from wicked_dr.repository.repo import Repository, content_id
+from wicked_dr.repository.manifest import iter_entries
+from wicked_dr.repository.repo import Repository
+from wicked_dr.repository.snapshot import Snapshot
 
 ERROR_PREFIX = "wicked-dr: error: "
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No WICKED_DR_* variable of the calling shell leaks into a test."""
-    for name in list(os.environ):
-        if name.startswith("WICKED_DR_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture()
@@ -47,7 +39,7 @@ def _repo(config: Path) -> Repository:
     return open_repository(load_config(config))
 
 
-def _latest(config: Path) -> dict[str, Any]:
+def _latest(config: Path) -> Snapshot:
     repo = _repo(config)
     return load_snapshot(repo, snapshot_ids(repo)[-1])
 
@@ -56,7 +48,7 @@ def _delete(config: Path, kind: str) -> str:
     """Delete the latest snapshot's (first) tree, or a pack it needs; the object's id."""
     repo = _repo(config)
     if kind == "tree":
-        victim = _latest(config)["trees"][0]
+        victim = _latest(config).trees[0]
         name = object_name("tree", victim)
     else:
         victim = repo.list_ids("data")[0]
@@ -91,7 +83,7 @@ def test_restore_export_missing_object_integrity_error_exit_3(
         setup: Path, command: str, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A tree or pack the snapshot needs is gone: exit 3 (integrity), naming the object and
     the snapshot, not 5 (which means: no such snapshot)."""
-    snapshot_id = _latest(setup)["id"]
+    snapshot_id = _latest(setup).id
     victim = _delete(setup, kind)
     code, _, err = _run(setup, command, capsys)
     line = _error_line(err)
@@ -114,7 +106,7 @@ def test_restore_export_missing_snapshot_stays_not_found_exit_5(
 def test_check_missing_pack_names_snapshot_that_needs_it_exit_3(
         setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """check names the missing pack and the snapshot that cannot be restored without it."""
-    snapshot_id = _latest(setup)["id"]
+    snapshot_id = _latest(setup).id
     victim = _delete(setup, "pack")
     code, out, err = _run(setup, "check", capsys, "--json")
     assert code == ExitCode.INTEGRITY, err
@@ -134,12 +126,7 @@ def _hostile_snapshot(config: Path, **values: int) -> str:
     base = _latest(config)
     entries = [dataclasses.replace(e, **values) if e.path == "users/u1.json" else e
                for e in iter_entries(repo, base)]
-    plaintext = encode_tree(entries)
-    tree_id = content_id(plaintext)
-    repo.save("tree", tree_id, plaintext)
-    snapshot_id = base["id"].split("-")[0] + "-0badc0de"
-    repo.save_json("snapshot", snapshot_id, {**base, "id": snapshot_id, "trees": [tree_id]})
-    return snapshot_id
+    return craft_snapshot(repo, base, entries)
 
 
 HOSTILE = [("mtime_ns", 10**30), ("mode", -1), ("uid", 2**40)]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.minimal import minimal_volume_and_config
 from wicked_dr.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,20 +38,6 @@ while zeros < 2:
 os.close(0)
 print(total)
 """
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No WICKED_DR_* variable of the calling shell leaks into a test."""
-    for name in list(os.environ):
-        if name.startswith("WICKED_DR_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture()
-def setup(tmp_path: Path) -> Path:
-    """A config for a minimal wicked volume and a local repository in tmp_path."""
-    return minimal_volume_and_config(tmp_path)
 
 
 def _env() -> dict[str, str]:

@@ -11,26 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.minimal import minimal_volume_and_config
 from wicked_dr.cli import main
 from wicked_dr.errors import ExitCode
 
 ERROR_PREFIX = "wicked-dr: error: "
 MIB = 1024 * 1024
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No WICKED_DR_* variable of the calling shell leaks into a test."""
-    for name in list(os.environ):
-        if name.startswith("WICKED_DR_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture()
-def setup(tmp_path: Path) -> Path:
-    """A config for a minimal wicked volume and a local repository in tmp_path."""
-    return minimal_volume_and_config(tmp_path)
 
 
 @pytest.fixture()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-from wicked_dr.actions.common import RunOptions, open_repository
+from wicked_dr.actions.common import Result, RunOptions, open_repository
 from wicked_dr.config import Config
 from wicked_dr.engine.check import CheckReport, check_repository
 from wicked_dr.errors import IntegrityError
@@ -16,26 +16,38 @@ class CheckFailed(IntegrityError):
 
     def __init__(self, report: CheckReport) -> None:
         self.report = report
-        self.result = report_dict(report)
+        self.result = check_result(report)
         super().__init__(f"check found {len(report.problems)} problem(s): "
                          + "; ".join(str(p) for p in report.problems[:3]))
 
 
+@dataclass(frozen=True)
+class CheckResult(Result):
+    """What ``check --json`` prints: ``problems`` as ``{"object", "message"}``."""
+
+    ok: bool
+    snapshots: int
+    indexes: int
+    packs: int
+    packs_read: int
+    blobs_referenced: int
+    problems: list[dict[str, str]]
+    warnings: list[str]
+
+
 def run_check(config: Config, *, read_fraction: float = 0.0,
-              options: RunOptions | None = None) -> dict[str, Any]:
+              options: RunOptions | None = None) -> CheckResult:
     """Check the repository; raise CheckFailed (exit 3) listing every problem."""
     options = options or RunOptions()
     repo = open_repository(config)
     report = check_repository(repo, read_fraction=read_fraction, progress=options.progress)
     if not report.ok:
         raise CheckFailed(report)
-    return report_dict(report)
+    return check_result(report)
 
 
-def report_dict(report: CheckReport) -> dict[str, Any]:
-    """The report as data: ``problems`` is a list of ``{"object", "message"}``."""
-    return {"ok": report.ok, "snapshots": report.snapshots, "indexes": report.indexes,
-            "packs": report.packs, "packs_read": report.packs_read,
-            "blobs_referenced": report.blobs_referenced,
-            "problems": [p.to_json() for p in report.problems],
-            "warnings": report.warnings}
+def check_result(report: CheckReport) -> CheckResult:
+    """The report as a result."""
+    return CheckResult(report.ok, report.snapshots, report.indexes, report.packs,
+                       report.packs_read, report.blobs_referenced,
+                       [p.to_json() for p in report.problems], list(report.warnings))

@@ -1,19 +1,30 @@
-"""What every action needs: the repository opened from the config, and the index cache."""
+"""What every action needs: options, typed results, the repository opened from the config,
+the local state directory, and a reader for one snapshot."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from wicked_dr.backends import open_backend
 from wicked_dr.config import Config
+from wicked_dr.engine.snapshot_reader import SnapshotReader
 from wicked_dr.errors import NotFoundError, RefusedError
+from wicked_dr.progress import Progress
 from wicked_dr.repository.crypto import Key, load_key
 from wicked_dr.repository.index import IndexCache
 from wicked_dr.repository.repo import Repository
+from wicked_dr.repository.snapshot import Snapshot
+from wicked_dr.state_dir import StateDir
 
-Progress = Callable[[str, int], None]
+
+class Result:
+    """Base of every action's result: ``--json`` prints ``to_json()``, the terminal a
+    rendering of the same data (report.py), and the daemon reads the object itself."""
+
+    def to_json(self) -> Any:
+        """The result as JSON-able data (dataclass results: their fields)."""
+        return asdict(self)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,7 @@ def open_or_create_repository(config: Config) -> Repository:
     try:
         return open_repository(config)
     except NotFoundError:
-        known = known_repository_ids(config)
+        known = state_dir(config).known_repository_ids()
         if known:
             raise RefusedError(
                 f"no repository at {config.repository.url}, but state_dir {config.state_dir} "
@@ -61,21 +72,17 @@ def open_or_create_repository(config: Config) -> Repository:
         return init_repository(config)[0]
 
 
-def known_repository_ids(config: Config) -> list[str]:
-    """Ids of the repositories whose caches this machine keeps (newest cache first)."""
-    cache_root = config.state_dir / "cache"
-    if not cache_root.is_dir():
-        return []
-    caches = sorted((p for p in cache_root.iterdir() if p.is_dir()),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    return [p.name for p in caches]
+def state_dir(config: Config) -> StateDir:
+    """This machine's local state directory."""
+    return StateDir(config.state_dir)
 
 
 def index_cache(repo: Repository, config: Config) -> IndexCache:
     """The local index cache of ``repo``, synchronised."""
-    return IndexCache.for_repository(repo, config.state_dir)
+    return IndexCache.for_repository(repo, state_dir(config).index_cache(repo.repo_id))
 
 
-def stat_cache_dir(repo: Repository, config: Config) -> Path:
-    """Where this machine keeps the stat caches of ``repo``."""
-    return config.state_dir / "cache" / repo.repo_id / "stat"
+def snapshot_reader(repo: Repository, config: Config, snapshot: Snapshot,
+                    progress: Progress | None = None) -> SnapshotReader:
+    """What sources read ``snapshot``'s data back through."""
+    return SnapshotReader(repo, index_cache(repo, config), snapshot, progress=progress)

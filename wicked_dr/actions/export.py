@@ -4,29 +4,40 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from wicked_dr.actions.common import index_cache, open_repository
+from wicked_dr.actions.common import Result, open_repository, snapshot_reader
 from wicked_dr.config import Config
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.engine.catalog import resolve
 from wicked_dr.engine.export import ReaderClosedError, export_tar
+from wicked_dr.repository.repo import Repository
+from wicked_dr.repository.snapshot import Snapshot
 
 
-def run_export(config: Config, snapshot_ref: str, tar_path: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ExportResult(Result):
+    """What ``export --tar FILE --json`` prints (with ``--tar -`` stdout is the tar alone)."""
+
+    snapshot: str
+    entries: int
+    tar: str
+
+
+def run_export(config: Config, snapshot_ref: str, tar_path: str) -> ExportResult:
     """Write the snapshot as tar to ``tar_path`` ('-' is stdout); a file appears only whole."""
     repo = open_repository(config)
     snapshot = resolve(repo, snapshot_ref)
-    reader = BlobReader(repo, index_cache(repo, config), snapshot_id=snapshot["id"])
+    reader = snapshot_reader(repo, config, snapshot).blobs
     if tar_path == "-":
         entries = _export_to_stdout(repo, reader, snapshot)
     else:
         entries = _export_to_file(repo, reader, snapshot, Path(tar_path))
-    return {"snapshot": snapshot["id"], "entries": entries, "tar": tar_path}
+    return ExportResult(snapshot.id, entries, tar_path)
 
 
-def _export_to_stdout(repo: Any, reader: BlobReader, snapshot: dict[str, Any]) -> int:
+def _export_to_stdout(repo: Repository, reader: BlobReader, snapshot: Snapshot) -> int:
     """The tar on stdout, written unbuffered so that a reader closing the pipe (``| tar -t``
     stops after the end-of-archive blocks, ``| head`` anywhere) is told apart exactly."""
     sys.stdout.flush()
@@ -51,7 +62,7 @@ def _detach_stdout() -> None:
         os.close(devnull)
 
 
-def _export_to_file(repo: Any, reader: BlobReader, snapshot: dict[str, Any],
+def _export_to_file(repo: Repository, reader: BlobReader, snapshot: Snapshot,
                     path: Path) -> int:
     tmp = path.with_name(f".{path.name}.partial")
     try:

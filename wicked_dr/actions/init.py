@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
-from wicked_dr.actions.common import init_repository
+from wicked_dr.actions.common import Result, init_repository
 from wicked_dr.config import Config
 from wicked_dr.log import get_logger
 
@@ -13,7 +12,7 @@ log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class InitResult:
+class InitResult(Result):
     """What ``init --json`` prints."""
 
     repository: str
@@ -22,9 +21,6 @@ class InitResult:
     encrypted: bool
     key_id: str | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def run_init(config: Config, *, create_bucket: bool = False) -> InitResult:
     """Create the repository where the location holds nothing; an existing repository that
@@ -32,5 +28,5 @@ def run_init(config: Config, *, create_bucket: bool = False) -> InitResult:
     repo, created = init_repository(config, create_bucket=create_bucket)
     result = InitResult(repo.url, repo.repo_id, created, repo.config.key_id is not None,
                         repo.config.key_id)
-    log.info("init done", **result.to_dict())
+    log.info("init done", **result.to_json())
     return result

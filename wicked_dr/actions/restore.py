@@ -3,79 +3,143 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from wicked_dr.actions.common import RunOptions, index_cache, open_repository
+from wicked_dr.actions.common import Result, RunOptions, open_repository, snapshot_reader
 from wicked_dr.config import Config
-from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.engine.catalog import resolve
-from wicked_dr.engine.restore import check_target, restore_tree
-from wicked_dr.errors import NotFoundError, NotImplementedYetError
-from wicked_dr.repository.repo import Repository
+from wicked_dr.engine.restore import check_target
+from wicked_dr.errors import ConfigError, NotFoundError, NotImplementedYetError, UsageError
+from wicked_dr.repository.snapshot import Snapshot
+from wicked_dr.sources import source_named
+from wicked_dr.sources.base import AfterRebuildSource, DirRestore, Source
+
+# The source --tokens-only restores (named, never imported: actions know no concrete source).
+TOKENS_SOURCE = "kong_tokens"
+KONG_RESTART_HINT = ("restart every Kong node, one at a time: Kong caches 'not found' lookups, "
+                     "so tokens written by SQL stay invisible until then")
+
+
+@dataclass(frozen=True)
+class TargetRestoreResult(Result):
+    """What ``restore --target`` did (or, with --dry-run, would do); the file tree's counts
+    at the top, every restored source's own under ``sources``."""
+
+    snapshot: str
+    target: str
+    dry_run: bool
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    packs_fetched: int = 0
+    duration_s: float = 0.0
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mode: str = "target"
+
+
+@dataclass(frozen=True)
+class TokensRestoreResult(Result):
+    """What ``restore --tokens-only`` did."""
+
+    snapshot: str
+    dry_run: bool
+    tokens: dict[str, Any]
+    ok: bool
+    kong_restarts: list[dict[str, Any]] | None = None
+    next_step: str | None = None
+    mode: str = "tokens-only"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_json().items() if v is not None}
 
 
 def run_restore_to_dir(config: Config, snapshot_ref: str, target: Path, *, force: bool,
                        dry_run: bool, before: str | None = None,
-                       options: RunOptions | None = None) -> dict[str, Any]:
-    """Restore the snapshot's files under ``target``, verified against their hashes."""
+                       sources: list[str] | None = None,
+                       options: RunOptions | None = None) -> TargetRestoreResult:
+    """Restore the snapshot's file tree (or the ``sources`` named) under ``target``, every
+    byte verified; nothing live is touched."""
     options = options or RunOptions()
     started = time.monotonic()
     repo = open_repository(config)
     snapshot = resolve(repo, snapshot_ref, before)
+    selected = _selected(config, snapshot, sources)
     check_target(target, force=force)
-    summary = snapshot.get("summary", {})
-    report: dict[str, Any] = {"snapshot": snapshot["id"], "target": str(target),
-                              "mode": "target", "dry_run": dry_run}
     if dry_run:
-        report.update(files=summary.get("files", 0), bytes=summary.get("bytes", 0))
-        return report
-    reader = BlobReader(repo, index_cache(repo, config), snapshot_id=snapshot["id"])
-    stats = restore_tree(repo, reader, snapshot, target, progress=options.progress)
-    report.update(files=stats.files, dirs=stats.dirs, symlinks=stats.symlinks,
-                  bytes=stats.bytes, packs_fetched=stats.packs_fetched,
-                  duration_s=round(time.monotonic() - started, 3))
-    return report
+        return TargetRestoreResult(snapshot.id, str(target), True, files=snapshot.summary.files,
+                                   bytes=snapshot.summary.bytes,
+                                   sources={s.name: {} for s in selected})
+    reader = snapshot_reader(repo, config, snapshot, options.progress)
+    done = [s.restore_to_dir(reader, snapshot.source(s.name), target) for s in selected]
+    return _target_result(snapshot, target, done, reader.blobs.packs_fetched, started)
+
+
+def _selected(config: Config, snapshot: Snapshot, names: list[str] | None) -> list[Source]:
+    """The sources to restore: those named, or the snapshot's file tree."""
+    if names:
+        chosen = [source_named(name, config) for name in names]  # UsageError: unknown name
+        for name in names:
+            snapshot.source(name)  # NotFoundError when the snapshot lacks it
+        return chosen
+    trees = [name for name, record in snapshot.sources.items() if record.trees]
+    if not trees:
+        raise UsageError(f"snapshot {snapshot.id} holds no file tree; name what to restore "
+                         f"with --source ({', '.join(snapshot.sources)})")
+    return [source_named(name, config) for name in trees]
+
+
+def _target_result(snapshot: Snapshot, target: Path, done: list[DirRestore],
+                   packs_fetched: int, started: float) -> TargetRestoreResult:
+    tree = next((d.written for d in done if "files" in d.written), {})
+    return TargetRestoreResult(
+        snapshot.id, str(target), False, files=tree.get("files", 0), dirs=tree.get("dirs", 0),
+        symlinks=tree.get("symlinks", 0), bytes=tree.get("bytes", 0),
+        packs_fetched=packs_fetched, duration_s=round(time.monotonic() - started, 3),
+        sources={d.source: {"path": d.path, **d.written} for d in done})
 
 
 def run_restore_tokens(config: Config, snapshot_ref: str, *, dry_run: bool,
-                       before: str | None = None) -> dict[str, Any]:
-    """Put the snapshot's Kong OAuth2 tokens back, re-attached to rebuilt credentials."""
-    from wicked_dr.sources.kong_tokens import restore_tokens
-
+                       before: str | None = None) -> TokensRestoreResult:
+    """Put the snapshot's Kong OAuth2 tokens back, re-attached to rebuilt credentials, then
+    restart every Kong node so that Kong sees them."""
+    source = _tokens_source(config)
     repo = open_repository(config)
     snapshot = resolve(repo, snapshot_ref, before)
-    stream, metadata = _token_stream(repo, config, snapshot)
-    if config.kong_tokens.dsn is None:
-        raise NotFoundError("kong_tokens.dsn is not configured: set it to Kong's database")
+    try:
+        record = snapshot.source(source.name)
+    except NotFoundError as exc:
+        raise NotFoundError(f"{exc.one_line()}; was kong_tokens.dsn set when it was "
+                            "taken?") from None
+    report = source.restore_live(snapshot_reader(repo, config, snapshot), record,
+                                 dry_run=dry_run)
+    result = TokensRestoreResult(snapshot.id, dry_run, report.to_dict(), report.ok)
+    if dry_run or not report.ok or not config.containers.kong:
+        return replace(result, next_step=KONG_RESTART_HINT)
+    return replace(result, kong_restarts=_restart_kong(config, report.to_dict()))
+
+
+def _tokens_source(config: Config) -> AfterRebuildSource:
+    """The token source, refused before any I/O when Kong's database is not configured."""
+    source = source_named(TOKENS_SOURCE, config)
+    if not source.configured or not isinstance(source, AfterRebuildSource):
+        raise ConfigError(["kong_tokens.dsn is not set: --tokens-only writes into Kong's "
+                           "database; set kong_tokens.dsn (or WICKED_DR_KONG_TOKENS__DSN)"])
+    return source
+
+
+def _restart_kong(config: Config, tokens: dict[str, Any]) -> list[dict[str, Any]]:
     from wicked_dr.errors import DockerError
     from wicked_dr.portal.containers import restart_kong_nodes
 
-    report = restore_tokens(config.kong_tokens, stream, metadata=metadata, dry_run=dry_run)
-    result: dict[str, Any] = {"snapshot": snapshot["id"], "mode": "tokens-only",
-                              "dry_run": dry_run, "tokens": report.to_dict(), "ok": report.ok}
-    if dry_run or not report.ok or not config.containers.kong:
-        result["next_step"] = ("restart every Kong node, one at a time: Kong caches 'not found' "
-                               "lookups, so tokens written by SQL stay invisible until then")
-        return result
     try:
-        result["kong_restarts"] = restart_kong_nodes(config.containers)
+        return restart_kong_nodes(config.containers)
     except (DockerError, NotFoundError) as exc:
         # The tokens are committed: say so, so that nobody restores them again in a panic.
-        raise type(exc)(f"tokens restored ({report.restored} new), but restarting Kong "
-                        f"failed: {exc.one_line()}") from exc
-    return result
-
-
-def _token_stream(repo: Repository, config: Config,
-                  snapshot: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    stream = (snapshot.get("streams") or {}).get("kong_tokens")
-    metadata = (snapshot.get("sources") or {}).get("kong_tokens")
-    if not stream or metadata is None:
-        raise NotFoundError(f"snapshot {snapshot['id']} holds no Kong tokens (was "
-                            "kong_tokens.dsn configured when it was taken?)")
-    reader = BlobReader(repo, index_cache(repo, config), snapshot_id=snapshot["id"])
-    return (reader.get(blob_id) for blob_id in stream["blobs"]), metadata
+        raise type(exc)(f"tokens restored ({tokens.get('restored', 0)} new), but restarting "
+                        f"Kong failed: {exc.one_line()}") from exc
 
 
 def run_restore_live(config: Config, snapshot_ref: str) -> dict[str, Any]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from wicked_dr.errors import IntegrityError, NotFoundError, UsageError
 from wicked_dr.log import get_logger
 from wicked_dr.repository.repo import Repository
+from wicked_dr.repository.snapshot import Snapshot
 
 log = get_logger(__name__)
 
@@ -18,30 +19,34 @@ def snapshot_ids(repo: Repository) -> list[str]:
     return repo.list_ids("snapshot")
 
 
-def load_snapshot(repo: Repository, snapshot_id: str) -> dict[str, Any]:
-    """One snapshot object."""
-    doc = repo.load_json("snapshot", snapshot_id)
-    if not isinstance(doc, dict) or doc.get("id") != snapshot_id:
-        raise IntegrityError(f"snapshot object {snapshot_id} does not describe itself")
-    return doc
+def load_snapshot(repo: Repository, snapshot_id: str) -> Snapshot:
+    """One snapshot object, parsed and validated (IntegrityError when it is not sound)."""
+    return Snapshot.from_json(repo.load_json("snapshot", snapshot_id), snapshot_id)
 
 
-def list_snapshots(repo: Repository) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Listed:
+    """A snapshot as listed: the immutable object joined with what is known of it since."""
+
+    snapshot: Snapshot
+    verified: bool
+
+
+def list_snapshots(repo: Repository) -> list[Listed]:
     """Every readable snapshot, oldest first, with its verification status."""
     verified = set(repo.list_ids("verification"))
-    docs = []
+    listed = []
     for snapshot_id in snapshot_ids(repo):
         try:
-            doc = load_snapshot(repo, snapshot_id)
+            snapshot = load_snapshot(repo, snapshot_id)
         except IntegrityError as exc:
             log.error("unreadable snapshot", snapshot=snapshot_id, error=exc.one_line())
             continue
-        doc["verified"] = snapshot_id in verified
-        docs.append(doc)
-    return docs
+        listed.append(Listed(snapshot, snapshot_id in verified))
+    return listed
 
 
-def resolve(repo: Repository, ref: str, before: str | None = None) -> dict[str, Any]:
+def resolve(repo: Repository, ref: str, before: str | None = None) -> Snapshot:
     """The snapshot ``ref`` names: an id, a unique id prefix, latest or latest-verified;
     with ``before`` (ISO 8601, UTC) only snapshots taken earlier count."""
     ids = snapshot_ids(repo)
@@ -64,7 +69,7 @@ def resolve(repo: Repository, ref: str, before: str | None = None) -> dict[str, 
     return load_snapshot(repo, matches[0])
 
 
-def _latest_verified(repo: Repository, ids: list[str]) -> dict[str, Any]:
+def _latest_verified(repo: Repository, ids: list[str]) -> Snapshot:
     verified = set(repo.list_ids("verification"))
     for snapshot_id in reversed(ids):
         if snapshot_id in verified:

@@ -4,20 +4,18 @@ problem: every problem found is collected and reported."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from wicked_dr.engine.blobs import load_pack
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.errors import IntegrityError, NotFoundError
+from wicked_dr.progress import Progress
 from wicked_dr.repository.index import read_index
 from wicked_dr.repository.manifest import iter_entries
 from wicked_dr.repository.packs import PackRecord
 from wicked_dr.repository.repo import Repository
-
-Progress = Callable[[str, int], None]
+from wicked_dr.repository.snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -123,7 +121,7 @@ def _check_snapshots(repo: Repository, blobs: dict[str, str], stored: set[str],
                                                     f"e.g. pack {lost[0]}")
 
 
-def _references(repo: Repository, snapshot: dict[str, Any], blobs: dict[str, str],
+def _references(repo: Repository, snapshot: Snapshot, blobs: dict[str, str],
                 report: CheckReport) -> tuple[set[str], set[str]]:
     """The snapshot's blobs that are in no index, and the packs holding all the others."""
     missing: set[str] = set()
@@ -140,9 +138,8 @@ def _references(repo: Repository, snapshot: dict[str, Any], blobs: dict[str, str
         for blob_id in entry.blobs:
             report.blobs_referenced += 1
             note(blob_id)
-    streams = snapshot.get("streams") or {}
-    for stream in streams.values():
-        for blob_id in stream.get("blobs", []):
+    for record in snapshot.sources.values():
+        for blob_id in record.stream.blobs if record.stream else ():
             note(blob_id)
     return missing, packs
 

@@ -19,6 +19,7 @@ from wicked_dr.engine.restore import check_relative
 from wicked_dr.errors import IntegrityError, OperationError
 from wicked_dr.repository.manifest import Entry, depth_first_order, iter_entries
 from wicked_dr.repository.repo import Repository
+from wicked_dr.repository.snapshot import Snapshot
 
 
 class _BlobStream(io.RawIOBase):
@@ -103,7 +104,7 @@ class _CountingWriter(io.RawIOBase):
         return len(data)
 
 
-def export_tar(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
+def export_tar(repo: Repository, reader: BlobReader, snapshot: Snapshot,
                out: IO[bytes], *, out_name: str = "the output") -> TarStats:
     """Write ``snapshot`` as a tar stream to ``out`` (best unbuffered: the byte count at a
     closed reader is then exact). A reader closing ``out`` after the end-of-archive blocks is
@@ -114,7 +115,7 @@ def export_tar(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
     try:
         with tarfile.open(fileobj=counted, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             entries = iter_entries(repo, snapshot)
-            for entry in depth_first_order(entries, int(snapshot.get("version", 1))):
+            for entry in depth_first_order(entries, snapshot.version):
                 check_relative(entry.path)  # tar members obey the restore path rules
                 tar.addfile(_tarinfo(entry), _BlobStream(reader, entry)
                             if entry.type == "file" else None)

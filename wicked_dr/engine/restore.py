@@ -14,25 +14,24 @@ import errno
 import hashlib
 import os
 import stat as statmod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.errors import IntegrityError, OperationError, RefusedError
+from wicked_dr.progress import Progress
 from wicked_dr.repository.manifest import Entry, iter_entries
 from wicked_dr.repository.repo import Repository
+from wicked_dr.repository.snapshot import Snapshot
 
-Progress = Callable[[str, int], None]
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class NoSpaceError(OperationError):
     """The target's file system filled up during a restore."""
 
-    def __init__(self, dest: Path, target: Path, needed: int | None, free: int) -> None:
-        need = f"the snapshot needs {human_size(needed)}, " if needed is not None else ""
+    def __init__(self, dest: Path, target: Path, needed: int, free: int) -> None:
+        need = f"the snapshot needs {human_size(needed)}, " if needed else ""
         super().__init__(f"restore: no space left on device writing {dest}; {need}{target} "
                          f"had {human_size(free)} free")
 
@@ -67,53 +66,69 @@ def check_target(target: Path, *, force: bool) -> None:
                            "pass --force to write into it")
 
 
-def restore_tree(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
+def restore_tree(repo: Repository, reader: BlobReader, snapshot: Snapshot,
                  target: Path, *, ownership: Ownership | None = None,
                  progress: Progress | None = None) -> RestoreStats:
-    """Write every entry of ``snapshot`` under ``target``."""
-    ownership = ownership or Ownership(apply=os.geteuid() == 0)
+    """Write every entry of ``snapshot``'s file tree under ``target``."""
     target.mkdir(parents=True, exist_ok=True)
-    root = target.resolve()
-    free = free_bytes(root)
-    stats = RestoreStats()
-    dirs: list[Entry] = []
-    links: list[Entry] = []
-    destinations = _Destinations(root)
-    dest = root
+    run = _TreeRestore(target.resolve(), reader,
+                       ownership or Ownership(apply=os.geteuid() == 0), progress)
+    free = free_bytes(run.root)
     try:
         for entry in iter_entries(repo, snapshot):
-            dest = destinations.of(entry.path)
-            if entry.type == "dir":
-                _make_dir(dest, entry.path)
-                destinations.add_dir(entry.path)
-                dirs.append(entry)
-            elif entry.type == "file":
-                _restore_file(reader, entry, dest, root, ownership)
-                stats.files += 1
-                stats.bytes += entry.size
-                if progress:
-                    progress("restore", entry.size)
-            elif entry.type == "symlink":
-                links.append(entry)
-            else:
-                stats.skipped.append(entry.path)
-        for link in links:
-            dest = safe_destination(root, link.path)
-            _restore_symlink(link, dest, root, ownership)
-            stats.symlinks += 1
-        for entry in reversed(dirs):  # deepest first, so setting an mtime sticks
-            dest = safe_destination(root, entry.path)
-            _make_dir(dest, entry.path)  # still a real directory, not a symlink swapped in
-            _apply_metadata(dest, entry, ownership)
-            stats.dirs += 1
+            run.add(entry)
+        run.finish()
     except OSError as exc:
         if exc.errno not in _NO_SPACE:
             raise
-        needed = (snapshot.get("summary") or {}).get("bytes")
-        raise NoSpaceError(dest, target, needed if isinstance(needed, int) else None,
-                           free) from None
-    stats.packs_fetched = reader.packs_fetched
-    return stats
+        raise NoSpaceError(run.dest, target, snapshot.summary.bytes, free) from None
+    run.stats.packs_fetched = reader.packs_fetched
+    return run.stats
+
+
+class _TreeRestore:
+    """One restore's state: files are written as their entries come; symlinks, then the
+    directories' metadata (deepest first, so an mtime sticks) once every file is in."""
+
+    def __init__(self, root: Path, reader: BlobReader, ownership: Ownership,
+                 progress: Progress | None) -> None:
+        self.root = root
+        self.dest = root  # the path being written: named when the disk fills up
+        self.stats = RestoreStats()
+        self._reader = reader
+        self._ownership = ownership
+        self._progress = progress
+        self._dirs: list[Entry] = []
+        self._links: list[Entry] = []
+        self._destinations = _Destinations(root)
+
+    def add(self, entry: Entry) -> None:
+        self.dest = self._destinations.of(entry.path)
+        if entry.type == "dir":
+            _make_dir(self.dest, entry.path)
+            self._destinations.add_dir(entry.path)
+            self._dirs.append(entry)
+        elif entry.type == "file":
+            _restore_file(self._reader, entry, self.dest, self.root, self._ownership)
+            self.stats.files += 1
+            self.stats.bytes += entry.size
+            if self._progress:
+                self._progress("restore", entry.size)
+        elif entry.type == "symlink":
+            self._links.append(entry)
+        else:
+            self.stats.skipped.append(entry.path)
+
+    def finish(self) -> None:
+        for link in self._links:
+            self.dest = safe_destination(self.root, link.path)
+            _restore_symlink(link, self.dest, self.root, self._ownership)
+            self.stats.symlinks += 1
+        for entry in reversed(self._dirs):
+            self.dest = safe_destination(self.root, entry.path)
+            _make_dir(self.dest, entry.path)  # still a real directory, not a symlink swapped in
+            _apply_metadata(self.dest, entry, self._ownership)
+            self.stats.dirs += 1
 
 
 def free_bytes(path: Path) -> int:

@@ -15,13 +15,13 @@ import stat as statmod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from wicked_dr.engine.background import Background
 from wicked_dr.engine.scan_pool import ScanPool
 from wicked_dr.engine.scan_worker import RunItem
 from wicked_dr.engine.tree_scan import scan_tree
 from wicked_dr.log import get_logger
+from wicked_dr.progress import Progress
 from wicked_dr.repository.crypto import sha256_hex
 from wicked_dr.repository.entry_lines import stat_key, stat_line
 from wicked_dr.repository.index import IndexCache, index_document
@@ -30,12 +30,11 @@ from wicked_dr.repository.manifest import TREE_CHUNK_ENTRIES, Entry, encode_entr
 from wicked_dr.repository.packs import PackBuilder, PackRecord
 from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.segments import Segment
+from wicked_dr.repository.snapshot import Snapshot, StreamRef
 from wicked_dr.repository.statcache import RACY_WINDOW_NS, StatCacheReader, StatCacheWriter
-from wicked_dr.sources.base import StreamRecord
 
 log = get_logger(__name__)
 INDEX_BLOBS_PER_OBJECT = 20_000
-Progress = Callable[[str, int], None]
 
 
 @dataclass
@@ -77,7 +76,6 @@ class SnapshotWriter:
         self._tree_lines: list[str] = []  # manifest text of the open tree object
         self._tree_count = 0  # its entries
         self._trees: list[str] = []
-        self._streams: dict[str, dict[str, Any]] = {}
         self._previous = previous
         self._known_trees = set(known_trees)
         # Started now, before a source takes wicked's lock: start-up is not lock time.
@@ -154,12 +152,14 @@ class SnapshotWriter:
     # --- the sink side: a file tree ---------------------------------------------------------
 
     def add_tree(self, root: Path, exclude: Callable[[str], object],
-                 settle: Callable[[str, list[str]], bool] | None = None) -> None:
-        """Scan the tree under ``root`` into this snapshot (see tree_scan.py)."""
+                 settle: Callable[[str, list[str]], bool] | None = None) -> int:
+        """Scan the tree under ``root`` into this snapshot (see tree_scan.py); the number of
+        files it holds (a snapshot has one file tree)."""
         racy_from = (self._previous.scan_start_ns - RACY_WINDOW_NS
                      if self._previous is not None else 0)
         scan_tree(str(root), self, self._pool, exclude=exclude, settle=settle,
                   racy_from_ns=racy_from)
+        return self.stats.files
 
     def enter_dir(self, rel_dir: str) -> None:
         """A directory's block starts: position both stat caches."""
@@ -211,12 +211,12 @@ class SnapshotWriter:
         log.warning("file skipped", path=rel, error=error)
         self.stats.errors.append({"path": rel, "error": error})
 
-    def add_stream(self, name: str, chunks: Iterable[bytes]) -> StreamRecord:
-        """Store a named byte stream (e.g. Kong's tokens) in this snapshot."""
+    def add_stream(self, name: str, chunks: Iterable[bytes]) -> StreamRef:
+        """Store a named byte stream (e.g. Kong's tokens) in this snapshot; the caller records
+        the reference in its source's record."""
         sha, blobs, size = self.store(chunks)
-        record = StreamRecord(name, size, sha, blobs)
-        self._streams[name] = {"size": size, "sha256": sha, "blobs": list(blobs)}
-        return record
+        log.debug("stream stored", stream=name, size=size, blobs=len(blobs))
+        return StreamRef(size, sha, blobs)
 
     def _add_lines(self, text: str, entries: int) -> None:
         """Append manifest lines; a tree is cut after exactly TREE_CHUNK_ENTRIES entries, so
@@ -259,7 +259,12 @@ class SnapshotWriter:
         self._stage_tree()
         self._background.wait()
 
-    def commit(self, snapshot: dict[str, Any], progress: Progress | None = None) -> None:
+    @property
+    def trees(self) -> tuple[str, ...]:
+        """The file tree's manifest objects, in order (complete once ``seal`` returned)."""
+        return tuple(self._trees)
+
+    def commit(self, snapshot: Snapshot, progress: Progress | None = None) -> None:
         """Upload packs, then indexes, then trees, then the snapshot object last."""
         backend = self.repo.backend
         for path in self._staged_packs:
@@ -275,8 +280,7 @@ class SnapshotWriter:
             backend.put_file(object_name("tree", tree_id), path)
             self._count_upload(progress, path)
         backend.sync()  # everything the snapshot references is durable before it exists
-        snapshot = {**snapshot, "trees": self._trees, "streams": self._streams}
-        self.repo.save_json("snapshot", self.snapshot_id, snapshot)
+        self.repo.save_json("snapshot", self.snapshot_id, snapshot.to_json())
         backend.sync()
         self.stats.objects_written += 1
         self._cache.commit_run()  # the index objects are stored: the cache may trust them

@@ -98,9 +98,10 @@ class IndexCache:
         self._empty = self._no_blobs()
 
     @classmethod
-    def for_repository(cls, repo: Repository, state_dir: Path) -> IndexCache:
-        """The cache of ``repo``, brought up to date with its index objects."""
-        cache = cls(state_dir / "cache" / repo.repo_id / "index.sqlite")
+    def for_repository(cls, repo: Repository, path: Path) -> IndexCache:
+        """The cache of ``repo`` in the SQLite file ``path``, brought up to date with its index
+        objects."""
+        cache = cls(path)
         cache.sync(repo)
         return cache
 

@@ -17,6 +17,7 @@ from typing import Any
 from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.repository.entry_lines import dir_line, file_line, symlink_line
 from wicked_dr.repository.repo import Repository
+from wicked_dr.repository.snapshot import Snapshot
 
 TREE_CHUNK_ENTRIES = 16384  # ~4 MiB of plaintext: few PUTs per backup, bounded memory
 # What an entry's numbers may be (docs/format.md section 7): a snapshot is data from a store
@@ -164,11 +165,12 @@ def decode_tree(tree_id: str, plaintext: bytes, snapshot_id: str | None = None) 
         raise IntegrityError(f"{where} is malformed") from None
 
 
-def iter_entries(repo: Repository, snapshot: dict[str, Any]) -> Iterator[Entry]:
-    """Every entry of a snapshot, in manifest order, one tree object in memory at a time. A
-    tree object the snapshot names but the repository lacks is damage: IntegrityError."""
-    snapshot_id = str(snapshot.get("id"))
-    for tree_id in snapshot.get("trees", []):
+def iter_entries(repo: Repository, snapshot: Snapshot) -> Iterator[Entry]:
+    """Every entry of a snapshot's file tree, in manifest order, one tree object in memory at
+    a time. A tree object the snapshot names but the repository lacks is damage:
+    IntegrityError."""
+    snapshot_id = snapshot.id
+    for tree_id in snapshot.trees:
         try:
             plaintext = repo.load("tree", tree_id)
         except NotFoundError:

@@ -1,42 +1,34 @@
-"""The data source contract: what the backup engine asks of the volume and the Kong database.
+"""The data source contract: a source is the one place that knows its data, both ways.
 
-A source writes its data into a snapshot through a ``SnapshotSink`` and returns metadata the
-engine records under ``snapshot.sources[<name>]``. Adding a source never touches the actions.
+A source backs its data up into a snapshot (``backup``) and brings it back out of one
+(``restore_to_dir``; the live restore's phases come with the incident command). It never
+imports the engine: it gets what it needs through the small protocols below, which the engine
+implements (``SnapshotSink``/``TreeSink`` for writing, ``SnapshotReader``/``TreeReader`` for
+reading). The actions never name a concrete source: they loop over the registry
+(``sources/__init__.py``), so a new source is one module plus one registry line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from wicked_dr.progress import Progress
+from wicked_dr.repository.snapshot import Snapshot, SourceRecord, StreamRef
+
+SourceKind = Literal["tree", "stream"]
 
 
-@dataclass(frozen=True)
-class StreamRecord:
-    """Where a stream landed in the snapshot: its blobs, size and SHA-256."""
-
-    name: str
-    size: int
-    sha256: str
-    blobs: tuple[str, ...]
+# --- what the engine lends a source ---------------------------------------------------------
 
 
 class SnapshotSink(Protocol):
     """The engine side a source writes into."""
 
-    def add_stream(self, name: str, chunks: Iterable[bytes]) -> StreamRecord:
+    def add_stream(self, name: str, chunks: Iterable[bytes]) -> StreamRef:
         """Store a byte stream (content-addressed, packed, encrypted) under ``name``."""
-        ...
-
-
-class Source(Protocol):
-    """A data source that can contribute to a snapshot."""
-
-    name: str
-
-    def backup(self, sink: SnapshotSink) -> dict[str, Any]:
-        """Write this source's data into ``sink``; return JSON-able metadata for the manifest."""
         ...
 
 
@@ -44,12 +36,116 @@ class TreeSink(SnapshotSink, Protocol):
     """The engine side a file-tree source writes into."""
 
     def add_tree(self, root: Path, exclude: Callable[[str], object],
-                 settle: Callable[[str, list[str]], bool] | None = None) -> None:
-        """Snapshot every entry under ``root`` except names ``exclude`` refuses.
+                 settle: Callable[[str, list[str]], bool] | None = None) -> int:
+        """Snapshot every entry under ``root`` except names ``exclude`` refuses; return how
+        many files the tree holds.
 
         The engine scans (in parallel, skipping unchanged files); the source decides what to
         read and holds whatever makes the tree consistent (wicked's lock) around the call.
         ``settle(directory, names)`` sees each directory's full listing before any of its
         files is read, may wait there, and returns True when the directory must be listed
         again (files changed while it waited)."""
+        ...
+
+
+class SnapshotReader(Protocol):
+    """The engine side a source reads a snapshot back from."""
+
+    def stream(self, ref: StreamRef) -> Iterator[bytes]:
+        """A stream's bytes, in order, each blob verified; the whole stream is checked
+        against its SHA-256 when it ends (IntegrityError)."""
+        ...
+
+
+class TreeReader(SnapshotReader, Protocol):
+    """The engine side a file-tree source restores from."""
+
+    def restore_tree(self, trees: tuple[str, ...], target: Path) -> dict[str, int]:
+        """Write the file tree ``trees`` under ``target``, every file verified against its
+        hash; counts of what was written (files, dirs, symlinks, bytes, packs_fetched)."""
+        ...
+
+
+# --- what passes between an action and a source ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupContext:
+    """What a backup tells every source."""
+
+    force: bool = False
+    lock_wait_s: float = 0.0
+    previous: Snapshot | None = None  # the newest snapshot before this one
+    progress: Progress | None = None
+
+
+@dataclass(frozen=True)
+class SourceBackup:
+    """What a source's backup returns: JSON-able metadata for the snapshot, its stream (a
+    stream source), and how long the portal was held still for it."""
+
+    metadata: dict[str, Any]
+    stream: StreamRef | None = None
+    lock_window_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class DirRestore:
+    """What a source's restore into a directory returns."""
+
+    source: str
+    written: Mapping[str, int] = field(default_factory=dict)
+    path: str = ""
+
+
+class Source(Protocol):
+    """A data source: the one place that knows its data, in every direction."""
+
+    name: str
+    # "tree": a file tree (restore --target writes it into the directory by default);
+    # "stream": anything else (written into the directory only when asked by name).
+    kind: SourceKind
+
+    @property
+    def configured(self) -> bool:
+        """Whether backups include this source (e.g. a database whose DSN is set)."""
+        ...
+
+    def check_ready(self, *, force: bool) -> None:
+        """Refuse, before any repository is touched, data that must not be snapshotted
+        (RefusedError) or that is not there (SourceError)."""
+        ...
+
+    def backup(self, sink: TreeSink, context: BackupContext) -> SourceBackup:
+        """Write this source's data into ``sink``."""
+        ...
+
+    def restore_to_dir(self, reader: TreeReader, record: SourceRecord,
+                       target: Path) -> DirRestore:
+        """Bring this source's data in ``record`` back as files under ``target``, touching
+        nothing live."""
+        ...
+
+
+class LiveReport(Protocol):
+    """What a live restore step reports."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether every item the snapshot holds is in place (or rightly skipped)."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-able data."""
+        ...
+
+
+@runtime_checkable
+class AfterRebuildSource(Source, Protocol):
+    """A source whose data goes back into the running portal after the Kong Adapter rebuilt
+    Kong (the OAuth2 tokens: they hang off the credentials the rebuild makes)."""
+
+    def restore_live(self, reader: SnapshotReader, record: SourceRecord, *,
+                     dry_run: bool) -> LiveReport:
+        """Put the data in ``record`` back into the live system (a dry run rolls back)."""
         ...

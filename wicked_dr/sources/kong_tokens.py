@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -34,7 +35,16 @@ from psycopg.rows import TupleRow
 from wicked_dr.config import KongTokensConfig
 from wicked_dr.errors import DatabaseError, IntegrityError, SourceError
 from wicked_dr.log import REDACTOR, get_logger
-from wicked_dr.sources.base import SnapshotSink
+from wicked_dr.repository.snapshot import SourceRecord, StreamRef
+from wicked_dr.sources.base import (
+    BackupContext,
+    DirRestore,
+    SnapshotReader,
+    SnapshotSink,
+    SourceBackup,
+    SourceKind,
+    TreeReader,
+)
 from wicked_dr.sources.kong_schema import (
     SAFE_TYPE,
     Column,
@@ -105,16 +115,54 @@ class Section:
 
 
 class KongTokensSource:
-    """The ``kong_tokens`` source: unexpired OAuth2 tokens plus what re-attaching needs."""
+    """The ``kong_tokens`` source: unexpired OAuth2 tokens plus what re-attaching needs.
+
+    Backed up as one stream; restored live into a Kong database the Kong Adapter rebuilt
+    (``restore_live``), or as the raw stream file into a directory."""
 
     name = STREAM_NAME
+    kind: SourceKind = "stream"
 
     def __init__(self, config: KongTokensConfig) -> None:
-        if config.dsn is None or not config.dsn.get_secret_value():
-            raise SourceError("kong_tokens.dsn is not set; token backup is off")
         self._config = config
 
-    def backup(self, sink: SnapshotSink) -> dict[str, Any]:
+    @property
+    def configured(self) -> bool:
+        """Token backup is on when Kong's database is configured."""
+        return self._config.dsn is not None and bool(self._config.dsn.get_secret_value())
+
+    def check_ready(self, *, force: bool) -> None:
+        """Nothing to check before the repository is opened: the export says what failed."""
+
+    def backup(self, sink: SnapshotSink, context: BackupContext) -> SourceBackup:
+        """Stream the tokens into ``sink``."""
+        if not self.configured:
+            raise SourceError("kong_tokens.dsn is not set; token backup is off")
+        metadata, stream = self._export(sink)
+        return SourceBackup(metadata, stream=stream)
+
+    def restore_to_dir(self, reader: TreeReader, record: SourceRecord,
+                       target: Path) -> DirRestore:
+        """The token stream as ``target/kong_tokens.stream`` (docs/format-kong-tokens.md
+        says how to load it by hand)."""
+        if record.stream is None:
+            raise IntegrityError(f"the {self.name} record holds no stream")
+        target.mkdir(parents=True, exist_ok=True)
+        path = target / f"{self.name}.stream"
+        with open(path, "xb") as out:
+            for chunk in reader.stream(record.stream):
+                out.write(chunk)
+        return DirRestore(self.name, {"bytes": record.stream.size}, str(path))
+
+    def restore_live(self, reader: SnapshotReader, record: SourceRecord, *,
+                     dry_run: bool) -> TokenRestoreReport:
+        """Re-attach the tokens to the credentials the Kong Adapter rebuilt."""
+        if record.stream is None:
+            raise IntegrityError(f"the {self.name} record holds no stream")
+        return restore_tokens(self._config, reader.stream(record.stream),
+                              metadata=dict(record.metadata), dry_run=dry_run)
+
+    def _export(self, sink: SnapshotSink) -> tuple[dict[str, Any], StreamRef]:
         """Stream the tokens into ``sink``; return generation, columns, counts, server time."""
         counter = _RowCounter()
         conn = _connect(self._config, _BACKUP_APP, "export tokens from")
@@ -142,7 +190,7 @@ class KongTokensSource:
         return {
             "format": FORMAT,
             "version": VERSION,
-            "stream": record.name,
+            "stream": STREAM_NAME,
             "size": record.size,
             "sha256": record.sha256,
             "generation": schema.generation,
@@ -151,7 +199,7 @@ class KongTokensSource:
             "exported": exported,
             "skipped_expired": expired,
             "server_time": server_time.isoformat(),
-        }
+        }, record
 
 
 @dataclass

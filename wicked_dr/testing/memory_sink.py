@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from wicked_dr.sources.base import StreamRecord
+from wicked_dr.repository.snapshot import StreamRef
 
 
 @dataclass
@@ -21,10 +21,10 @@ class MemorySink:
 
     on_chunk: Callable[[str, int], None] | None = None
     streams: dict[str, list[bytes]] = field(default_factory=dict)
-    records: dict[str, StreamRecord] = field(default_factory=dict)
+    records: dict[str, StreamRef] = field(default_factory=dict)
     largest_chunk: int = 0
 
-    def add_stream(self, name: str, chunks: Iterable[bytes]) -> StreamRecord:
+    def add_stream(self, name: str, chunks: Iterable[bytes]) -> StreamRef:
         """Consume ``chunks`` completely; return its size and SHA-256 like the engine does."""
         if name in self.streams:
             raise ValueError(f"stream {name!r} was already added to this snapshot")
@@ -41,7 +41,7 @@ class MemorySink:
                 self.on_chunk(name, index)
         self.streams[name] = kept
         sha = digest.hexdigest()
-        record = StreamRecord(name=name, size=size, sha256=sha, blobs=(sha,))
+        record = StreamRef(size=size, sha256=sha, blobs=(sha,))
         self.records[name] = record
         return record
 

@@ -1,0 +1,25 @@
+"""Fixtures every unit test module shares."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.minimal import minimal_volume_and_config
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No WICKED_DR_* variable of the calling shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("WICKED_DR_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> Path:
+    """A config file pointing at a minimal wicked volume and a local repository in tmp_path
+    (a module may define its own ``setup``)."""
+    return minimal_volume_and_config(tmp_path)

@@ -1,0 +1,51 @@
+"""What a source reads a snapshot back through (``sources.base.TreeReader``): streams whose
+every blob and whole SHA-256 are verified, and the file tree restored into a directory."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+from wicked_dr.engine.blobs import BlobReader
+from wicked_dr.engine.restore import restore_tree
+from wicked_dr.errors import IntegrityError
+from wicked_dr.progress import Progress
+from wicked_dr.repository.index import IndexCache
+from wicked_dr.repository.repo import Repository
+from wicked_dr.repository.snapshot import Snapshot, StreamRef
+
+
+class SnapshotReader:
+    """One snapshot's data, read from its repository."""
+
+    def __init__(self, repo: Repository, index: IndexCache, snapshot: Snapshot, *,
+                 progress: Progress | None = None) -> None:
+        self._repo = repo
+        self._snapshot = snapshot
+        self._progress = progress
+        self.blobs = BlobReader(repo, index, snapshot_id=snapshot.id)
+
+    def stream(self, ref: StreamRef) -> Iterator[bytes]:
+        """The stream's bytes; IntegrityError at the end when they are not the stream."""
+        digest = hashlib.sha256()
+        size = 0
+        for blob_id in ref.blobs:
+            data = self.blobs.get(blob_id)
+            digest.update(data)
+            size += len(data)
+            yield data
+        if size != ref.size or digest.hexdigest() != ref.sha256:
+            raise IntegrityError(f"snapshot {self._snapshot.id}: a stream of {ref.size} bytes "
+                                 f"read back as {size} bytes with another SHA-256")
+
+    def restore_tree(self, trees: tuple[str, ...], target: Path) -> dict[str, int]:
+        """The snapshot's file tree under ``target`` (``trees`` must be the snapshot's)."""
+        if trees != self._snapshot.trees:
+            raise ValueError("a snapshot reader restores its own snapshot's file tree")
+        stats = restore_tree(self._repo, self.blobs, self._snapshot, target,
+                             progress=self._progress)
+        counts = asdict(stats)
+        counts.pop("skipped")
+        return counts
