@@ -1,15 +1,17 @@
 """Progress reporting, injected into long work: a bar on a TTY, nothing otherwise.
 
 Domain code never prints; it calls ``progress(kind, amount)`` when it was given a reporter.
+``Progress`` is defined here once; the module imports no other wicked_dr module and rich only
+when a bar is drawn, so every layer (engine, actions, cli) can import it cheaply.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from wicked_dr.actions.common import Progress
+Progress = Callable[[str, int], None]
 
 
 @contextlib.contextmanager

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from wicked_dr.backends import open_backend
 from wicked_dr.config import Config
 from wicked_dr.errors import NotFoundError, RefusedError
+from wicked_dr.progress import Progress
 from wicked_dr.repository.crypto import Key, load_key
 from wicked_dr.repository.index import IndexCache
 from wicked_dr.repository.repo import Repository
-
-Progress = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ problem: every problem found is collected and reported."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,11 @@ from typing import Any
 from wicked_dr.engine.blobs import load_pack
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.errors import IntegrityError, NotFoundError
+from wicked_dr.progress import Progress
 from wicked_dr.repository.index import read_index
 from wicked_dr.repository.manifest import iter_entries
 from wicked_dr.repository.packs import PackRecord
 from wicked_dr.repository.repo import Repository
-
-Progress = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)

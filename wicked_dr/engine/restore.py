@@ -14,17 +14,16 @@ import errno
 import hashlib
 import os
 import stat as statmod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.errors import IntegrityError, OperationError, RefusedError
+from wicked_dr.progress import Progress
 from wicked_dr.repository.manifest import Entry, iter_entries
 from wicked_dr.repository.repo import Repository
 
-Progress = Callable[[str, int], None]
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -22,6 +22,7 @@ from wicked_dr.engine.scan_pool import ScanPool
 from wicked_dr.engine.scan_worker import RunItem
 from wicked_dr.engine.tree_scan import scan_tree
 from wicked_dr.log import get_logger
+from wicked_dr.progress import Progress
 from wicked_dr.repository.crypto import sha256_hex
 from wicked_dr.repository.entry_lines import stat_key, stat_line
 from wicked_dr.repository.index import IndexCache, index_document
@@ -35,7 +36,6 @@ from wicked_dr.sources.base import StreamRecord
 
 log = get_logger(__name__)
 INDEX_BLOBS_PER_OBJECT = 20_000
-Progress = Callable[[str, int], None]
 
 
 @dataclass
