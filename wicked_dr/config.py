@@ -4,7 +4,14 @@ One YAML file, every key overridable by ``WICKED_DR_<SECTION>__<KEY>`` (top-leve
 ``WICKED_DR_<KEY>``); keys marked *secret* can also come from ``..._FILE`` (Docker secrets).
 Unknown keys are errors, because a typo must never silently disable a backup; so are
 duplicate keys (a second block would silently replace the first) and numbers outside their
-range.
+range. A problem names where its value came from: ``config.yaml: at 'a.b': ...`` for the
+file, ``env WICKED_DR_A__B: at 'a.b': ...`` for a variable.
+
+The environment overlay is our own, not pydantic-settings: its environment source ignores
+unknown names, decodes lists as JSON, hands our strict number fields strings, reads secrets
+from a directory rather than ``<VAR>_FILE`` and cannot name the variable behind a problem.
+A prototype overriding all that (with its private ``_load_env_vars`` and ``_build_sources``)
+replaced only the five lines that put a value under its section and came out 48 lines longer.
 """
 
 from __future__ import annotations
@@ -323,11 +330,11 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None,
     if not isinstance(raw, dict):
         problems.append(f"{label}: the top level must be a mapping of sections")
         raise ConfigError(problems)
-    _apply_env_overrides(raw, environ, problems)
+    from_env = _apply_env_overrides(raw, environ, problems)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_describe(label, exc))
+        problems.extend(_describe(label, exc, from_env))
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
@@ -388,7 +395,9 @@ def _read_yaml(path: Path, problems: list[str], *, required: bool) -> Any:
 
 
 def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str],
-                         problems: list[str]) -> None:
+                         problems: list[str]) -> dict[tuple[str, ...], str]:
+    """Set each variable's key in ``raw``; returns which variable set which key."""
+    from_env: dict[tuple[str, ...], str] = {}
     for name, value in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
             continue
@@ -402,6 +411,8 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str],
             problems.append(f"env {name}: section {section!r} in the file is not a mapping")
             continue
         target[key] = parsed
+        from_env[(section, key) if section else (key,)] = name
+    return from_env
 
 
 def _parse_env(name: str, value: str) -> tuple[str | None, str, Any]:
@@ -453,13 +464,16 @@ def _read_secret_file(path: str) -> str:
         raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
 
 
-def _describe(label: str, exc: ValidationError) -> list[str]:
-    """One line per problem: ``config.yaml: at 'a.b': what is wrong``."""
+def _describe(label: str, exc: ValidationError,
+              from_env: Mapping[tuple[str, ...], str]) -> list[str]:
+    """One line per problem: ``config.yaml: at 'a.b': what is wrong``, or ``env VARIABLE:
+    at 'a.b': ...`` when the value came from the environment (the file's was replaced)."""
     lines = []
     for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"])
-        message = _message(error)
-        lines.append(f"{label}: at '{where}': {message}")
+        loc = tuple(str(part) for part in error["loc"])
+        variable = from_env.get(loc[:2]) or from_env.get(loc[:1])
+        source = f"env {variable}" if variable else label
+        lines.append(f"{source}: at '{'.'.join(loc)}': {_message(error)}")
     return lines
 
 

@@ -9,25 +9,10 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
-
-def _import_structlog_without_rich() -> Any:
-    """structlog imports rich eagerly when it is installed, only to draw fancy tracebacks:
-    about 60 ms of every command's start-up, a tenth of an incremental backup. Our
-    tracebacks are one-line errors at the CLI edge (``-v`` prints a plain one), so rich is
-    hidden while structlog loads; the progress bars import it later, when they are drawn."""
-    saved = sys.modules.get("rich")
-    sys.modules["rich"] = None  # type: ignore[assignment]  # makes "import rich" fail
-    try:
-        import structlog
-    finally:
-        if saved is None:
-            del sys.modules["rich"]
-        else:
-            sys.modules["rich"] = saved
-    return structlog
-
+import structlog
+from structlog.typing import Processor
 
 REDACTED = "***"
 # Passwords inside URLs/DSNs (scheme://user:password@host) and key=value DSN passwords.
@@ -104,72 +89,31 @@ class _CurrentStderr:
         return sys.stderr.isatty()
 
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
-           "critical": logging.CRITICAL}
-
-
-class _Settings:
-    """What ``configure`` asked for. structlog itself (another 50 ms of start-up) is imported
-    and configured when the first event passes the level: a quiet command never loads it."""
-
-    level = logging.NOTSET
-    pending: dict[str, Any] | None = None  # the arguments of structlog.configure, not applied
-    structlog: Any = None
-
-
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Set up structlog once per process; ``fmt`` is auto, json or console."""
-    _Settings.level = logging.getLevelNamesMapping()[level.upper()]
-    _Settings.pending = {"fmt": fmt, "stream": stream or _CurrentStderr()}
+    """Set up structlog for the process; ``fmt`` is auto (console on a TTY), json or console.
 
-
-def _structlog() -> Any:
-    """structlog, imported and configured as ``configure`` last asked."""
-    if _Settings.structlog is None:
-        _Settings.structlog = _import_structlog_without_rich()
-    if _Settings.pending is not None:
-        pending, _Settings.pending = _Settings.pending, None
-        _apply(_Settings.structlog, _Settings.level, **pending)
-    return _Settings.structlog
-
-
-def _apply(structlog: Any, level: int, fmt: str, stream: TextIO) -> None:
-    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
-    renderer: Any = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if use_console
-                     else structlog.processors.JSONRenderer(sort_keys=False))
+    Loggers made before (``get_logger`` at module import) follow: none is cached."""
+    out = stream or cast(TextIO, _CurrentStderr())
+    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+    renderer: Processor = (structlog.dev.ConsoleRenderer(colors=out.isatty()) if use_console
+                           else structlog.processors.JSONRenderer(sort_keys=False))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # Tracebacks become plain text here, redacted by the next step like every value.
             structlog.processors.format_exc_info,
             REDACTOR,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
 
 
-def _drop(*_args: Any, **_kwargs: Any) -> None:
-    """An event below the configured level."""
-
-
-class _Logger:
-    """A module's logger: a structlog bound logger, made on the first event that is not
-    filtered out by level."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, method: str) -> Any:
-        if _LEVELS.get(method, logging.CRITICAL) < _Settings.level:
-            return _drop
-        return getattr(_structlog().get_logger(module=self._name), method)
-
-
 def get_logger(name: str) -> Any:
-    """A bound structlog logger tagged with the module name."""
-    return _Logger(name)
+    """A structlog logger tagged with the module name."""
+    return structlog.get_logger(module=name)

@@ -1,6 +1,8 @@
 """Progress reporting, injected into long work: a bar on a TTY, nothing otherwise.
 
 Domain code never prints; it calls ``progress(kind, amount)`` when it was given a reporter.
+``Progress`` is defined here once; the module imports no other wicked_dr module and rich only
+when a bar is drawn, so every layer (engine, actions, cli) can import it cheaply.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 
-# ``progress(kind, amount)``: e.g. ("upload", bytes). The one definition, for every layer.
 Progress = Callable[[str, int], None]
 
 

@@ -43,15 +43,27 @@ def _restore_with_restarts(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_SNAPSHOT_COLUMNS = ("ID", "TIME (UTC)", "FILES", "SIZE", "VERIFIED", "SOURCES")
+_RIGHT_ALIGNED = {"FILES", "SIZE"}
+
+
 def _snapshots(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no snapshots"
-    header = f"{'ID':<26} {'TIME (UTC)':<26} {'FILES':>8} {'SIZE':>10}  VERIFIED  SOURCES"
-    lines = [header]
-    for r in rows:
-        lines.append(f"{r['id']:<26} {r['time']:<26} {r['files']:>8} {_size(r['bytes']):>10}"
-                     f"  {'yes' if r['verified'] else 'no':<8}  "
-                     f"{','.join(r['sources'])}")
+    cells = [[str(r["id"]), str(r["time"]), str(r["files"]), _size(r["bytes"]),
+              "yes" if r["verified"] else "no", ",".join(r["sources"])]
+             for r in rows]
+    return _table(_SNAPSHOT_COLUMNS, cells)
+
+
+def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    """Columns as wide as their widest cell (ids grow with their format), two spaces apart."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = []
+    for row in [list(header), *rows]:
+        cells = [cell.rjust(width) if name in _RIGHT_ALIGNED else cell.ljust(width)
+                 for name, cell, width in zip(header, row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 

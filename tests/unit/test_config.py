@@ -405,9 +405,10 @@ def test_env_number_for_strict_field_is_typed_and_bounded(tmp_path: Path) -> Non
     problems = _problems(path, {"WICKED_DR_REPOSITORY__PACK_SIZE_MIB": "true",
                                 "WICKED_DR_RETENTION__KEEP_DAILY": "-3"})
     assert sorted(problems) == [
-        "config.yaml: at 'repository.pack_size_mib': Input should be a valid integer "
-        "(got True)",
-        "config.yaml: at 'retention.keep_daily': must be between 0 and 10000 (got -3)"]
+        "env WICKED_DR_REPOSITORY__PACK_SIZE_MIB: at 'repository.pack_size_mib': "
+        "Input should be a valid integer (got True)",
+        "env WICKED_DR_RETENTION__KEEP_DAILY: at 'retention.keep_daily': "
+        "must be between 0 and 10000 (got -3)"]
 
 
 def test_example_documents_the_range_of_each_number() -> None:
@@ -542,6 +543,44 @@ def test_env_and_file_problems_are_reported_together(tmp_path: Path) -> None:
     """File mistakes and environment mistakes come in one report."""
     problems = _problems(_write(tmp_path, THREE_MISTAKES), {"WICKED_DR_NOPE__X": "1"})
     assert len(problems) == 4
+
+
+def test_env_problem_names_the_variable_not_the_file(tmp_path: Path) -> None:
+    """A bad value from the environment is reported against its variable, not config.yaml."""
+    problems = _problems(_write(tmp_path, ""), {"WICKED_DR_REPOSITORY__PACK_SIZE_MIB": "0"})
+    assert problems == ["env WICKED_DR_REPOSITORY__PACK_SIZE_MIB: at 'repository.pack_size_mib': "
+                        "must be between 1 and 128 (got 0)"]
+
+
+def test_env_and_file_problems_in_one_section_each_name_their_source(tmp_path: Path) -> None:
+    """In one section, the file's mistake names the file and the variable's names the variable;
+    a file value the environment replaces is not reported."""
+    path = _write(tmp_path, "repository:\n  pack_size_mib: 0\n  lock_expiry_s: 1\n")
+    problems = _problems(path, {"WICKED_DR_REPOSITORY__URL": "relative/dir",
+                                "WICKED_DR_REPOSITORY__LOCK_EXPIRY_S": "60"})
+    assert sorted(problems) == [
+        "config.yaml: at 'repository.pack_size_mib': must be between 1 and 128 (got 0)",
+        "env WICKED_DR_REPOSITORY__URL: at 'repository.url': expected an absolute path, "
+        "file:///path or s3://bucket/prefix, got 'relative/dir'"]
+
+
+def test_env_problem_inside_a_list_names_the_variable(tmp_path: Path) -> None:
+    """A bad item of a list set from the environment names the variable too."""
+    problems = _problems(_write(tmp_path, ""),
+                         {"WICKED_DR_RESTORE__EMPTY_WEBHOOK_QUEUES": "[mailer, 7]"})
+    assert problems == ["env WICKED_DR_RESTORE__EMPTY_WEBHOOK_QUEUES: at "
+                        "'restore.empty_webhook_queues.1': Input should be a valid string"]
+
+
+def test_validate_command_env_problem_names_the_variable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`config validate` prints the variable's name for a problem the environment caused."""
+    monkeypatch.setenv("WICKED_DR_RETENTION__KEEP_DAILY", "-3")
+    assert main(["--config", str(_write(tmp_path, "")), "config", "validate"]) == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        f"{ERROR_PREFIX}env WICKED_DR_RETENTION__KEEP_DAILY: at 'retention.keep_daily': "
+        "must be between 0 and 10000 (got -3)"]
 
 
 def test_env_config_path_variable_is_not_an_override(tmp_path: Path) -> None:

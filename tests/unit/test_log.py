@@ -184,6 +184,34 @@ def test_configure_auto_on_non_tty_writes_json_lines() -> None:
     assert "timestamp" in event
 
 
+class _Terminal(io.StringIO):
+    """A buffer that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_configure_auto_on_tty_writes_console_lines() -> None:
+    """auto picks the human console format, in colour, when the stream is a terminal."""
+    buffer = _Terminal()
+    log.configure("info", "auto", buffer)
+    log.get_logger("mod").info("hello", n=1)
+    text = buffer.getvalue()
+    assert "hello" in text
+    assert "\x1b[" in text
+    assert not text.lstrip().startswith("{")
+
+
+def test_configure_default_stream_is_the_current_stderr(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a stream, events go to whatever sys.stderr is when they are written."""
+    log.configure("info", "json")
+    log.get_logger("mod").info("to stderr")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert json.loads(err)["event"] == "to stderr"
+
+
 def test_configure_level_filters_lower_levels() -> None:
     """At level warning, info and debug events are dropped."""
     buffer = io.StringIO()

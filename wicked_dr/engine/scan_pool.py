@@ -7,6 +7,13 @@ feeder thread, in order: a job frame may exceed a pipe's buffer, and if this thr
 while the worker waited for us to read its previous answer, both would wait forever. With
 ``workers=0`` the jobs run in this process: the same code, no processes (tests, hosts with
 one CPU, or when worker processes cannot start).
+
+Not ``concurrent.futures.ProcessPoolExecutor``: its ``map`` (Python 3.11) submits every job
+at once and holds each answer until it is taken (peak memory 8-8.4 MiB against 4.6 MiB here,
+20 000 users, a consumer as slow as packing; the gap grows with the volume), and it forks the
+backup's multi-threaded process, or with forkserver took 3.9-4.7 s for a full scan against
+1.1-2.0 s here. Forking, it was as fast as this pool (1.5-2.2 s; medians of 3 in five runs of
+``bench/bench_mechanisms.py``, loaded 2-CPU machine): speed alone would not justify it.
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ The repository stores one ``index`` object per backup run (``{"packs": [PackReco
 Locally, ``IndexCache`` mirrors them in SQLite under ``state_dir`` so lookups cost no memory
 that grows with the repository (a million blobs would not fit the daemon's memory budget as a
 Python dict) and a daemon does not re-read every index object on every run.
+
+A pack's blob rows are not inserted with a plain ``executemany`` but made by SQLite from one
+parameter (``_INSERT_BLOBS``, a recursive CTE), because a backup inserts ~100 k rows on the
+metadata thread while the scan runs: for the 91 318 blobs of a 20 000-user volume it took
+0.10-0.19 s against 0.29-0.50 s, and 0.10-0.14 s of that thread's CPU against 0.25-0.35 s
+(``bench/bench_mechanisms.py``, medians of 3 in five runs on a loaded 2-CPU machine).
 """
 
 from __future__ import annotations
