@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wicked_dr.backends import open_backend
+from wicked_dr.cancel import CancelToken
 from wicked_dr.config import Config
 from wicked_dr.errors import NotFoundError, RefusedError
 from wicked_dr.repository.crypto import Key, load_key
@@ -18,10 +19,13 @@ Progress = Callable[[str, int], None]
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Options of the command line that every action may honour."""
+    """Options of the command line that every action may honour. ``cancel`` stops the
+    action at its next safe point (a signal at the CLI, the daemon stopping a job); by
+    default a token of its own that nobody cancels."""
 
     lock_wait_s: float = 0.0
     progress: Progress | None = None
+    cancel: CancelToken = field(default_factory=CancelToken)
 
 
 def configured_key(config: Config) -> Key | None:
