@@ -7,32 +7,36 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from wicked_dr.actions.common import index_cache, open_repository
+from wicked_dr.actions.common import RunOptions, index_cache, open_repository
+from wicked_dr.cancel import CancelToken
 from wicked_dr.config import Config
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.engine.catalog import resolve
 from wicked_dr.engine.export import ReaderClosedError, export_tar
 
 
-def run_export(config: Config, snapshot_ref: str, tar_path: str) -> dict[str, Any]:
+def run_export(config: Config, snapshot_ref: str, tar_path: str,
+               options: RunOptions | None = None) -> dict[str, Any]:
     """Write the snapshot as tar to ``tar_path`` ('-' is stdout); a file appears only whole."""
+    options = options or RunOptions()
     repo = open_repository(config)
     snapshot = resolve(repo, snapshot_ref)
     reader = BlobReader(repo, index_cache(repo, config), snapshot_id=snapshot["id"])
     if tar_path == "-":
-        entries = _export_to_stdout(repo, reader, snapshot)
+        entries = _export_to_stdout(repo, reader, snapshot, options.cancel)
     else:
-        entries = _export_to_file(repo, reader, snapshot, Path(tar_path))
+        entries = _export_to_file(repo, reader, snapshot, Path(tar_path), options.cancel)
     return {"snapshot": snapshot["id"], "entries": entries, "tar": tar_path}
 
 
-def _export_to_stdout(repo: Any, reader: BlobReader, snapshot: dict[str, Any]) -> int:
+def _export_to_stdout(repo: Any, reader: BlobReader, snapshot: dict[str, Any],
+                      cancel: CancelToken) -> int:
     """The tar on stdout, written unbuffered so that a reader closing the pipe (``| tar -t``
     stops after the end-of-archive blocks, ``| head`` anywhere) is told apart exactly."""
     sys.stdout.flush()
     with open(sys.stdout.fileno(), "wb", buffering=0, closefd=False) as out:
         try:
-            stats = export_tar(repo, reader, snapshot, out, out_name="stdout")
+            stats = export_tar(repo, reader, snapshot, out, out_name="stdout", cancel=cancel)
         except ReaderClosedError:
             _detach_stdout()
             raise
@@ -52,11 +56,11 @@ def _detach_stdout() -> None:
 
 
 def _export_to_file(repo: Any, reader: BlobReader, snapshot: dict[str, Any],
-                    path: Path) -> int:
+                    path: Path, cancel: CancelToken) -> int:
     tmp = path.with_name(f".{path.name}.partial")
     try:
         with open(tmp, "wb") as out:
-            entries = export_tar(repo, reader, snapshot, out).entries
+            entries = export_tar(repo, reader, snapshot, out, cancel=cancel).entries
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

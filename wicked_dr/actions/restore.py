@@ -31,7 +31,8 @@ def run_restore_to_dir(config: Config, snapshot_ref: str, target: Path, *, force
         report.update(files=summary.get("files", 0), bytes=summary.get("bytes", 0))
         return report
     reader = BlobReader(repo, index_cache(repo, config), snapshot_id=snapshot["id"])
-    stats = restore_tree(repo, reader, snapshot, target, progress=options.progress)
+    stats = restore_tree(repo, reader, snapshot, target, progress=options.progress,
+                         cancel=options.cancel)
     report.update(files=stats.files, dirs=stats.dirs, symlinks=stats.symlinks,
                   bytes=stats.bytes, packs_fetched=stats.packs_fetched,
                   duration_s=round(time.monotonic() - started, 3))

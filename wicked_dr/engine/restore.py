@@ -6,6 +6,12 @@ left under a real name. (A crash mid-file can leave that one file partial: resto
 empty directory and rerun.) Entries that would land outside the target (absolute paths,
 ``..``, a path through a symlink, a parent that is not a directory of the snapshot) are
 refused before anything is written for them.
+
+A cancelled restore stops between entries, never inside a file: every file under the target
+is whole and verified, but the tree is partial (files missing, directories without their
+final modes and mtimes). ``Interrupted`` says so and names the target; nothing is removed,
+because ``--force`` may have pointed the restore into a directory that held other data.
+Remove the target, or restore again into an empty directory.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.errors import IntegrityError, OperationError, RefusedError
 from wicked_dr.repository.manifest import Entry, iter_entries
@@ -69,8 +76,10 @@ def check_target(target: Path, *, force: bool) -> None:
 
 def restore_tree(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
                  target: Path, *, ownership: Ownership | None = None,
-                 progress: Progress | None = None) -> RestoreStats:
-    """Write every entry of ``snapshot`` under ``target``."""
+                 progress: Progress | None = None,
+                 cancel: CancelToken = NOT_CANCELLED) -> RestoreStats:
+    """Write every entry of ``snapshot`` under ``target``; once ``cancel`` is cancelled,
+    ``Interrupted`` before the next entry, the target left partial (see the module)."""
     ownership = ownership or Ownership(apply=os.geteuid() == 0)
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
@@ -80,8 +89,14 @@ def restore_tree(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
     links: list[Entry] = []
     destinations = _Destinations(root)
     dest = root
+
+    def safe_point() -> None:
+        if cancel.cancelled:  # the message only then: this runs once per entry
+            cancel.check(_partial_message(target, stats, snapshot))
+
     try:
         for entry in iter_entries(repo, snapshot):
+            safe_point()
             dest = destinations.of(entry.path)
             if entry.type == "dir":
                 _make_dir(dest, entry.path)
@@ -98,10 +113,12 @@ def restore_tree(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
             else:
                 stats.skipped.append(entry.path)
         for link in links:
+            safe_point()
             dest = safe_destination(root, link.path)
             _restore_symlink(link, dest, root, ownership)
             stats.symlinks += 1
         for entry in reversed(dirs):  # deepest first, so setting an mtime sticks
+            safe_point()
             dest = safe_destination(root, entry.path)
             _make_dir(dest, entry.path)  # still a real directory, not a symlink swapped in
             _apply_metadata(dest, entry, ownership)
@@ -114,6 +131,15 @@ def restore_tree(repo: Repository, reader: BlobReader, snapshot: dict[str, Any],
                            free) from None
     stats.packs_fetched = reader.packs_fetched
     return stats
+
+
+def _partial_message(target: Path, stats: RestoreStats, snapshot: dict[str, Any]) -> str:
+    """What an interrupted restore leaves: a partial tree under ``target``."""
+    total = (snapshot.get("summary") or {}).get("files")
+    of = f" of {total}" if isinstance(total, int) else ""
+    return (f"interrupted; the restore target {target} is partial ({stats.files}{of} files "
+            "written, each whole and verified; directory modes and times not all set): "
+            "remove it, or restore again into an empty directory")
 
 
 def free_bytes(path: Path) -> int:

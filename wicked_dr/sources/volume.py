@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.config import VolumeConfig
 from wicked_dr.errors import RefusedError, SourceError
 from wicked_dr.portal.quiesce import quiesced
@@ -49,11 +50,13 @@ class VolumeSource:
                 "intended; wicked 1.0 with Postgres storage keeps its data in the 'wicked' "
                 "database instead)")
 
-    def backup(self, sink: TreeSink, *, lock_wait_s: float = 0.0) -> dict[str, Any]:
+    def backup(self, sink: TreeSink, *, lock_wait_s: float = 0.0,
+               cancel: CancelToken = NOT_CANCELLED) -> dict[str, Any]:
         """Walk the volume into ``sink`` under the configured quiesce mode, waiting up to
-        ``lock_wait_s`` for somebody else's ``global.lock`` to go away."""
+        ``lock_wait_s`` for somebody else's ``global.lock`` to go away. ``cancel`` ends the
+        waits for wicked's locks (the sink's scan checks its own token, the same one)."""
         with quiesced(self.path, self.config.quiesce, self.config.quiesce_timeout_s,
-                      lock_wait_s=lock_wait_s) as report:
+                      lock_wait_s=lock_wait_s, cancel=cancel) as report:
             sink.add_tree(self.path, exclude=is_excluded, settle=report.settle)
         return {"path": str(self.path), "quiesce": report.mode,
                 "lock_window_s": report.window_s, "waited_for_writes": report.waited_for_locks,
