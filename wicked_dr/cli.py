@@ -2,6 +2,11 @@
 
 This is the only place that prints for humans and the only place that turns exceptions into
 exit codes (table in wicked_dr/errors.py and the README).
+
+SIGTERM and SIGINT cancel the command's token (``wicked_dr.cancel``): a command that takes
+the token stops at its next safe point and unwinds normally (exit 130, "interrupted"); one
+that does not (reading the config, listing snapshots), and any command at a second signal,
+is interrupted at once, as Ctrl-C always did.
 """
 
 from __future__ import annotations
@@ -10,14 +15,13 @@ import argparse
 import json
 import os
 import re
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from wicked_dr import __version__, log
+from wicked_dr.cancel import CancelToken, SignalBridge, cancel_on_signals
 from wicked_dr.config import (
     Config,
     example_yaml,
@@ -34,6 +38,10 @@ from wicked_dr.errors import (
     UsageError,
     WickedDRError,
 )
+
+if TYPE_CHECKING:
+    from wicked_dr.actions.common import RunOptions
+    from wicked_dr.progress import Progress
 
 DESCRIPTION = """\
 Backup and disaster recovery for the wicked.haufe.io API portal.
@@ -55,6 +63,10 @@ exit codes:
   7    restore failed and was rolled back (live state as before)
   8    restore failed and the rollback failed too: manual action needed
   130  interrupted
+
+signals:
+  SIGTERM/SIGINT stop backup, check, export and restore --target at their next safe point
+  (locks released, staging removed, no snapshot written); a second signal stops at once
 
 environment:
   WICKED_DR_CONFIG                 configuration file (default /etc/wicked-dr/config.yaml)
@@ -241,17 +253,26 @@ def _add_config_command(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wicked-dr`` console script."""
-    signal.signal(signal.SIGTERM, _raise_interrupted)
     json_output = "--json" in (argv if argv is not None else sys.argv[1:])
     log.configure("warning")  # until the config is loaded; structlog's default is stdout
     try:
+        with cancel_on_signals(CancelToken()) as signals:
+            return _run(argv, signals, json_output)
+    except Interrupted:  # a signal after the command ended, before the handlers were removed
+        return _fail("interrupted", ExitCode.INTERRUPTED, json_output)
+
+
+def _run(argv: Sequence[str] | None, signals: SignalBridge, json_output: bool) -> int:
+    """Parse and run one command; what it raises becomes one line and an exit code."""
+    try:
         args = build_parser().parse_args(argv)
+        args.signals = signals
         return _dispatch(args)
     except WickedDRError as exc:
         # A failure whose report is already on stdout adds no {"error"} object to it.
         return _fail(exc.one_line(), exc.exit_code,
                      json_output and not isinstance(exc, _AlreadyReported))
-    except (KeyboardInterrupt, Interrupted):
+    except KeyboardInterrupt:  # raised by something else: our handler raises Interrupted
         return _fail("interrupted", ExitCode.INTERRUPTED, json_output)
     except OSError as exc:
         # An I/O failure no layer translated (a path that is a file, a full disk): one line.
@@ -263,11 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.get_logger(__name__).debug("internal error", exc_info=exc)
         return _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with -v for the "
                      "traceback and report it", ExitCode.FAILED, json_output)
-
-
-def _raise_interrupted(_signum: int, _frame: FrameType | None) -> None:
-    # SIGTERM unwinds like Ctrl-C, so every finally (global.lock, staging) runs.
-    raise Interrupted()
 
 
 def _fail(message: str, code: int, json_output: bool) -> int:
@@ -341,11 +357,20 @@ def _human(command: str, result: Any) -> str:
 
 def _with_progress(args: argparse.Namespace, title: str,
                    run: Callable[[Any], Any]) -> Any:
-    from wicked_dr.actions.common import RunOptions
     from wicked_dr.progress import progress_reporter
 
     with progress_reporter(title, enabled=not args.json) as progress:
-        return run(RunOptions(lock_wait_s=args.lock_wait, progress=progress))
+        return run(_options(args, progress))
+
+
+def _options(args: argparse.Namespace, progress: Progress | None = None) -> RunOptions:
+    """The action's RunOptions, with the token the signals cancel: from here on a first
+    SIGTERM/SIGINT lets the action stop at its next safe point."""
+    from wicked_dr.actions.common import RunOptions
+
+    signals: SignalBridge = args.signals
+    signals.defer()
+    return RunOptions(lock_wait_s=args.lock_wait, progress=progress, cancel=signals.token)
 
 
 def _init(config: Config, args: argparse.Namespace) -> Any:
@@ -382,7 +407,7 @@ def _check(config: Config, args: argparse.Namespace) -> Any:
 def _export(config: Config, args: argparse.Namespace) -> Any:
     from wicked_dr.actions.export import run_export
 
-    result = run_export(config, args.snapshot, args.tar)
+    result = run_export(config, args.snapshot, args.tar, _options(args))
     if args.tar == "-":
         args.json = False
         return None

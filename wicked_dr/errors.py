@@ -20,11 +20,16 @@ exit code. Catch at the level you need::
     ├── RefusedError                  (6) a safety guard refused; nothing was changed
     ├── RolledBackError               (7) restore failed; live state is as before
     ├── RollbackFailedError           (8) restore failed and so did the rollback
-    └── NotImplementedYetError        (1) the command exists in the contract, not in the code
-    Interrupted                       (130) SIGINT at the CLI
+    ├── NotImplementedYetError        (1) the command exists in the contract, not in the code
+    └── Interrupted                   (130) stopped from outside (SIGTERM/SIGINT, a cancel)
 
 Retryable vs. permanent: ``error.retryable`` is True only for errors where repeating the
 same call may succeed (see ``RetryableBackendError``).
+
+``Interrupted`` is what a cancelled ``wicked_dr.cancel.CancelToken`` raises at a safe point.
+It hangs directly under the base, beside the failures and under none of them: nothing failed,
+and an ``except OperationError`` (or ``IntegrityError``) that records a problem and goes on
+must never swallow a request to stop.
 """
 
 from __future__ import annotations
@@ -153,7 +158,16 @@ class NotImplementedYetError(WickedDRError):
     exit_code = ExitCode.FAILED
 
 
-class Interrupted(Exception):
-    """The user interrupted the command (SIGINT)."""
+class Interrupted(WickedDRError):
+    """The work was stopped from outside (SIGTERM/SIGINT at the CLI, the daemon stopping a
+    job) at a safe point, and unwound normally: every ``finally`` ran (wicked's
+    ``global.lock`` and the repository lock released, staging removed).
+
+    The message is "interrupted", followed by what is left where that matters (a restore
+    target holds a partial tree); ``reason`` says who asked (e.g. "SIGTERM")."""
 
     exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self, message: str = "interrupted", *, reason: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message)

@@ -27,11 +27,12 @@ from tests.fixtures.repos import (
     repo_target,
 )
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
-from wicked_dr.errors import LockedError
+from wicked_dr.errors import Interrupted, LockedError
 from wicked_dr.holder import Holder, boot_id, current_holder
-from wicked_dr.repository.locks import acquire, list_locks
+from wicked_dr.repository.locks import RepositoryLock, acquire, list_locks
 from wicked_dr.repository.repo import Repository
 from wicked_dr.testing.sample_volume import generate
+from wicked_dr.testing.scripted_token import ScriptedToken
 
 pytestmark = pytest.mark.integration
 
@@ -159,6 +160,34 @@ def test_renewal_keeps_lock_past_its_expiry(repo: Repository) -> None:
     finally:
         lock.release()
     acquire(repo, exclusive=True, operation="prune", wait_s=0, expiry_s=30).release()
+
+
+def test_cancelled_lock_wait_ends_with_interrupted_holding_nothing(repo: Repository) -> None:
+    """An acquirer that may wait an hour for an exclusive holder is cancelled while waiting:
+    Interrupted (not LockedError, not the end of the hour), and no lock of its own is left."""
+    held = acquire(repo, exclusive=True, operation="prune", wait_s=0, expiry_s=30)
+    waiter = Repository.open(repo.backend, None)  # its own Sealer, like another process
+    token = ScriptedToken()
+    outcome: list[BaseException | RepositoryLock] = []
+
+    def wait_for_lock() -> None:
+        try:
+            outcome.append(acquire(waiter, exclusive=False, operation="backup", wait_s=3600,
+                                   expiry_s=30, cancel=token))
+        except BaseException as exc:  # the test looks at it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait_for_lock, daemon=True)
+    thread.start()
+    try:
+        assert token.waiting.wait(60)
+        token.cancel("test")
+        thread.join(60)
+        assert not thread.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], Interrupted), outcome
+        assert [lock.lock_id for lock in list_locks(repo)] == [held.info.lock_id]
+    finally:
+        held.release()
 
 
 def test_backup_cli_exclusive_lock_held_exit_4_after_lock_wait(tmp_path: Path) -> None:

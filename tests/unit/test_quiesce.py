@@ -8,13 +8,16 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from wicked_dr.errors import LockedError, OperationError
+from wicked_dr.cancel import CancelToken
+from wicked_dr.errors import Interrupted, LockedError, OperationError
 from wicked_dr.holder import Holder, boot_id, current_holder
 from wicked_dr.portal.quiesce import GLOBAL_LOCK, MARKER, quiesced
+from wicked_dr.testing.scripted_token import ScriptedToken
 
 
 def _dead_holder() -> Holder:
@@ -170,3 +173,81 @@ def test_quiesced_foreign_lock_outlives_lock_wait_locked_error_after_wait(
     after = foreign.stat()
     assert foreign.read_bytes() == b"portal-api"
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+# --- cancelled waits ---------------------------------------------------------------------------
+
+
+def _quiesce_in_thread(run: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as exc:  # the test looks at it
+            raised.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, raised
+
+
+def test_cancelled_settle_wait_interrupted_global_lock_removed(tmp_path: Path) -> None:
+    """A write in flight that outlives nothing but our patience: cancelling the token ends
+    the settle wait at once (not after quiesce_timeout_s, an hour here) with Interrupted, and
+    global.lock is removed; the writer's own lock is left alone."""
+    (tmp_path / "users").mkdir()
+    pending = tmp_path / "users" / "u.json.lock"
+    pending.write_text("")
+    token = ScriptedToken()
+    settling = threading.Event()
+
+    def backup() -> None:
+        with quiesced(tmp_path, "wicked-lock", 3600.0, cancel=token) as report:
+            token.waiting.clear()  # the grace period waited on the token too
+            settling.set()
+            report.settle(str(tmp_path / "users"), os.listdir(tmp_path / "users"))
+            pytest.fail("reading must not start")
+
+    thread, raised = _quiesce_in_thread(backup)
+    assert settling.wait(60) and token.waiting.wait(60)
+    assert (tmp_path / GLOBAL_LOCK).exists()  # the order: waiting under our global.lock
+    token.cancel("test")
+    thread.join(60)
+    assert not thread.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], Interrupted), raised
+    assert not (tmp_path / GLOBAL_LOCK).exists()
+    assert pending.exists()
+
+
+def test_cancelled_wait_for_foreign_global_lock_interrupted_lock_untouched(
+        tmp_path: Path) -> None:
+    """Waiting (--lock-wait of an hour) for somebody else's global.lock: a cancel ends the
+    wait with Interrupted; their file is left exactly as it was and ours never existed."""
+    foreign = tmp_path / GLOBAL_LOCK
+    foreign.write_bytes(b"portal-api")
+    before = foreign.stat()
+    token = ScriptedToken()
+
+    def backup() -> None:
+        with quiesced(tmp_path, "wicked-lock", 1.0, lock_wait_s=3600.0, cancel=token):
+            pytest.fail("the block must not run")
+
+    thread, raised = _quiesce_in_thread(backup)
+    assert token.waiting.wait(60)
+    token.cancel("test")
+    thread.join(60)
+    assert not thread.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], Interrupted), raised
+    after = foreign.stat()
+    assert foreign.read_bytes() == b"portal-api"
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_cancelled_before_quiescing_never_takes_global_lock(tmp_path: Path) -> None:
+    """A run cancelled before it got to the volume does not hold wicked's writers off."""
+    token = CancelToken()
+    token.cancel("test")
+    with pytest.raises(Interrupted), quiesced(tmp_path, "wicked-lock", 1.0, cancel=token):
+        pytest.fail("the block must not run")
+    assert not (tmp_path / GLOBAL_LOCK).exists()

@@ -27,12 +27,13 @@ from wicked_dr.engine.scan_worker import (
     RunItem,
     scan_batch,
 )
-from wicked_dr.engine.tree_scan import scan_tree
-from wicked_dr.errors import SourceError
+from wicked_dr.engine.tree_scan import BATCH_NAMES, scan_tree
+from wicked_dr.errors import Interrupted, SourceError
 from wicked_dr.repository.entry_lines import stat_key, stat_line
 from wicked_dr.repository.manifest import sort_key
 from wicked_dr.repository.segments import Segment
 from wicked_dr.sources.volume import is_excluded
+from wicked_dr.testing.scripted_token import ScriptedToken
 
 NEVER_RACY = 2**62
 
@@ -321,3 +322,19 @@ def test_settle_sees_full_listings_and_a_settled_directory_is_listed_again(
                     (f"{tmp_path}/users", ["new.json.lock"]),
                     (f"{tmp_path}/users", ["new.json"])]
     assert target.contents == {"users/new.json": b"{}"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_cancelled_scan_stops_between_batches(tmp_path: Path, workers: int) -> None:
+    """A cancel lands between two answers: the target has the first batch of the directory
+    (whole entries, in order) and nothing after it; the pool still closes cleanly."""
+    (tmp_path / "many").mkdir()
+    for i in range(2100):  # three batches
+        (tmp_path / "many" / f"{i:04}.json").write_text(f'{{"i": {i}}}')
+    # Safe points: 1 the root, 2 its answer, 3 "many", 4 the first answer of "many".
+    token = ScriptedToken(cancel_at_check=4)
+    target = _RecordingTarget()
+    with pytest.raises(Interrupted), ScanPool(workers) as pool:
+        scan_tree(str(tmp_path), target, pool, exclude=is_excluded, racy_from_ns=NEVER_RACY,
+                  cancel=token)
+    assert target.order == ["many", *(f"many/{i:04}.json" for i in range(BATCH_NAMES))]

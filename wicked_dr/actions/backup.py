@@ -17,6 +17,7 @@ from wicked_dr.actions.common import (
     open_or_create_repository,
     state_dir,
 )
+from wicked_dr.cancel import CancelToken
 from wicked_dr.config import Config
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids, snapshot_time
 from wicked_dr.engine.snapshot_writer import SnapshotWriter, WriteStats
@@ -58,11 +59,12 @@ def run_backup(config: Config, *, force: bool = False,
         source.check_ready(force=force)
     repo = open_or_create_repository(config)
     with locked(repo, exclusive=False, operation="backup", wait_s=options.lock_wait_s,
-                expiry_s=config.repository.lock_expiry_s) as lock:
+                expiry_s=config.repository.lock_expiry_s, cancel=options.cancel) as lock:
         previous = _previous_snapshot(repo)
-        writer = _writer(repo, config, previous)
+        writer = _writer(repo, config, previous, options.cancel)
         try:
-            context = BackupContext(force, options.lock_wait_s, previous, options.progress)
+            context = BackupContext(force, options.lock_wait_s, previous, options.progress,
+                                    options.cancel)
             backups = {source.name: source.backup(writer, context) for source in sources}
             writer.seal()
             lock.check()
@@ -81,7 +83,8 @@ def _previous_snapshot(repo: Repository) -> Snapshot | None:
     return load_snapshot(repo, ids[-1]) if ids else None
 
 
-def _writer(repo: Repository, config: Config, previous: Snapshot | None) -> SnapshotWriter:
+def _writer(repo: Repository, config: Config, previous: Snapshot | None,
+            cancel: CancelToken) -> SnapshotWriter:
     snapshot_id = new_snapshot_id(after=previous.id if previous else None)
     local = state_dir(config)
     local.remove_stale_staging()
@@ -92,7 +95,7 @@ def _writer(repo: Repository, config: Config, previous: Snapshot | None) -> Snap
                           pack_size=config.repository.pack_size_mib * 1024 * 1024,
                           stat_dir=stat_dir, previous=prev_stat, scan_start_ns=time.time_ns(),
                           scan_workers=config.volume.workers(),
-                          known_trees=previous.trees if previous else ())
+                          known_trees=previous.trees if previous else (), cancel=cancel)
 
 
 def _records(sources: list[Source], backups: dict[str, SourceBackup],

@@ -40,7 +40,8 @@ def run_check(config: Config, *, read_fraction: float = 0.0,
     """Check the repository; raise CheckFailed (exit 3) listing every problem."""
     options = options or RunOptions()
     repo = open_repository(config)
-    report = check_repository(repo, read_fraction=read_fraction, progress=options.progress)
+    report = check_repository(repo, read_fraction=read_fraction, progress=options.progress,
+                              cancel=options.cancel)
     if not report.ok:
         raise CheckFailed(report)
     return check_result(report)

@@ -3,10 +3,11 @@ the local state directory, and a reader for one snapshot."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from wicked_dr.backends import open_backend
+from wicked_dr.cancel import CancelToken
 from wicked_dr.config import Config
 from wicked_dr.engine.snapshot_reader import SnapshotReader
 from wicked_dr.errors import NotFoundError, RefusedError
@@ -29,10 +30,13 @@ class Result:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Options of the command line that every action may honour."""
+    """Options of the command line that every action may honour. ``cancel`` stops the
+    action at its next safe point (a signal at the CLI, the daemon stopping a job); by
+    default a token of its own that nobody cancels."""
 
     lock_wait_s: float = 0.0
     progress: Progress | None = None
+    cancel: CancelToken = field(default_factory=CancelToken)
 
 
 def configured_key(config: Config) -> Key | None:
@@ -83,6 +87,9 @@ def index_cache(repo: Repository, config: Config) -> IndexCache:
 
 
 def snapshot_reader(repo: Repository, config: Config, snapshot: Snapshot,
-                    progress: Progress | None = None) -> SnapshotReader:
-    """What sources read ``snapshot``'s data back through."""
-    return SnapshotReader(repo, index_cache(repo, config), snapshot, progress=progress)
+                    options: RunOptions | None = None) -> SnapshotReader:
+    """What sources read ``snapshot``'s data back through (progress and cancellation from
+    ``options``)."""
+    options = options or RunOptions()
+    return SnapshotReader(repo, index_cache(repo, config), snapshot,
+                          progress=options.progress, cancel=options.cancel)

@@ -7,7 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from wicked_dr.actions.common import Result, open_repository, snapshot_reader
+from wicked_dr.actions.common import Result, RunOptions, open_repository, snapshot_reader
+from wicked_dr.cancel import CancelToken
 from wicked_dr.config import Config
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.engine.catalog import resolve
@@ -25,25 +26,28 @@ class ExportResult(Result):
     tar: str
 
 
-def run_export(config: Config, snapshot_ref: str, tar_path: str) -> ExportResult:
+def run_export(config: Config, snapshot_ref: str, tar_path: str,
+               options: RunOptions | None = None) -> ExportResult:
     """Write the snapshot as tar to ``tar_path`` ('-' is stdout); a file appears only whole."""
+    options = options or RunOptions()
     repo = open_repository(config)
     snapshot = resolve(repo, snapshot_ref)
-    reader = snapshot_reader(repo, config, snapshot).blobs
+    reader = snapshot_reader(repo, config, snapshot, options).blobs
     if tar_path == "-":
-        entries = _export_to_stdout(repo, reader, snapshot)
+        entries = _export_to_stdout(repo, reader, snapshot, options.cancel)
     else:
-        entries = _export_to_file(repo, reader, snapshot, Path(tar_path))
+        entries = _export_to_file(repo, reader, snapshot, Path(tar_path), options.cancel)
     return ExportResult(snapshot.id, entries, tar_path)
 
 
-def _export_to_stdout(repo: Repository, reader: BlobReader, snapshot: Snapshot) -> int:
+def _export_to_stdout(repo: Repository, reader: BlobReader, snapshot: Snapshot,
+                      cancel: CancelToken) -> int:
     """The tar on stdout, written unbuffered so that a reader closing the pipe (``| tar -t``
     stops after the end-of-archive blocks, ``| head`` anywhere) is told apart exactly."""
     sys.stdout.flush()
     with open(sys.stdout.fileno(), "wb", buffering=0, closefd=False) as out:
         try:
-            stats = export_tar(repo, reader, snapshot, out, out_name="stdout")
+            stats = export_tar(repo, reader, snapshot, out, out_name="stdout", cancel=cancel)
         except ReaderClosedError:
             _detach_stdout()
             raise
@@ -63,11 +67,11 @@ def _detach_stdout() -> None:
 
 
 def _export_to_file(repo: Repository, reader: BlobReader, snapshot: Snapshot,
-                    path: Path) -> int:
+                    path: Path, cancel: CancelToken) -> int:
     tmp = path.with_name(f".{path.name}.partial")
     try:
         with open(tmp, "wb") as out:
-            entries = export_tar(repo, reader, snapshot, out).entries
+            entries = export_tar(repo, reader, snapshot, out, cancel=cancel).entries
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

@@ -72,7 +72,7 @@ def run_restore_to_dir(config: Config, snapshot_ref: str, target: Path, *, force
         return TargetRestoreResult(snapshot.id, str(target), True, files=snapshot.summary.files,
                                    bytes=snapshot.summary.bytes,
                                    sources={s.name: {} for s in selected})
-    reader = snapshot_reader(repo, config, snapshot, options.progress)
+    reader = snapshot_reader(repo, config, snapshot, options)
     done = [s.restore_to_dir(reader, snapshot.source(s.name), target) for s in selected]
     return _target_result(snapshot, target, done, reader.blobs.packs_fetched, started)
 

@@ -3,6 +3,10 @@
 A reader of the stream (``| tar -t``) may close it as soon as it has read the end-of-archive
 blocks, while the record padding after them is still being written: that is success. A reader
 that closes before the end-of-archive blocks did not get the whole tar: ``ReaderClosedError``.
+
+A cancelled export stops between entries with ``Interrupted``; what was written so far lacks
+the end-of-archive blocks, so no tar reader takes it for a whole archive (and the action
+removes a partial file).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Any
 
+from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.engine.restore import check_relative
 from wicked_dr.errors import IntegrityError, OperationError
@@ -105,10 +110,12 @@ class _CountingWriter(io.RawIOBase):
 
 
 def export_tar(repo: Repository, reader: BlobReader, snapshot: Snapshot,
-               out: IO[bytes], *, out_name: str = "the output") -> TarStats:
+               out: IO[bytes], *, out_name: str = "the output",
+               cancel: CancelToken = NOT_CANCELLED) -> TarStats:
     """Write ``snapshot`` as a tar stream to ``out`` (best unbuffered: the byte count at a
     closed reader is then exact). A reader closing ``out`` after the end-of-archive blocks is
-    success; before them, ``ReaderClosedError`` naming ``out_name``."""
+    success; before them, ``ReaderClosedError`` naming ``out_name``. ``Interrupted`` before
+    the next entry once ``cancel`` is cancelled."""
     counted = _CountingWriter(out)
     count = 0
     end_of_archive: int | None = None
@@ -116,6 +123,7 @@ def export_tar(repo: Repository, reader: BlobReader, snapshot: Snapshot,
         with tarfile.open(fileobj=counted, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             entries = iter_entries(repo, snapshot)
             for entry in depth_first_order(entries, snapshot.version):
+                cancel.check("interrupted before the end of the tar")
                 check_relative(entry.path)  # tar members obey the restore path rules
                 tar.addfile(_tarinfo(entry), _BlobStream(reader, entry)
                             if entry.type == "file" else None)

@@ -6,6 +6,12 @@ left under a real name. (A crash mid-file can leave that one file partial: resto
 empty directory and rerun.) Entries that would land outside the target (absolute paths,
 ``..``, a path through a symlink, a parent that is not a directory of the snapshot) are
 refused before anything is written for them.
+
+A cancelled restore stops between entries, never inside a file: every file under the target
+is whole and verified, but the tree is partial (files missing, directories without their
+final modes and mtimes). ``Interrupted`` says so and names the target; nothing is removed,
+because ``--force`` may have pointed the restore into a directory that held other data.
+Remove the target, or restore again into an empty directory.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import stat as statmod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.errors import IntegrityError, OperationError, RefusedError
 from wicked_dr.progress import Progress
@@ -68,15 +75,20 @@ def check_target(target: Path, *, force: bool) -> None:
 
 def restore_tree(repo: Repository, reader: BlobReader, snapshot: Snapshot,
                  target: Path, *, ownership: Ownership | None = None,
-                 progress: Progress | None = None) -> RestoreStats:
-    """Write every entry of ``snapshot``'s file tree under ``target``."""
+                 progress: Progress | None = None,
+                 cancel: CancelToken = NOT_CANCELLED) -> RestoreStats:
+    """Write every entry of ``snapshot``'s file tree under ``target``; once ``cancel`` is
+    cancelled, ``Interrupted`` before the next entry, the target left partial (see the
+    module)."""
     target.mkdir(parents=True, exist_ok=True)
     run = _TreeRestore(target.resolve(), reader,
                        ownership or Ownership(apply=os.geteuid() == 0), progress)
     free = free_bytes(run.root)
     try:
         for entry in iter_entries(repo, snapshot):
+            _safe_point(cancel, target, run.stats, snapshot)
             run.add(entry)
+        _safe_point(cancel, target, run.stats, snapshot)
         run.finish()
     except OSError as exc:
         if exc.errno not in _NO_SPACE:
@@ -129,6 +141,21 @@ class _TreeRestore:
             _make_dir(self.dest, entry.path)  # still a real directory, not a symlink swapped in
             _apply_metadata(self.dest, entry, self._ownership)
             self.stats.dirs += 1
+
+
+def _safe_point(cancel: CancelToken, target: Path, stats: RestoreStats,
+                snapshot: Snapshot) -> None:
+    if cancel.cancelled:  # the message only then: this runs once per entry
+        cancel.check(_partial_message(target, stats, snapshot))
+
+
+def _partial_message(target: Path, stats: RestoreStats, snapshot: Snapshot) -> str:
+    """What an interrupted restore leaves: a partial tree under ``target``."""
+    total = snapshot.summary.files
+    of = f" of {total}" if total else ""
+    return (f"interrupted; the restore target {target} is partial ({stats.files}{of} files "
+            "written, each whole and verified; directory modes and times not all set): "
+            "remove it, or restore again into an empty directory")
 
 
 def free_bytes(path: Path) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.engine.restore import restore_tree
 from wicked_dr.errors import IntegrityError
@@ -21,10 +22,12 @@ class SnapshotReader:
     """One snapshot's data, read from its repository."""
 
     def __init__(self, repo: Repository, index: IndexCache, snapshot: Snapshot, *,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None,
+                 cancel: CancelToken = NOT_CANCELLED) -> None:
         self._repo = repo
         self._snapshot = snapshot
         self._progress = progress
+        self._cancel = cancel
         self.blobs = BlobReader(repo, index, snapshot_id=snapshot.id)
 
     def stream(self, ref: StreamRef) -> Iterator[bytes]:
@@ -32,6 +35,7 @@ class SnapshotReader:
         digest = hashlib.sha256()
         size = 0
         for blob_id in ref.blobs:
+            self._cancel.check()
             data = self.blobs.get(blob_id)
             digest.update(data)
             size += len(data)
@@ -45,7 +49,7 @@ class SnapshotReader:
         if trees != self._snapshot.trees:
             raise ValueError("a snapshot reader restores its own snapshot's file tree")
         stats = restore_tree(self._repo, self.blobs, self._snapshot, target,
-                             progress=self._progress)
+                             progress=self._progress, cancel=self._cancel)
         counts = asdict(stats)
         counts.pop("skipped")
         return counts

@@ -5,6 +5,11 @@ objects go to a local staging directory only, so the lock window does not includ
 ``commit`` then uploads in the order the format demands: packs, then index objects, then
 trees, then the snapshot object last. A crash at any point leaves earlier snapshots intact
 and at worst some unreferenced objects, which readers ignore.
+
+A cancelled run (``cancel``) stops the same way, at a safe point: between scan answers,
+between the blobs of a stream or a big file, between uploads. Up to the snapshot object
+nothing is visible; the caller's ``abort`` removes staging. Once the snapshot object is
+being written, the run finishes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.background import Background
 from wicked_dr.engine.scan_pool import ScanPool
 from wicked_dr.engine.scan_worker import RunItem
@@ -60,9 +66,12 @@ class SnapshotWriter:
     def __init__(self, repo: Repository, cache: IndexCache, staging: Path, *,
                  snapshot_id: str, pack_size: int, stat_dir: Path,
                  previous: StatCacheReader | None, scan_start_ns: int,
-                 scan_workers: int = 0, known_trees: Iterable[str] = ()) -> None:
+                 scan_workers: int = 0, known_trees: Iterable[str] = (),
+                 cancel: CancelToken = NOT_CANCELLED) -> None:
         self.repo = repo
         self.snapshot_id = snapshot_id
+        # The run's token, also for the sources writing into this sink (stream blobs).
+        self.cancel = cancel
         self.stats = WriteStats()
         self._cache = cache
         cache.begin_run()
@@ -96,6 +105,9 @@ class SnapshotWriter:
         blobs: list[str] = []
         size = 0
         for chunk in _rechunk(chunks, BLOB_SIZE):
+            # A safe point of every stream (Kong's tokens: the source closes its COPY when
+            # the sink raises) and of every big file, one blob at a time.
+            self.cancel.check()
             whole.update(chunk)
             size += len(chunk)
             blobs.append(self._store_blob(chunk))
@@ -268,17 +280,14 @@ class SnapshotWriter:
         """Upload packs, then indexes, then trees, then the snapshot object last."""
         backend = self.repo.backend
         for path in self._staged_packs:
-            backend.put_file(object_name("data", path.name), path)
-            self._count_upload(progress, path)
+            self._upload(object_name("data", path.name), path, progress)
         for index_id, path in self._staged_indexes:
-            backend.put_file(object_name("index", index_id), path)
-            self._count_upload(progress, path)
+            self._upload(object_name("index", index_id), path, progress)
         for tree_id in self._trees:
             if self.repo.has("tree", tree_id):
                 continue  # content-addressed: an unchanged chunk costs no PUT
-            path = self._staging / f"tree-{tree_id}"
-            backend.put_file(object_name("tree", tree_id), path)
-            self._count_upload(progress, path)
+            self._upload(object_name("tree", tree_id), self._staging / f"tree-{tree_id}",
+                         progress)
         backend.sync()  # everything the snapshot references is durable before it exists
         self.repo.save_json("snapshot", self.snapshot_id, snapshot.to_json())
         backend.sync()
@@ -287,6 +296,11 @@ class SnapshotWriter:
         self._background.close()
         self._stat_out.commit()
         self.cleanup()
+
+    def _upload(self, name: str, path: Path, progress: Progress | None) -> None:
+        self.cancel.check()
+        self.repo.backend.put_file(name, path)
+        self._count_upload(progress, path)
 
     def _count_upload(self, progress: Progress | None, path: Path) -> None:
         self.stats.objects_written += 1

@@ -6,6 +6,10 @@ workers ``lstat``, read, hash and format. Answers come back in order; runs of fi
 entries go to the snapshot writer whole, ranges of unchanged files take their lines from the
 stat cache here, big files are streamed here, subdirectories are scanned after their
 parent's block, smallest first.
+
+The scan is cancellable between directories and between answers (a batch of up to
+``BATCH_NAMES`` entries): ``Interrupted`` then leaves the writer with a part of the tree,
+which the caller drops (``SnapshotWriter.abort``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple, Protocol
 
+from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.scan_pool import ScanPool
 from wicked_dr.engine.scan_worker import (
     BigItem,
@@ -64,21 +69,23 @@ Settle = Callable[[str, list[str]], bool]
 
 def scan_tree(root: str, target: ScanTarget, pool: ScanPool, *,
               exclude: Callable[[str], object], racy_from_ns: int,
-              settle: Settle | None = None) -> None:
+              settle: Settle | None = None, cancel: CancelToken = NOT_CANCELLED) -> None:
     """Every entry under ``root`` (``exclude``d names left out) into ``target``;
-    ``settle`` sees each full listing first (see ``TreeSink.add_tree``)."""
+    ``settle`` sees each full listing first (see ``TreeSink.add_tree``). ``Interrupted`` at
+    the next directory or answer once ``cancel`` is cancelled."""
     pending = [("", root)]
     with fewer_collections():
         while pending:
+            cancel.check()
             rel_dir, directory = pending.pop()
             subdirs = _scan_dir(directory, rel_dir, target, pool, exclude, settle,
-                                racy_from_ns)
+                                racy_from_ns, cancel)
             pending.extend(reversed(subdirs))  # the smallest name is scanned next
 
 
 def _scan_dir(directory: str, rel_dir: str, target: ScanTarget, pool: ScanPool,
               exclude: Callable[[str], object], settle: Settle | None,
-              racy_from_ns: int) -> list[tuple[str, str]]:
+              racy_from_ns: int, cancel: CancelToken) -> list[tuple[str, str]]:
     # Plain names, not DirEntry objects: wicked keeps 200 k files in one folder at 200 k
     # users, and a sorted list of DirEntry objects costs three times the memory.
     try:
@@ -105,6 +112,7 @@ def _scan_dir(directory: str, rel_dir: str, target: ScanTarget, pool: ScanPool,
         cached = in_flight.popleft()
         for item in answer:
             _handle(item, directory, prefix, target, subdirs, cached)
+        cancel.check()  # the jobs still out are dropped with the pool (writer.abort)
     return subdirs
 
 

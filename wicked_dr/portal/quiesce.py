@@ -6,6 +6,10 @@ absent, wait (bounded) until no ``*.lock`` is left in a directory before reading
 remove ``global.lock`` in every outcome. Our ``global.lock`` carries a marker so that a
 crashed run's leftover is recognised and removed by the next run, while somebody else's
 ``global.lock`` is never touched.
+
+Every wait here (for somebody else's ``global.lock``, the grace period, writes in flight)
+waits on the run's cancel token: a cancelled backup leaves at once, through the same
+``finally`` that removes our ``global.lock``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.errors import LockedError, OperationError
 from wicked_dr.holder import Holder, current_holder
 from wicked_dr.log import get_logger
@@ -44,6 +49,7 @@ class QuiesceReport:
     window_s: float = 0.0
     removed_stale: bool = False
     deadline: float = field(default=math.inf, repr=False)
+    cancel: CancelToken = field(default=NOT_CANCELLED, repr=False)
 
     def settle(self, directory: str, names: list[str]) -> bool:
         """Wait until the writes in flight in one directory listing (``<file>.lock``) are
@@ -52,7 +58,8 @@ class QuiesceReport:
         Per directory, while reading, instead of one walk of the whole volume first: no
         writer takes a new lock once ``global.lock`` exists (after ``GRACE_S``), so a lock
         that is not in a listing cannot appear later, and a volume of a million files is
-        not walked twice under the lock."""
+        not walked twice under the lock. The wait ends in ``Interrupted`` as soon as the
+        run is cancelled."""
         if self.mode == "none":
             return False
         pending = [f"{directory}/{name}" for name in names
@@ -64,18 +71,19 @@ class QuiesceReport:
                 raise OperationError(
                     f"{len(pending)} write(s) still in flight after the quiesce timeout "
                     f"(e.g. {pending[0]}); raise volume.quiesce_timeout_s or check portal-api")
-            time.sleep(POLL_S)
+            self.cancel.sleep(POLL_S)
             pending = [p for p in pending if os.path.lexists(p)]
         return waited
 
 
 @contextlib.contextmanager
-def quiesced(volume: Path, mode: str, timeout_s: float, *,
-             lock_wait_s: float = 0.0) -> Iterator[QuiesceReport]:
+def quiesced(volume: Path, mode: str, timeout_s: float, *, lock_wait_s: float = 0.0,
+             cancel: CancelToken = NOT_CANCELLED) -> Iterator[QuiesceReport]:
     """Hold wicked's ``global.lock`` for the duration of the block (mode ``wicked-lock``),
     waiting up to ``lock_wait_s`` for somebody else's to go away (it is never removed).
-    The block calls ``settle`` on each directory listing before reading that directory."""
-    report = QuiesceReport(mode)
+    The block calls ``settle`` on each directory listing before reading that directory.
+    ``cancel`` ends every wait with ``Interrupted``; ``global.lock`` is released as always."""
+    report = QuiesceReport(mode, cancel=cancel)
     if mode == "none":
         yield report
         return
@@ -88,6 +96,7 @@ def quiesced(volume: Path, mode: str, timeout_s: float, *,
     try:
         while not created:
             attempts += 1
+            cancel.check()  # a run cancelled before the lock never holds wicked's writers off
             try:
                 report.removed_stale = _remove_our_stale_lock(lock) or report.removed_stale
                 linking = True
@@ -96,8 +105,9 @@ def quiesced(volume: Path, mode: str, timeout_s: float, *,
                 created = True
             except LockedError as exc:
                 linking = False
-                _wait_or_give_up(lock, exc, lock_wait_s, deadline, first=attempts == 1)
-        time.sleep(GRACE_S)
+                _wait_or_give_up(lock, exc, lock_wait_s, deadline, first=attempts == 1,
+                                 cancel=cancel)
+        cancel.sleep(GRACE_S)
         report.deadline = time.monotonic() + timeout_s
         yield report
     finally:
@@ -110,9 +120,9 @@ def quiesced(volume: Path, mode: str, timeout_s: float, *,
 
 
 def _wait_or_give_up(lock: Path, exc: LockedError, wait_s: float, deadline: float, *,
-                     first: bool) -> None:
+                     first: bool, cancel: CancelToken) -> None:
     """Another holder has global.lock: sleep a little before the next try, or raise once
-    ``--lock-wait`` is used up (at once without a wait)."""
+    ``--lock-wait`` is used up (at once without a wait), or ``Interrupted`` when cancelled."""
     left = deadline - time.monotonic()
     if left <= 0:
         if wait_s <= 0:
@@ -122,7 +132,7 @@ def _wait_or_give_up(lock: Path, exc: LockedError, wait_s: float, deadline: floa
     if first:
         log.info("global.lock held by another holder; waiting", path=str(lock),
                  wait_s=round(left, 1))
-    time.sleep(min(LOCK_POLL_S, left))
+    cancel.sleep(min(LOCK_POLL_S, left))
 
 
 def _create(lock: Path, holder: Holder) -> None:

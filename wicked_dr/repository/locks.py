@@ -9,6 +9,9 @@ A lock whose expiry passed, or whose holder is provably dead on this very host, 
 Two writers that race past the first check both write and re-check; whoever sees a
 conflicting lock after its own write withdraws and retries after a random delay, so two
 conflicting holders can never both win.
+
+Waiting for a conflicting holder waits on the caller's cancel token: a cancelled acquirer
+leaves the wait at once with ``Interrupted``, holding nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wicked_dr.backends.base import PreconditionFailed
+from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.errors import IntegrityError, LockedError, NotFoundError, WickedDRError
 from wicked_dr.holder import Holder, current_holder
 from wicked_dr.log import get_logger
@@ -106,10 +110,10 @@ class RepositoryLock:
 
 @contextlib.contextmanager
 def locked(repo: Repository, *, exclusive: bool, operation: str, wait_s: float,
-           expiry_s: float) -> Iterator[RepositoryLock]:
-    """Hold a repository lock for the block."""
+           expiry_s: float, cancel: CancelToken = NOT_CANCELLED) -> Iterator[RepositoryLock]:
+    """Hold a repository lock for the block (released however the block ends)."""
     lock = acquire(repo, exclusive=exclusive, operation=operation, wait_s=wait_s,
-                   expiry_s=expiry_s)
+                   expiry_s=expiry_s, cancel=cancel)
     try:
         yield lock
     finally:
@@ -117,11 +121,14 @@ def locked(repo: Repository, *, exclusive: bool, operation: str, wait_s: float,
 
 
 def acquire(repo: Repository, *, exclusive: bool, operation: str, wait_s: float,
-            expiry_s: float) -> RepositoryLock:
-    """Take a lock, waiting up to ``wait_s`` for conflicting holders; LockedError after."""
+            expiry_s: float, cancel: CancelToken = NOT_CANCELLED) -> RepositoryLock:
+    """Take a lock, waiting up to ``wait_s`` for conflicting holders; LockedError after.
+    Once ``cancel`` is cancelled the wait ends at once in ``Interrupted``, holding nothing."""
     deadline = time.monotonic() + wait_s
     delay = 0.2
+    waiting = False
     while True:
+        cancel.check()
         blockers = _conflicts(repo, exclusive, exclude=None)
         if not blockers:
             lock = _try_write(repo, exclusive, operation, expiry_s)
@@ -132,9 +139,13 @@ def acquire(repo: Repository, *, exclusive: bool, operation: str, wait_s: float,
             what = blockers[0].describe() if blockers else "a concurrent holder"
             raise LockedError(f"repository {repo.url} is locked: {what}; retry later or "
                               "pass --lock-wait")
+        if blockers and not waiting:
+            waiting = True
+            log.info("repository locked; waiting", lock=blockers[0].describe(),
+                     wait_s=round(deadline - time.monotonic(), 1))
         # Full jitter: two contenders that both withdrew retry at clearly different times.
         pause = delay * (0.5 + secrets.randbelow(1000) / 1000)
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic()) + 0.05))
+        cancel.sleep(min(pause, max(0.0, deadline - time.monotonic()) + 0.05))
         delay = min(delay * 2, 5.0)
 
 

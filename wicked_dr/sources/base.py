@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.progress import Progress
 from wicked_dr.repository.snapshot import Snapshot, SourceRecord, StreamRef
 
@@ -77,6 +78,8 @@ class BackupContext:
     lock_wait_s: float = 0.0
     previous: Snapshot | None = None  # the newest snapshot before this one
     progress: Progress | None = None
+    # Checked at the source's safe points (waits for the portal's locks, between chunks).
+    cancel: CancelToken = NOT_CANCELLED
 
 
 @dataclass(frozen=True)
