@@ -29,6 +29,7 @@ from tests.fixtures.repos import (
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.errors import Interrupted, LockedError
 from wicked_dr.holder import Holder, boot_id, current_holder
+from wicked_dr.portal import quiesce
 from wicked_dr.repository.locks import RepositoryLock, acquire, list_locks
 from wicked_dr.repository.repo import Repository
 from wicked_dr.testing.sample_volume import generate
@@ -219,30 +220,38 @@ def volume_setup(tmp_path: Path) -> Setup:
     return s
 
 
-def test_backup_waits_for_file_lock_then_removes_global_lock(volume_setup: Setup) -> None:
-    """A write in flight (<file>.lock) is waited for; afterwards global.lock is gone."""
+def test_backup_waits_for_file_lock_then_removes_global_lock(
+        volume_setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write in flight (<file>.lock) is waited for under global.lock; once it ends the scan
+    goes on, and afterwards global.lock is gone. The writer finishes only after the backup
+    has seen its lock (observed through the settle hook), so no timing decides the test."""
     s = volume_setup
     pending = s.volume / "users" / "_index.json.lock"
     pending.write_text("")
-    seen_global = threading.Event()
+    waiting = threading.Event()
+    settle = quiesce.QuiesceReport.settle
+
+    def observed_settle(self: quiesce.QuiesceReport, directory: str, names: list[str]) -> bool:
+        if pending.name in names:
+            assert (s.volume / "global.lock").exists()
+            waiting.set()
+        return settle(self, directory, names)
+
+    monkeypatch.setattr(quiesce.QuiesceReport, "settle", observed_settle)
 
     def writer_finishes() -> None:
-        # Until the backup holds global.lock, however long a loaded machine takes to get there.
-        deadline = time.monotonic() + 120
-        while not (s.volume / "global.lock").exists() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        seen_global.set()
-        time.sleep(0.4)
-        pending.unlink()
+        if waiting.wait(120):
+            time.sleep(0.2)  # the backup is inside its wait; let it poll once at least
+            pending.unlink()
 
     thread = threading.Thread(target=writer_finishes)
     thread.start()
     run = cli(s.config_path, "backup", "--json")
     thread.join()
     assert run.code == 0, run.err
-    assert seen_global.is_set()
+    assert waiting.is_set() and not pending.exists()
     result = json.loads(run.out)
-    assert result["lock_window_s"] >= 0.4
+    assert result["lock_window_s"] >= 0.2
     assert not (s.volume / "global.lock").exists()
     doc = load_snapshot(s.repo(), result["snapshot"])
     assert doc.source("volume").metadata["waited_for_writes"] == 1
