@@ -41,9 +41,4 @@ def connect(config: KongTokensConfig, application: str, doing: str) -> Conn:
 
 def one_line(exc: BaseException) -> str:
     """The error as one line, without any password the driver might have echoed."""
-    return one_line_text(str(exc))
-
-
-def one_line_text(text: str) -> str:
-    """``text`` on one line, secrets scrubbed (libpq's own messages go through here too)."""
-    return REDACTOR.scrub(" ".join(text.split()))
+    return REDACTOR.scrub(" ".join(str(exc).split()))

@@ -8,24 +8,29 @@ to the sink as they arrive (no temporary file, memory flat); rows are counted fr
 newlines as they stream and the counts go into a trailer. Joining on the server cost more than
 the whole ``pg_dump`` of the table (a hash join of every token with ``ttls`` on ``id::text``);
 restore joins instead, where it is a small part of the work (kong_restore.py).
+
+COPY is read with psycopg's own ``cursor.copy()``, which on 1 M tokens took 1.3x the time of
+the hand-written libpq loop it replaced on Kong 0.14 (median 4.07 s against 3.10 s) and 1.2x
+on 3.x (2.17 s against 1.86 s), within the 2x that plain code may cost
+(bench/README_kong_tokens.md, 2026-11-30).
 """
 
 from __future__ import annotations
 
-import selectors
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import pq, sql
+from psycopg import sql
 
 from wicked_dr.config import KongTokensConfig
 from wicked_dr.errors import SourceError
 from wicked_dr.log import get_logger
 from wicked_dr.sources.base import SnapshotSink
-from wicked_dr.sources.kong_db import Conn, connect, one_line, one_line_text
+from wicked_dr.sources.kong_db import Conn, connect, one_line
 from wicked_dr.sources.kong_schema import Column, KongSchema, detect_schema, table_columns
 from wicked_dr.sources.kong_stream import (
     APIS,
@@ -70,7 +75,10 @@ def export_tokens(config: KongTokensConfig, sink: SnapshotSink) -> dict[str, Any
             expired, server_time = found.count, found.server_time
             plan = export_plan(conn, schema, expired=found)
             header = _export_header(schema, plan, expired, server_time)
-            record = sink.add_stream(STREAM_NAME, _export_chunks(conn, header, plan, counter))
+            # A COPY holds the connection's lock until it ends: if the sink stops reading
+            # (an error, an interrupt), closing the chunks cancels it before the rollback.
+            with closing(_export_chunks(conn, header, plan, counter)) as chunks:
+                record = sink.add_stream(STREAM_NAME, chunks)
     except psycopg.Error as exc:
         raise SourceError(f"exporting Kong tokens failed: {one_line(exc)}") from None
     finally:
@@ -263,13 +271,13 @@ def _export_header(schema: KongSchema, plan: list[tuple[Section, sql.Composed]],
 
 def _export_chunks(conn: Conn, header: dict[str, Any],
                    plan: list[tuple[Section, sql.Composed]],
-                   counter: _RowCounter) -> Iterator[bytes]:
+                   counter: _RowCounter) -> Generator[bytes, None, None]:
     """The header line; per section its COPY text rows in chunks of about CHUNK_BYTES and
     the end-of-data marker; then a trailer line with the row counts (a cut stream lacks it)."""
     yield json_line(header)
     for section, query in plan:
         counter.rows[section.name] = 0
-        for chunk, rows in _copy_out(conn, query.as_bytes(conn), END_OF_DATA):
+        for chunk, rows in _copy_out(conn, query, END_OF_DATA):
             counter.rows[section.name] += rows
             yield chunk
     yield json_line({"rows": counter.rows})
@@ -279,94 +287,27 @@ def _export_chunks(conn: Conn, header: dict[str, Any],
 # --- reading COPY ------------------------------------------------------------------------
 
 
-def _copy_out(conn: Conn, query: bytes, end: bytes) -> Iterator[tuple[bytes, int]]:
-    """Run ``COPY ... TO STDOUT`` through libpq directly; yield (chunk, rows in it) of about
-    CHUNK_BYTES each, ``end`` appended to the last one.
+def _copy_out(conn: Conn, query: sql.Composed, end: bytes) -> Iterator[tuple[bytes, int]]:
+    """Run ``COPY ... TO STDOUT`` with psycopg's own ``Copy``; yield (chunk, rows in it) of
+    about CHUNK_BYTES each, ``end`` appended to the last one.
 
-    psycopg's ``Copy.read()`` runs a generator and a wait per CopyData message, i.e. per row:
-    with 1 M tokens that made the client, not the server, the bottleneck (0.14: 2.9 s instead
-    of 2.0 s). Here a row costs one non-blocking ``get_copy_data`` call while libpq's buffer
-    holds rows, and the socket is waited on only when the buffer is empty (the wait stays
-    interruptible). On any failure the connection is closed, so that no COPY is left open
-    on it.
+    COPY delivers one message per row; they are joined into chunks so that the sink sees
+    few large writes. ``Copy`` holds the connection's lock while this generator is
+    suspended, so it must be run to its end or closed (export_tokens closes it) before the
+    connection is used again; on either an error or a close, psycopg cancels the COPY and
+    drains it, leaving the connection usable for the rollback.
     """
-    pgconn = conn.pgconn
-    done = False
-    try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(pgconn.socket, selectors.EVENT_READ)
-            _send(pgconn, selector, query)
-            _expect(_next_result(pgconn, selector), pq.ExecStatus.COPY_OUT, pgconn)
-            get_copy_data = pgconn.get_copy_data
-            pieces: list[bytes] = []
-            size = 0
-            while True:
-                nbytes, data = get_copy_data(1)
-                if nbytes > 0:
-                    pieces.append(bytes(data))
-                    size += nbytes
-                    if size >= CHUNK_BYTES:
-                        chunk = b"".join(pieces)
-                        pieces.clear()
-                        size = 0
-                        # COPY text escapes newlines inside values: each b"\n" ends a row.
-                        yield chunk, chunk.count(b"\n")
-                elif nbytes == 0:
-                    _wait(selector, selectors.EVENT_READ)
-                    pgconn.consume_input()
-                else:
-                    break
-            if nbytes == -2:
-                raise SourceError(f"exporting Kong tokens failed: {_pq_error(pgconn)}")
-            _expect(_next_result(pgconn, selector), pq.ExecStatus.COMMAND_OK, pgconn)
-            while _next_result(pgconn, selector) is not None:
-                pass
-        done = True
-    finally:
-        if not done:
-            conn.close()
+    pieces: list[bytes] = []
+    size = 0
+    with conn.cursor() as cur, cur.copy(query) as copy:
+        for data in copy:
+            pieces.append(bytes(data))
+            size += len(data)
+            if size >= CHUNK_BYTES:
+                chunk = b"".join(pieces)
+                pieces.clear()
+                size = 0
+                # COPY text escapes newlines inside values: each b"\n" ends a row.
+                yield chunk, chunk.count(b"\n")
     chunk = b"".join(pieces)
     yield chunk + end, chunk.count(b"\n")
-
-
-def _wait(selector: selectors.BaseSelector, events: int) -> int:
-    """Block until the socket is ready for ``events``; return the ready events."""
-    key = next(iter(selector.get_map().values()))
-    if key.events != events:
-        selector.modify(key.fileobj, events)
-    ready = 0
-    while not ready:
-        ready = sum(mask for _, mask in selector.select())
-    return ready
-
-
-def _send(pgconn: pq.abc.PGconn, selector: selectors.BaseSelector, query: bytes) -> None:
-    """Send a query on psycopg's non-blocking connection, as libpq's manual says to."""
-    pgconn.send_query(query)
-    while pgconn.flush():
-        if _wait(selector, selectors.EVENT_READ | selectors.EVENT_WRITE) & \
-                selectors.EVENT_READ:
-            pgconn.consume_input()
-
-
-def _next_result(pgconn: pq.abc.PGconn,
-                 selector: selectors.BaseSelector) -> pq.abc.PGresult | None:
-    """The next result, waiting on the socket (not inside libpq) while it is incomplete."""
-    pgconn.consume_input()
-    while pgconn.is_busy():
-        _wait(selector, selectors.EVENT_READ)
-        pgconn.consume_input()
-    return pgconn.get_result()
-
-
-def _expect(result: pq.abc.PGresult | None, status: pq.ExecStatus,
-            pgconn: pq.abc.PGconn) -> None:
-    if result is None or result.status != status:
-        message = (result.error_message if result is not None else b"") or b""
-        detail = message.decode("utf-8", "replace") or _pq_error(pgconn)
-        raise SourceError(f"exporting Kong tokens failed: {one_line_text(detail)}")
-
-
-def _pq_error(pgconn: pq.abc.PGconn) -> str:
-    return one_line_text(pgconn.error_message.decode("utf-8", "replace")
-                         or "the connection failed")
