@@ -45,15 +45,11 @@ from tests.fixtures import kong_data
 from tests.fixtures.postgres import OS_USER, PgServer, _free_port, _newest_bin
 from wicked_dr.config import KongTokensConfig
 from wicked_dr.repository.snapshot import StreamRef
-from wicked_dr.sources import kong_tokens
+from wicked_dr.sources import kong_export
 from wicked_dr.sources.base import BackupContext
+from wicked_dr.sources.kong_export import expired_tokens, export_plan
 from wicked_dr.sources.kong_schema import detect_schema
-from wicked_dr.sources.kong_tokens import (
-    KongTokensSource,
-    expired_tokens,
-    export_plan,
-    restore_tokens,
-)
+from wicked_dr.sources.kong_tokens import KongTokensSource, restore_tokens
 from wicked_dr.testing.sample_volume import generate
 
 
@@ -103,13 +99,13 @@ def main() -> None:
     parser.add_argument("--expired", type=int, default=0,
                         help="make this many of the tokens expired (exercises the filter)")
     parser.add_argument("--runs", type=int, default=3, help="interleaved backup rounds")
-    parser.add_argument("--expired-ids-max", type=int, default=kong_tokens.EXPIRED_IDS_MAX,
+    parser.add_argument("--expired-ids-max", type=int, default=kong_export.EXPIRED_IDS_MAX,
                         help="carry at most this many expired token ids into the token COPY "
                              "(0.x); 0 forces the server-side anti-join")
     parser.add_argument("--backup-only", action="store_true",
                         help="skip the restore measurements")
     args = parser.parse_args()
-    kong_tokens.EXPIRED_IDS_MAX = args.expired_ids_max
+    kong_export.EXPIRED_IDS_MAX = args.expired_ids_max
     bin_dir = _newest_bin()
     if bin_dir is None:
         raise SystemExit("PostgreSQL binaries not found under /usr/lib/postgresql")
@@ -211,7 +207,7 @@ def _run(server: PgServer, bin_dir: Path, base: Path, n: int, generation: str, e
                           "skipped_expired": meta["skipped_expired"]}
     results["pg_dump_same_tables"]["tables"] = tables
     results["rss_after_backup_mib"] = round(_peak_rss_mib(), 1)
-    results["expired_ids_max"] = kong_tokens.EXPIRED_IDS_MAX
+    results["expired_ids_max"] = kong_export.EXPIRED_IDS_MAX
     backup_rate = results["backup"]["rows_per_s"]
     for reference in ("pg_dump_tokens_table", "pg_dump_same_tables",
                       "psql_copy_out_same_statements"):

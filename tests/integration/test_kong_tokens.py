@@ -19,7 +19,7 @@ from tests.fixtures.kong_data import GENERATIONS, Subscription, TokenSpec
 from tests.fixtures.postgres import PgServer
 from wicked_dr.config import KongTokensConfig
 from wicked_dr.errors import DatabaseError, IntegrityError, SourceError
-from wicked_dr.sources import kong_tokens
+from wicked_dr.sources import kong_export, kong_restore, kong_stream
 from wicked_dr.sources.base import BackupContext
 from wicked_dr.sources.kong_tokens import KongTokensSource, restore_tokens
 from wicked_dr.testing.memory_sink import MemorySink
@@ -298,17 +298,17 @@ def _split_stream(data: bytes) -> Stream:
     sections: dict[str, list[bytes]] = {}
     for section in header["sections"]:
         lines: list[bytes] = []
-        while not rest.startswith(kong_tokens.END_OF_DATA):
+        while not rest.startswith(kong_stream.END_OF_DATA):
             line, _, rest = rest.partition(b"\n")
             lines.append(line + b"\n")
-        rest = rest[len(kong_tokens.END_OF_DATA):]
+        rest = rest[len(kong_stream.END_OF_DATA):]
         sections[section["name"]] = lines
     return header, sections, json.loads(rest)
 
 
 def _join_stream(header: dict[str, Any], sections: dict[str, list[bytes]],
                  trailer: dict[str, Any]) -> bytes:
-    body = b"".join(b"".join(sections[s["name"]]) + kong_tokens.END_OF_DATA
+    body = b"".join(b"".join(sections[s["name"]]) + kong_stream.END_OF_DATA
                     for s in header["sections"])
     return json.dumps(header).encode() + b"\n" + body + json.dumps(trailer).encode() + b"\n"
 
@@ -347,7 +347,7 @@ def _as_version_2(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
 
 
 def _v2_stream(header: dict[str, Any], lines: list[bytes], rows: int | None = None) -> bytes:
-    return (json.dumps(header).encode() + b"\n" + b"".join(lines) + kong_tokens.END_OF_DATA
+    return (json.dumps(header).encode() + b"\n" + b"".join(lines) + kong_stream.END_OF_DATA
             + json.dumps({"rows": len(lines) if rows is None else rows}).encode() + b"\n")
 
 
@@ -363,7 +363,7 @@ def test_backup_stream_has_unjoined_sections_each_ending_with_marker_then_counts
                 "0.14": ["oauth2_tokens", "oauth2_credentials", "services", "apis", "ttls"]}
     assert [s["name"] for s in header["sections"]] == expected.get(
         generation, ["oauth2_tokens", "oauth2_credentials", "services"])
-    assert header["version"] == kong_tokens.VERSION == 3
+    assert header["version"] == kong_stream.VERSION == 3
     assert "rows" not in header
     assert trailer == {"rows": {name: len(lines) for name, lines in sections.items()}}
     assert metadata["sections"] == trailer["rows"]
@@ -504,7 +504,7 @@ def test_restore_stream_cut_inside_a_later_section_refused_nothing_written(
     sink, metadata = _backup(scenario.config)
     _rebuild_after_loss(scenario)
     data = sink.read("kong_tokens")
-    last_marker = data.rindex(kong_tokens.END_OF_DATA)
+    last_marker = data.rindex(kong_stream.END_OF_DATA)
     cut = data[: data.rindex(b"\n", 0, last_marker - 1) + 1]  # inside the ttls rows
     with pytest.raises(IntegrityError, match="truncated"):
         restore_tokens(scenario.config, [cut], metadata=metadata, dry_run=False)
@@ -531,7 +531,7 @@ def test_backup_connection_dropped_mid_copy_raises_source_error(
 
     def kill_after_first_chunk(_name: str, index: int) -> None:
         if index == 1:
-            killed.append(pg_server.terminate_backends(kong_tokens._BACKUP_APP))
+            killed.append(pg_server.terminate_backends(kong_export._BACKUP_APP))
 
     sink = MemorySink(on_chunk=kill_after_first_chunk)
     config = KongTokensConfig(dsn=SecretStr(pg_database))
@@ -554,7 +554,7 @@ def test_restore_connection_dropped_mid_copy_rolls_back(
     def killing_chunks() -> Iterator[bytes]:
         for index, chunk in enumerate(sink.chunks("kong_tokens")):
             if index == 3:
-                assert pg_server.terminate_backends(kong_tokens._RESTORE_APP) == 1
+                assert pg_server.terminate_backends(kong_restore._RESTORE_APP) == 1
             yield chunk
 
     with pytest.raises(DatabaseError, match="nothing was written"):
@@ -570,7 +570,7 @@ def _section_ends(data: bytes) -> list[int]:
     sections = len(json.loads(data[:offset])["sections"])
     while len(ends) < sections:
         line_end = data.index(b"\n", offset) + 1
-        if data[offset:line_end] == kong_tokens.END_OF_DATA:
+        if data[offset:line_end] == kong_stream.END_OF_DATA:
             ends.append(line_end)
         offset = line_end
     return ends
@@ -603,7 +603,7 @@ def test_backup_connection_dropped_before_ttls_section_raises_source_error(
 
     def kill_before_ttls(_name: str, index: int) -> None:
         if index == before_ttls:
-            killed.append(pg_server.terminate_backends(kong_tokens._BACKUP_APP))
+            killed.append(pg_server.terminate_backends(kong_export._BACKUP_APP))
 
     with pytest.raises(SourceError, match="exporting Kong tokens failed"):
         KongTokensSource(config).backup(MemorySink(on_chunk=kill_before_ttls), BackupContext())
@@ -624,9 +624,9 @@ def test_backup_sink_failure_mid_copy_propagates_and_closes_connection(
     with pytest.raises(OSError, match="disk full"):
         KongTokensSource(config).backup(MemorySink(on_chunk=fail), BackupContext())
     deadline = time.monotonic() + 10
-    while pg_server.terminate_backends(kong_tokens._BACKUP_APP) and time.monotonic() < deadline:
+    while pg_server.terminate_backends(kong_export._BACKUP_APP) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert pg_server.terminate_backends(kong_tokens._BACKUP_APP) == 0
+    assert pg_server.terminate_backends(kong_export._BACKUP_APP) == 0
 
 
 def test_restore_connection_dropped_in_ttls_section_rolls_back(
@@ -647,7 +647,7 @@ def test_restore_connection_dropped_in_ttls_section_rolls_back(
     def killing_chunks() -> Iterator[bytes]:
         for index, chunk in enumerate(chunks):
             if index == in_ttls:
-                assert pg_server.terminate_backends(kong_tokens._RESTORE_APP) == 1
+                assert pg_server.terminate_backends(kong_restore._RESTORE_APP) == 1
             yield chunk
 
     with pytest.raises(DatabaseError, match="nothing was written"):
@@ -677,17 +677,17 @@ def test_backup_expired_ids_in_statement_and_server_side_anti_join_export_the_sa
                          "'1 hour') AT TIME ZONE 'UTC' FROM unnest(%s::text[]) AS k",
                          ([str(uuid.uuid4()), "not-a-uuid"],))
     statements: list[str] = []
-    export_plan = kong_tokens.export_plan
+    export_plan = kong_export.export_plan
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         plan = export_plan(*args, **kwargs)
         statements.append(plan[0][1].as_string(None))
         return plan
 
-    monkeypatch.setattr(kong_tokens, "export_plan", spy)
+    monkeypatch.setattr(kong_export, "export_plan", spy)
     results = {}
-    for ids_max in (kong_tokens.EXPIRED_IDS_MAX, len(more) + 1, 1, 0):
-        monkeypatch.setattr(kong_tokens, "EXPIRED_IDS_MAX", ids_max)
+    for ids_max in (kong_export.EXPIRED_IDS_MAX, len(more) + 1, 1, 0):
+        monkeypatch.setattr(kong_export, "EXPIRED_IDS_MAX", ids_max)
         sink, metadata = _backup(scenario.config)
         _, sections, trailer = _split_stream(sink.read("kong_tokens"))
         results[ids_max] = ({k: v for k, v in metadata.items()
