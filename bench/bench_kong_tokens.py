@@ -48,8 +48,9 @@ from wicked_dr.repository.snapshot import StreamRef
 from wicked_dr.sources import kong_export
 from wicked_dr.sources.base import BackupContext
 from wicked_dr.sources.kong_export import expired_tokens, export_plan
+from wicked_dr.sources.kong_restore import restore_tokens
 from wicked_dr.sources.kong_schema import detect_schema
-from wicked_dr.sources.kong_tokens import KongTokensSource, restore_tokens
+from wicked_dr.sources.kong_tokens import KongTokensSource
 from wicked_dr.testing.sample_volume import generate
 
 

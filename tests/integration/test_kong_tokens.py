@@ -21,7 +21,8 @@ from wicked_dr.config import KongTokensConfig
 from wicked_dr.errors import DatabaseError, IntegrityError, SourceError
 from wicked_dr.sources import kong_export, kong_restore, kong_stream
 from wicked_dr.sources.base import BackupContext
-from wicked_dr.sources.kong_tokens import KongTokensSource, restore_tokens
+from wicked_dr.sources.kong_restore import restore_tokens
+from wicked_dr.sources.kong_tokens import KongTokensSource
 from wicked_dr.testing.memory_sink import MemorySink
 from wicked_dr.testing.sample_volume import generate
 

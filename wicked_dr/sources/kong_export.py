@@ -41,7 +41,6 @@ from wicked_dr.sources.kong_stream import (
     FORMAT,
     SECTION_KEYS,
     SERVICES,
-    STREAM_NAME,
     TOKENS,
     TTLS,
     VERSION,
@@ -49,6 +48,7 @@ from wicked_dr.sources.kong_stream import (
     joined_columns,
     json_line,
 )
+from wicked_dr.sources.kong_tokens import STREAM_NAME
 
 # The source's events keep the source's module name, wherever in it they are emitted.
 log = get_logger("wicked_dr.sources.kong_tokens")

@@ -22,7 +22,6 @@ from typing import Any
 from wicked_dr.errors import IntegrityError
 from wicked_dr.sources.kong_schema import SAFE_TYPE, Column
 
-STREAM_NAME = "kong_tokens"
 FORMAT = "wicked-dr/kong-tokens"
 VERSION = 3
 # Version 1 carried the row count in the header (it cost a second pass over the join);
