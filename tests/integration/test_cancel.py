@@ -34,6 +34,7 @@ from tests.fixtures.repos import (
     make_setup,
     repo_target,
 )
+from tests.fixtures.threads import in_thread
 from wicked_dr import cli as cli_module
 from wicked_dr.actions.backup import BackupResult, run_backup
 from wicked_dr.actions.check import run_check
@@ -61,22 +62,6 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> RepoTarget:
 
 def _config(s: Setup) -> Config:
     return load_config(s.config_path, {})
-
-
-def _in_thread(run: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
-    """Run ``run`` in a thread, like the daemon's scheduler; its result or exception lands in
-    the returned list."""
-    results: list[object] = []
-
-    def job() -> None:
-        try:
-            results.append(run())
-        except BaseException as exc:  # the test looks at it
-            results.append(exc)
-
-    thread = threading.Thread(target=job, name="test-job", daemon=True)
-    thread.start()
-    return thread, results
 
 
 def _until(condition: Callable[[], bool], what: str) -> None:
@@ -130,7 +115,7 @@ def test_backup_cancelled_mid_scan_from_a_thread_releases_everything(
     pending = s.volume / "users" / "in-flight.json.lock"
     pending.write_text("")
     token = ScriptedToken()
-    thread, results = _in_thread(lambda: run_backup(_config(s),
+    thread, results = in_thread(lambda: run_backup(_config(s),
                                                     options=RunOptions(cancel=token)))
     # The grace period after taking global.lock is wait 1; the settle polls come after it.
     _until(lambda: (s.volume / GLOBAL_LOCK).exists() and token.waits >= 2,
@@ -187,7 +172,7 @@ def test_backup_cancelled_in_repository_lock_wait_holds_nothing(tmp_path: Path) 
     held = acquire(s.repo(), exclusive=True, operation="prune", wait_s=0, expiry_s=600)
     try:
         token = ScriptedToken()
-        thread, results = _in_thread(lambda: run_backup(
+        thread, results = in_thread(lambda: run_backup(
             _config(s), options=RunOptions(lock_wait_s=3600, cancel=token)))
         assert token.waiting.wait(HANG_GUARD_S)  # in the lock wait now
         token.cancel("test")

@@ -9,31 +9,16 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable
 
 import pytest
 
+from tests.fixtures.threads import in_thread
 from wicked_dr.actions.common import RunOptions
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken, cancel_on_signals
 from wicked_dr.errors import ExitCode, Interrupted, WickedDRError
 from wicked_dr.testing.scripted_token import ScriptedToken
 
 HANG_GUARD_S = 60.0
-
-
-def _in_thread(run: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
-    """Start ``run`` in a thread; its result or exception lands in the returned list."""
-    results: list[object] = []
-
-    def target() -> None:
-        try:
-            results.append(run())
-        except BaseException as exc:  # the test looks at it
-            results.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, results
 
 
 def test_fresh_token_is_not_cancelled() -> None:
@@ -66,7 +51,7 @@ def test_cancelled_token_raises_interrupted_exit_130_with_reason() -> None:
 def test_wait_in_another_thread_ends_when_cancelled() -> None:
     """A job waiting an hour on its token returns True as soon as another thread cancels."""
     token = ScriptedToken()
-    thread, results = _in_thread(lambda: token.wait(3600))
+    thread, results = in_thread(lambda: token.wait(3600))
     assert token.waiting.wait(HANG_GUARD_S)
     assert results == []  # still waiting: the cancel below is what ends it
     token.cancel("test")
@@ -147,7 +132,7 @@ def test_signal_bridge_restores_handlers_and_wakeup_fd() -> None:
 def test_signal_bridge_off_the_main_thread_installs_nothing() -> None:
     """Python allows signal handlers only in the main thread: elsewhere the block just runs."""
     before = signal.getsignal(signal.SIGTERM)
-    thread, results = _in_thread(lambda: _enter_bridge())
+    thread, results = in_thread(lambda: _enter_bridge())
     thread.join(HANG_GUARD_S)
     assert results == [before]
 
