@@ -28,9 +28,27 @@ def render(command: str, result: Any) -> str:
         lines += [f"problem: {p['object']}: {p['message']}" for p in problems]
         lines += [f"warning: {w}" for w in result["warnings"]]
         return "\n".join(lines)
+    if command == "restore" and isinstance(result, dict) and result.get("mode") == "target":
+        return _restore_target(result)
     if command == "restore" and isinstance(result, dict) and "kong_restarts" in result:
         return _restore_with_restarts(dict(result))
     return _mapping(result)
+
+
+def _restore_target(result: dict[str, Any]) -> str:
+    verb = "would restore" if result["dry_run"] else "restored"
+    lines = [f"{verb} snapshot {result['snapshot']} into {result['target']}"]
+    for name, written in result["sources"].items():
+        if "files" in written:
+            lines.append(f"  {name}: {written['files']} files, {written.get('dirs', 0)} dirs, "
+                         f"{written.get('symlinks', 0)} symlinks, "
+                         f"{_size(written.get('bytes', 0))}")
+        else:
+            where = f" -> {written['path']}" if "path" in written else ""
+            lines.append(f"  {name}: {_size(written.get('bytes', 0))}{where}")
+    if not result["dry_run"]:
+        lines.append(f"{result['packs_fetched']} packs fetched, {result['duration_s']} s")
+    return "\n".join(lines)
 
 
 def _restore_with_restarts(result: dict[str, Any]) -> str:

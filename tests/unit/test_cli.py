@@ -297,6 +297,23 @@ def test_restore_live_modes_without_yes_piped_stdin_refuse_exit_2(
     assert sys.stdin.read() == "yes\n"  # the answer was never consumed
 
 
+def test_restore_target_dry_run_counts_from_snapshot_writes_nothing(
+        setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """restore --target --dry-run reports the snapshot's counts per source and creates
+    nothing at the target."""
+    assert main(["--config", str(setup), "backup"]) == 0
+    capsys.readouterr()
+    target = setup.parent / "out"
+    code = main(["--config", str(setup), "restore", "latest", "--target", str(target),
+                 "--dry-run", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dry_run"] is True and not target.exists()
+    assert result["sources"] == {"volume": {"files": 2, "dirs": 1, "symlinks": 0,
+                                            "bytes": result["bytes"]}}
+    assert result["files"] == 2 and result["bytes"] > 0
+
+
 def test_restore_tokens_only_without_dsn_config_error_before_any_io(
         setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--tokens-only without kong_tokens.dsn is a configuration error (exit 2) naming the key,

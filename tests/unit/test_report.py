@@ -51,3 +51,16 @@ def test_snapshots_table_no_trailing_spaces() -> None:
 def test_snapshots_empty_says_so() -> None:
     """No rows: one line saying there are no snapshots."""
     assert render("snapshots", []) == "no snapshots"
+
+
+def test_restore_target_human_summary_one_line_per_source() -> None:
+    """restore --target reads as: what went where, one line per source, then the cost."""
+    result = {"mode": "target", "dry_run": False, "snapshot": "S1", "target": "/t",
+              "packs_fetched": 2, "duration_s": 1.5,
+              "sources": {"volume": {"files": 3, "dirs": 1, "symlinks": 0, "bytes": 2048},
+                          "kong_tokens": {"bytes": 10, "path": "/t/kong_tokens.stream"}}}
+    assert render("restore", result).splitlines() == [
+        "restored snapshot S1 into /t",
+        "  volume: 3 files, 1 dirs, 0 symlinks, 2.0 KiB",
+        "  kong_tokens: 10 B -> /t/kong_tokens.stream",
+        "2 packs fetched, 1.5 s"]

@@ -69,9 +69,11 @@ def run_restore_to_dir(config: Config, snapshot_ref: str, target: Path, *, force
     selected = _selected(config, snapshot, sources)
     check_target(target, force=force)
     if dry_run:
-        return TargetRestoreResult(snapshot.id, str(target), True, files=snapshot.summary.files,
-                                   bytes=snapshot.summary.bytes,
-                                   sources={s.name: {} for s in selected})
+        summary = snapshot.summary
+        return TargetRestoreResult(snapshot.id, str(target), True, files=summary.files,
+                                   dirs=summary.dirs, symlinks=summary.symlinks,
+                                   bytes=summary.bytes,
+                                   sources={s.name: _planned(snapshot, s.name) for s in selected})
     reader = snapshot_reader(repo, config, snapshot, options)
     done = [s.restore_to_dir(reader, snapshot.source(s.name), target) for s in selected]
     return _target_result(snapshot, target, done, reader.blobs.packs_fetched, started)
@@ -89,6 +91,16 @@ def _selected(config: Config, snapshot: Snapshot, names: list[str] | None) -> li
         raise UsageError(f"snapshot {snapshot.id} holds no file tree; name what to restore "
                          f"with --source ({', '.join(snapshot.sources)})")
     return [source_named(name, config) for name in trees]
+
+
+def _planned(snapshot: Snapshot, name: str) -> dict[str, Any]:
+    """What a dry run would write for source ``name``."""
+    record = snapshot.source(name)
+    if record.trees:
+        summary = snapshot.summary
+        return {"files": summary.files, "dirs": summary.dirs, "symlinks": summary.symlinks,
+                "bytes": summary.bytes}
+    return {"bytes": record.stream.size if record.stream else 0}
 
 
 def _target_result(snapshot: Snapshot, target: Path, done: list[DirRestore],
