@@ -235,6 +235,58 @@ def test_backup_volume_shrank_within_limit_accepted(setup: Setup) -> None:
     assert second["files"] == int(first["files"]) - 10  # type: ignore[call-overload]
 
 
+def _delete_share(volume: Path, share: float) -> None:
+    """Delete about ``share`` of the files under applications/ and subscription_index/."""
+    files = sorted((volume / "subscription_index").iterdir())
+    files += sorted((volume / "applications").iterdir())
+    for path in files[:int(len(files) * share)]:
+        path.unlink()
+
+
+def test_backup_volume_shrinking_in_small_steps_refused_against_reference(
+        setup: Setup) -> None:
+    """Backups each losing less than the limit cannot walk the volume down: the guard compares
+    with the largest recent snapshot, not only the previous one."""
+    setup.write(max_shrink_percent=20)
+    first = _backup(setup)
+    losses = []
+    for _ in range(4):
+        before = len(list(setup.volume.rglob("*.json")))
+        _delete_share(setup.volume, 0.25)
+        losses.append(1 - len(list(setup.volume.rglob("*.json"))) / before)
+        run = cli(setup.config_path, "backup", "--json")
+        if run.code != 0:
+            break
+    assert all(loss < 0.2 for loss in losses), losses  # each step alone is allowed
+    assert run.code == 6, run.err
+    assert f"since snapshot {first['snapshot']}" in run.err and "files" in run.err
+
+
+def test_backup_volume_truncated_files_refused_by_bytes(setup: Setup) -> None:
+    """Files emptied in place keep the file count but lose the bytes: refused (exit 6)."""
+    setup.write(max_shrink_percent=20)
+    first = _backup(setup)
+    for path in sorted(setup.volume.rglob("*.json"))[::10]:
+        path.write_bytes(b"")
+    for path in sorted(setup.volume.rglob("*.json")):
+        if path.stat().st_size:
+            path.write_bytes(b"{}")
+    run = cli(setup.config_path, "backup")
+    assert run.code == 6, run.err
+    assert "bytes" in run.err and str(first["snapshot"]) in run.err
+
+
+def test_backup_after_forced_loss_reference_starts_again(setup: Setup) -> None:
+    """A forced backup accepts the loss: the next ordinary backup compares with it."""
+    setup.write(max_shrink_percent=20)
+    _backup(setup)
+    _delete_share(setup.volume, 0.9)
+    assert cli(setup.config_path, "backup").code == 6
+    _backup(setup, "--force")
+    run = cli(setup.config_path, "backup")
+    assert run.code == 0, run.err
+
+
 # --- unreadable entries ------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from wicked_dr.cancel import CancelToken
 from wicked_dr.config import Config
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids, snapshot_time
 from wicked_dr.engine.snapshot_writer import SnapshotWriter, WriteStats
+from wicked_dr.errors import IntegrityError
 from wicked_dr.log import get_logger
 from wicked_dr.repository.locks import locked
 from wicked_dr.repository.repo import Repository
@@ -31,6 +32,7 @@ from wicked_dr.sources.base import BackupContext, Source, SourceBackup
 
 log = get_logger(__name__)
 MAX_ERRORS_RECORDED = 1000
+RECENT = 10  # snapshots the shrink guard compares with (since the newest forced one)
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,12 @@ def run_backup(config: Config, *, force: bool = False,
     repo = open_or_create_repository(config)
     with locked(repo, exclusive=False, operation="backup", wait_s=options.lock_wait_s,
                 expiry_s=config.repository.lock_expiry_s, cancel=options.cancel) as lock:
-        previous = _previous_snapshot(repo)
+        recent = _recent_snapshots(repo)
+        previous = recent[-1] if recent else None
         writer = _writer(repo, config, previous, options.cancel)
         try:
-            context = BackupContext(force, options.lock_wait_s, previous, options.progress,
-                                    options.cancel)
+            context = BackupContext(force, options.lock_wait_s, previous, recent,
+                                    options.progress, options.cancel)
             backups = {source.name: source.backup(writer, context) for source in sources}
             writer.seal()
             lock.check()
@@ -78,9 +81,22 @@ def run_backup(config: Config, *, force: bool = False,
     return result
 
 
-def _previous_snapshot(repo: Repository) -> Snapshot | None:
-    ids = snapshot_ids(repo)
-    return load_snapshot(repo, ids[-1]) if ids else None
+def _recent_snapshots(repo: Repository) -> tuple[Snapshot, ...]:
+    """The newest RECENT snapshots, oldest first. The newest must be readable (it is the
+    parent); an older damaged one is logged and left out of the guards' reference."""
+    ids = snapshot_ids(repo)[-RECENT:]
+    recent = [_readable(repo, snapshot_id) for snapshot_id in ids[:-1]]
+    newest = [load_snapshot(repo, ids[-1])] if ids else []
+    return tuple(s for s in [*recent, *newest] if s is not None)
+
+
+def _readable(repo: Repository, snapshot_id: str) -> Snapshot | None:
+    try:
+        return load_snapshot(repo, snapshot_id)
+    except IntegrityError as exc:
+        log.error("unreadable snapshot left out of the shrink guard's reference",
+                  snapshot=snapshot_id, error=exc.one_line())
+        return None
 
 
 def _writer(repo: Repository, config: Config, previous: Snapshot | None,

@@ -38,6 +38,7 @@ from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.segments import Segment
 from wicked_dr.repository.snapshot import Snapshot, StreamRef
 from wicked_dr.repository.statcache import RACY_WINDOW_NS, StatCacheReader, StatCacheWriter
+from wicked_dr.sources.base import TreeCounts
 
 log = get_logger(__name__)
 INDEX_BLOBS_PER_OBJECT = 20_000
@@ -164,14 +165,14 @@ class SnapshotWriter:
     # --- the sink side: a file tree ---------------------------------------------------------
 
     def add_tree(self, root: Path, exclude: Callable[[str], object],
-                 settle: Callable[[str, list[str]], bool] | None = None) -> int:
-        """Scan the tree under ``root`` into this snapshot (see tree_scan.py); the number of
-        files it holds (a snapshot has one file tree)."""
+                 settle: Callable[[str, list[str]], bool] | None = None) -> TreeCounts:
+        """Scan the tree under ``root`` into this snapshot (see tree_scan.py); how many files
+        and bytes it holds (a snapshot has one file tree)."""
         racy_from = (self._previous.scan_start_ns - RACY_WINDOW_NS
                      if self._previous is not None else 0)
         scan_tree(str(root), self, self._pool, exclude=exclude, settle=settle,
                   racy_from_ns=racy_from)
-        return self.stats.files
+        return TreeCounts(self.stats.files, self.stats.bytes_total)
 
     def enter_dir(self, rel_dir: str) -> None:
         """A directory's block starts: position both stat caches."""

@@ -33,13 +33,21 @@ class SnapshotSink(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TreeCounts:
+    """What a file tree in a snapshot holds."""
+
+    files: int
+    bytes: int
+
+
 class TreeSink(SnapshotSink, Protocol):
     """The engine side a file-tree source writes into."""
 
     def add_tree(self, root: Path, exclude: Callable[[str], object],
-                 settle: Callable[[str, list[str]], bool] | None = None) -> int:
+                 settle: Callable[[str, list[str]], bool] | None = None) -> TreeCounts:
         """Snapshot every entry under ``root`` except names ``exclude`` refuses; return how
-        many files the tree holds.
+        many files and bytes the tree holds.
 
         The engine scans (in parallel, skipping unchanged files); the source decides what to
         read and holds whatever makes the tree consistent (wicked's lock) around the call.
@@ -77,6 +85,9 @@ class BackupContext:
     force: bool = False
     lock_wait_s: float = 0.0
     previous: Snapshot | None = None  # the newest snapshot before this one
+    # The newest few snapshots, oldest first (``previous`` last): the reference of guards
+    # that must not be walked down one small step at a time.
+    recent: tuple[Snapshot, ...] = ()
     progress: Progress | None = None
     # Checked at the source's safe points (waits for the portal's locks, between chunks).
     cancel: CancelToken = NOT_CANCELLED

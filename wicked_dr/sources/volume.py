@@ -14,6 +14,7 @@ from wicked_dr.sources.base import (
     DirRestore,
     SourceBackup,
     SourceKind,
+    TreeCounts,
     TreeReader,
     TreeSink,
 )
@@ -69,27 +70,53 @@ class VolumeSource:
         ``context.lock_wait_s`` for somebody else's ``global.lock`` to go away."""
         with quiesced(self.path, self.config.quiesce, self.config.quiesce_timeout_s,
                       lock_wait_s=context.lock_wait_s, cancel=context.cancel) as report:
-            files = sink.add_tree(self.path, exclude=is_excluded, settle=report.settle)
+            counts = sink.add_tree(self.path, exclude=is_excluded, settle=report.settle)
         if not context.force:
-            self._guard_shrink(files, context.previous)
+            self._guard_shrink(counts, context.recent)
         metadata = {"path": str(self.path), "quiesce": report.mode,
                     "lock_window_s": report.window_s,
                     "waited_for_writes": report.waited_for_locks,
-                    "removed_stale_lock": report.removed_stale}
+                    "removed_stale_lock": report.removed_stale, "forced": context.force}
         return SourceBackup(metadata, lock_window_s=report.window_s)
 
-    def _guard_shrink(self, files: int, previous: Snapshot | None) -> None:
-        """A half-deleted volume must not become the newest snapshot and push good ones out."""
-        before = previous.summary.files if previous is not None else 0
+    def _guard_shrink(self, counts: TreeCounts, recent: tuple[Snapshot, ...]) -> None:
+        """A half-deleted or half-truncated volume must not become the newest snapshot and
+        push good ones out. The reference is the largest of the recent snapshots since the
+        newest forced one, in files and in bytes, so that five backups each losing a little
+        less than the limit cannot walk the volume down unnoticed."""
         limit = self.config.max_shrink_percent
-        if previous is not None and before and files < before * (1 - limit / 100):
-            raise RefusedError(
-                f"the volume shrank from {before} to {files} files (more than "
-                f"volume.max_shrink_percent={limit:g}%) since snapshot {previous.id}; "
-                "refusing to snapshot it (pass --force if the deletion is intended)")
+        for what in ("files", "bytes"):
+            reference = _largest(recent, what)
+            before, now = _count(reference, what), int(getattr(counts, what))
+            if reference is not None and now < before * (1 - limit / 100):
+                raise RefusedError(
+                    f"the volume shrank from {before} to {now} {what} "
+                    f"(more than volume.max_shrink_percent={limit:g}%) since snapshot "
+                    f"{reference.id}; refusing to snapshot it (pass --force if the loss is "
+                    "intended)")
 
     def restore_to_dir(self, reader: TreeReader, record: SourceRecord,
                        target: Path) -> DirRestore:
         """The volume's files under ``target`` (directly: ``target`` becomes the volume)."""
         written = reader.restore_tree(record.trees, target)
         return DirRestore(self.name, written, str(target))
+
+
+def _largest(recent: tuple[Snapshot, ...], what: str) -> Snapshot | None:
+    """The snapshot with the most ``what`` since (and including) the newest forced one: a
+    forced backup accepted the loss, so older snapshots no longer count."""
+    since = recent
+    for index in range(len(recent) - 1, -1, -1):
+        if _forced(recent[index]):
+            since = recent[index:]
+            break
+    return max(since, key=lambda s: _count(s, what), default=None)
+
+
+def _count(snapshot: Snapshot | None, what: str) -> int:
+    return int(getattr(snapshot.summary, what)) if snapshot is not None else 0
+
+
+def _forced(snapshot: Snapshot) -> bool:
+    record = snapshot.sources.get(TREE_SOURCE)
+    return bool(record is not None and record.metadata.get("forced"))
