@@ -61,10 +61,12 @@ def test_quiesced_settle_waits_for_file_locks(tmp_path: Path) -> None:
     (tmp_path / "users").mkdir()
     pending = tmp_path / "users" / "u.json.lock"
     pending.write_text("")
-    threading.Timer(0.3, pending.unlink).start()
-    started = time.monotonic()
-    with quiesced(tmp_path, "wicked-lock", 5.0) as report:
+    # The writer finishes 0.3 s after the scan reached the directory, however long taking
+    # global.lock took on a loaded machine; the timeout is far from any wait here.
+    with quiesced(tmp_path, "wicked-lock", 120.0) as report:
         assert report.settle(str(tmp_path), os.listdir(tmp_path)) is False  # only global.lock
+        started = time.monotonic()
+        threading.Timer(0.3, pending.unlink).start()
         assert report.settle(str(tmp_path / "users"), ["u.json", "u.json.lock"]) is True
         assert not pending.exists()
     assert time.monotonic() - started >= 0.3

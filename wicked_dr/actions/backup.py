@@ -21,8 +21,9 @@ from wicked_dr.cancel import CancelToken
 from wicked_dr.config import Config
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids, snapshot_time
 from wicked_dr.engine.snapshot_writer import SnapshotWriter, WriteStats
-from wicked_dr.errors import IntegrityError
+from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.log import get_logger
+from wicked_dr.repository.index import IndexCache
 from wicked_dr.repository.locks import locked
 from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.snapshot import FileError, Snapshot, SourceRecord, Summary
@@ -49,6 +50,9 @@ class BackupResult(Result):
     objects_written: int
     errors: int
     sources: tuple[str, ...]
+    # Damage met on the way (an unreadable parent, a missing tree, a damaged index object):
+    # the backup went on around it and its snapshot is sound, but a person must look.
+    damage: tuple[str, ...] = ()
 
 
 def run_backup(config: Config, *, force: bool = False,
@@ -62,11 +66,13 @@ def run_backup(config: Config, *, force: bool = False,
     repo = open_or_create_repository(config)
     with locked(repo, exclusive=False, operation="backup", wait_s=options.lock_wait_s,
                 expiry_s=config.repository.lock_expiry_s, cancel=options.cancel) as lock:
-        recent = _recent_snapshots(repo)
-        previous = recent[-1] if recent else None
-        writer = _writer(repo, config, previous, options.cancel)
+        parent = _parent(repo)
+        index = index_cache(repo, config)
+        damage = (*parent.damage, *index.damage)
+        previous = parent.snapshot
+        writer = _writer(repo, config, parent, index, options.cancel)
         try:
-            context = BackupContext(force, options.lock_wait_s, previous, recent,
+            context = BackupContext(force, options.lock_wait_s, previous, parent.recent,
                                     options.progress, options.cancel)
             backups = {source.name: source.backup(writer, context) for source in sources}
             writer.seal()
@@ -76,37 +82,61 @@ def run_backup(config: Config, *, force: bool = False,
         except BaseException:
             writer.abort()
             raise
-    result = _result(snapshot, writer.stats, backups, started)
+    result = _result(snapshot, writer.stats, backups, started, damage)
+    for problem in damage:
+        log.error("repository damage; this backup went on around it", damage=problem)
     log.info("backup done", **result.to_json())
     return result
 
 
-def _recent_snapshots(repo: Repository) -> tuple[Snapshot, ...]:
-    """The newest RECENT snapshots, oldest first. The newest must be readable (it is the
-    parent); an older damaged one is logged and left out of the guards' reference."""
+@dataclass(frozen=True)
+class _Parent:
+    """What a new snapshot builds on: the newest snapshot when it is sound (its stat cache
+    and trees are reused), the recent readable ones (the shrink guard's reference), the id
+    the new one must sort after, and the damage found on the way."""
+
+    snapshot: Snapshot | None
+    recent: tuple[Snapshot, ...]
+    newest_id: str | None
+    damage: tuple[str, ...]
+
+
+def _parent(repo: Repository) -> _Parent:
+    """A damaged newest snapshot (unreadable, or a tree object gone) is no parent: the
+    backup then reads the volume in full, so the damage never spreads into the new one."""
     ids = snapshot_ids(repo)[-RECENT:]
-    recent = [_readable(repo, snapshot_id) for snapshot_id in ids[:-1]]
-    newest = [load_snapshot(repo, ids[-1])] if ids else []
-    return tuple(s for s in [*recent, *newest] if s is not None)
+    loaded = {snapshot_id: _readable(repo, snapshot_id) for snapshot_id in ids}
+    recent = tuple(s for s in loaded.values() if not isinstance(s, str))
+    if not ids:
+        return _Parent(None, recent, None, ())
+    newest = loaded[ids[-1]]
+    if isinstance(newest, str):
+        return _Parent(None, recent, ids[-1], (f"{newest}; backed up from a clean parent",))
+    missing = [tree_id for tree_id in newest.trees if not repo.has("tree", tree_id)]
+    if missing:
+        problem = (f"snapshot {newest.id}: {len(missing)} tree object(s) missing, e.g. "
+                   f"{missing[0]}; backed up from a clean parent")
+        return _Parent(None, recent, newest.id, (problem,))
+    return _Parent(newest, recent, newest.id, ())
 
 
-def _readable(repo: Repository, snapshot_id: str) -> Snapshot | None:
+def _readable(repo: Repository, snapshot_id: str) -> Snapshot | str:
+    """The snapshot, or the one-line reason it cannot be read."""
     try:
         return load_snapshot(repo, snapshot_id)
-    except IntegrityError as exc:
-        log.error("unreadable snapshot left out of the shrink guard's reference",
-                  snapshot=snapshot_id, error=exc.one_line())
-        return None
+    except (IntegrityError, NotFoundError) as exc:
+        return exc.one_line()
 
 
-def _writer(repo: Repository, config: Config, previous: Snapshot | None,
+def _writer(repo: Repository, config: Config, parent: _Parent, index: IndexCache,
             cancel: CancelToken) -> SnapshotWriter:
-    snapshot_id = new_snapshot_id(after=previous.id if previous else None)
+    previous = parent.snapshot
+    snapshot_id = new_snapshot_id(after=parent.newest_id)
     local = state_dir(config)
     local.remove_stale_staging()
     stat_dir = local.stat_cache(repo.repo_id)
     prev_stat = StatCacheReader.latest(stat_dir, previous.id if previous else None)
-    return SnapshotWriter(repo, index_cache(repo, config), local.staging(snapshot_id),
+    return SnapshotWriter(repo, index, local.staging(snapshot_id),
                           snapshot_id=snapshot_id,
                           pack_size=config.repository.pack_size_mib * 1024 * 1024,
                           stat_dir=stat_dir, previous=prev_stat, scan_start_ns=time.time_ns(),
@@ -141,11 +171,11 @@ def _snapshot(writer: SnapshotWriter, previous: Snapshot | None,
 
 
 def _result(snapshot: Snapshot, stats: WriteStats, backups: dict[str, SourceBackup],
-            started: float) -> BackupResult:
+            started: float, damage: tuple[str, ...]) -> BackupResult:
     return BackupResult(snapshot.id, stats.files, stats.bytes_read, stats.bytes_new,
                         round(time.monotonic() - started, 3),
                         sum(b.lock_window_s for b in backups.values()), stats.files_unchanged,
-                        stats.objects_written, len(stats.errors), tuple(backups))
+                        stats.objects_written, len(stats.errors), tuple(backups), damage)
 
 
 def new_snapshot_id(after: str | None = None) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from wicked_dr.errors import IntegrityError, LockedError
+from wicked_dr.errors import IntegrityError, LockedError, NotFoundError
 from wicked_dr.log import get_logger
 from wicked_dr.repository.packs import PackRecord, blob_rows_json
 from wicked_dr.repository.repo import Repository
@@ -91,6 +91,7 @@ class IndexCache:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             self._db = _connect(path)
+        self.damage: list[str] = []  # index objects that could not be read (``sync``)
         self._in_run = False
         self._reading = False  # a read transaction is open for lookups
         # Blob ids of the open run, the first RUN_SET_MAX of them: dedup within a run without
@@ -133,8 +134,20 @@ class IndexCache:
                     self._db.execute(f"DELETE FROM {table}")
             loaded = set()
         for index_id in sorted(stored - loaded):
-            self.add_index(index_id, repo.load("index", index_id))
+            self._load_index(repo, index_id)
         self._empty = self._no_blobs()
+
+    def _load_index(self, repo: Repository, index_id: str) -> None:
+        """One index object into the cache; a damaged one is left out (its blobs are then in
+        no index: a backup stores them again, a restore of a snapshot that needs them says
+        so, every other restore works) and named in ``damage``. It is not marked loaded, so
+        a repaired object is read next time."""
+        try:
+            self.add_index(index_id, repo.load("index", index_id))
+        except (IntegrityError, NotFoundError) as exc:
+            log.error("index object unreadable; left out of the index cache",
+                      index=index_id, error=exc.one_line())
+            self.damage.append(f"index object {index_id}: {exc.one_line()}")
 
     def add_index(self, index_id: str, plaintext: bytes) -> None:
         """Record an index object (its plaintext) read from the repository."""
