@@ -70,6 +70,7 @@ def main() -> None:
             else:
                 blobs = entry.get("blobs", [entry["sha256"]] if entry["size"] else [])
                 content = b"".join(blob(where, b) for b in blobs)
+                assert len(content) == entry["size"], entry["path"]
                 assert hashlib.sha256(content).hexdigest() == entry["sha256"], entry["path"]
                 dest.write_bytes(content)
                 os.chmod(dest, entry["mode"])

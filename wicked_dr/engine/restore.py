@@ -1,11 +1,12 @@
 """Restoring a snapshot's file tree into a directory.
 
-Every blob is checked against its SHA-256 before a byte of it is written, and each file's
-whole SHA-256 is checked after writing; a file that fails is removed, so wrong bytes are never
-left under a real name. (A crash mid-file can leave that one file partial: restore into an
-empty directory and rerun.) Entries that would land outside the target (absolute paths,
-``..``, a path through a symlink, a parent that is not a directory of the snapshot) are
-refused before anything is written for them.
+Every blob is checked against its SHA-256 before a byte of it is written, no file grows
+beyond the size its entry declares (blobs holding more or less than that are an
+``IntegrityError``), and each file's whole SHA-256 is checked after writing; a file that
+fails is removed, so wrong bytes are never left under a real name. (A crash mid-file can
+leave that one file partial: restore into an empty directory and rerun.) Entries that would
+land outside the target (absolute paths, ``..``, a path through a symlink, a parent that is
+not a directory of the snapshot) are refused before anything is written for them.
 
 A cancelled restore stops between entries, never inside a file: every file under the target
 is whole and verified, but the tree is partial (files missing, directories without their
@@ -241,15 +242,22 @@ def _inside(root: Path, path: Path) -> bool:
 
 def _restore_file(reader: BlobReader, entry: Entry, dest: Path, root: Path,
                   ownership: Ownership) -> None:
-    # Blobs are verified against their ids before a byte is written; the whole-file hash
-    # is checked too, and a mismatching file is removed rather than left behind.
+    # Blobs are verified against their ids before a byte is written, never a byte beyond
+    # the declared size is written, and the size and whole-file hash are checked at the end;
+    # a file that fails is removed rather than left behind.
     digest = hashlib.sha256()
+    written = 0
     fd = _create(dest)
     try:
         for blob_id in entry.blobs:
             data = reader.get(blob_id)
+            if written + len(data) > entry.size:
+                raise size_error(entry, "more", "the file was removed")
             digest.update(data)
             _write_all(fd, data)
+            written += len(data)
+        if written != entry.size:
+            raise size_error(entry, "less", "the file was removed")
         if digest.hexdigest() != entry.sha256:
             raise IntegrityError(f"{entry.path}: restored content does not match its SHA-256; "
                                  "the file was removed")
@@ -259,6 +267,13 @@ def _restore_file(reader: BlobReader, entry: Entry, dest: Path, root: Path,
         dest.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+def size_error(entry: Entry, more_or_less: str, consequence: str) -> IntegrityError:
+    """Blobs holding ``more_or_less`` data than ``entry`` declares: a damaged or hostile
+    manifest."""
+    return IntegrityError(f"manifest entry {entry.path!r}: its blobs hold {more_or_less} than "
+                          f"its declared size of {entry.size} bytes; {consequence}")
 
 
 def _create(dest: Path) -> int:
