@@ -73,7 +73,7 @@ def main() -> None:
                 assert len(content) == entry["size"], entry["path"]
                 assert hashlib.sha256(content).hexdigest() == entry["sha256"], entry["path"]
                 dest.write_bytes(content)
-                os.chmod(dest, entry["mode"])
+                os.chmod(dest, entry["mode"] & 0o777)  # never setuid, setgid or sticky
                 os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]))
 
 
