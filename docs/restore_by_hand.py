@@ -70,9 +70,10 @@ def main() -> None:
             else:
                 blobs = entry.get("blobs", [entry["sha256"]] if entry["size"] else [])
                 content = b"".join(blob(where, b) for b in blobs)
+                assert len(content) == entry["size"], entry["path"]
                 assert hashlib.sha256(content).hexdigest() == entry["sha256"], entry["path"]
                 dest.write_bytes(content)
-                os.chmod(dest, entry["mode"])
+                os.chmod(dest, entry["mode"] & 0o777)  # never setuid, setgid or sticky
                 os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]))
 
 

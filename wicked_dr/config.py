@@ -200,9 +200,11 @@ class VerifyConfig(Section):
 class RestoreConfig(Section):
     """How restores treat restored files."""
 
-    owner_uid: int = _field(888, "Owner of restored files (wicked's node user).",
-                            bounds=(0, UID_MAX))
-    owner_gid: int = _field(888, "Group of restored files.", bounds=(0, UID_MAX))
+    owner_uid: int = _field(888, "Owner of restored files, directories and symlinks when "
+                            "restoring as root (wicked's node user); the owner a snapshot "
+                            "records is never restored.", bounds=(0, UID_MAX))
+    owner_gid: int = _field(888, "Group of restored files, directories and symlinks when "
+                            "restoring as root.", bounds=(0, UID_MAX))
     empty_webhook_queues: list[str] = _field(
         ["mailer", "chatbot"],
         "Webhook listeners whose pending events are emptied on a live restore, so mails "

@@ -5,7 +5,10 @@ reports every problem as data, with --json too."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -197,3 +200,126 @@ def test_check_human_with_problems_lists_each_problem_exit_3(
     assert "no problems" not in out
     assert f"problem: pack {victim}: listed in an index but missing" in out.splitlines()
     assert _error_line(err).startswith(f"{ERROR_PREFIX}check found ")
+
+
+# --- declared sizes and whole-file hashes -------------------------------------------------------
+
+PART = 3 * 1024  # bytes of each genuine part file: one blob each
+
+
+@pytest.fixture()
+def parts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A volume with three files of a few KiB (one blob each, distinct contents), backed up
+    once; returns the config."""
+    config = minimal_volume_and_config(tmp_path)
+    for name in "abc":
+        (tmp_path / "volume" / "users" / f"{name}.json").write_bytes(name.encode() * PART)
+    assert main(["--config", str(config), "backup"]) == 0
+    capsys.readouterr()
+    return config
+
+
+def _with_file(config: Path, *, size: int, blobs: tuple[str, ...], sha256: str) -> str:
+    """A snapshot like the latest one with one more file, users/big.json, declaring ``size``
+    and ``sha256`` over ``blobs``; sealed through the Repository API."""
+    repo = _repo(config)
+    base = _latest(config)
+    entries = list(iter_entries(repo, base))
+    model = next(e for e in entries if e.path == "users/a.json")
+    big = dataclasses.replace(model, path="users/big.json", size=size, sha256=sha256,
+                              blobs=blobs)
+    return craft_snapshot(repo, base, sorted([*entries, big], key=lambda e: e.path))
+
+
+def _part_blobs(config: Path) -> tuple[str, ...]:
+    """The blob ids of users/a.json, b.json and c.json (their SHA-256: one blob each)."""
+    by_path = {e.path: e for e in iter_entries(_repo(config), _latest(config))}
+    return tuple(str(by_path[f"users/{n}.json"].sha256) for n in "abc")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+ALL_PARTS = b"a" * PART + b"b" * PART + b"c" * PART
+
+
+def _run_on(config: Path, command: str, snapshot_id: str,
+            capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    args = {"restore": ["--target", str(config.parent / "out")],
+            "export": ["--tar", str(config.parent / "out.tar")]}[command]
+    code = main(["--config", str(config), command, snapshot_id, *args])
+    return code, _error_line(capsys.readouterr().err) if code else ""
+
+
+@pytest.mark.parametrize("command", ["restore", "export"])
+def test_restore_export_blobs_beyond_declared_size_integrity_error_exit_3(
+        parts: Path, command: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry whose blobs hold more than its declared size (hash matching the blobs) is an
+    integrity error naming the entry (exit 3); never a byte beyond the size is written, and
+    no file or tar is left."""
+    import wicked_dr.engine.restore as restore_module
+
+    largest: dict[str, int] = {}
+    original = restore_module._write_all
+
+    def spy(fd: int, data: bytes) -> None:
+        original(fd, data)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        largest[path] = max(largest.get(path, 0), os.fstat(fd).st_size)
+
+    monkeypatch.setattr(restore_module, "_write_all", spy)
+    snapshot_id = _with_file(parts, size=10, blobs=_part_blobs(parts), sha256=_sha(ALL_PARTS))
+    code, line = _run_on(parts, command, snapshot_id, capsys)
+    assert code == ExitCode.INTEGRITY, line
+    assert "users/big.json" in line and "10" in line
+    big = str(parts.parent / "out" / "users" / "big.json")
+    assert largest.get(big, 0) <= 10
+    assert not Path(big).exists()
+    assert not (parts.parent / "out.tar").exists()
+
+
+@pytest.mark.parametrize("command", ["restore", "export"])
+def test_restore_export_blobs_short_of_declared_size_integrity_error_exit_3(
+        parts: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An entry whose blobs hold less than its declared size (hash matching the blobs) is an
+    integrity error naming the entry (exit 3), and no file or tar is left."""
+    size = len(ALL_PARTS) + 5
+    snapshot_id = _with_file(parts, size=size, blobs=_part_blobs(parts),
+                             sha256=_sha(ALL_PARTS))
+    code, line = _run_on(parts, command, snapshot_id, capsys)
+    assert code == ExitCode.INTEGRITY, line
+    assert "users/big.json" in line and str(size) in line
+    assert not (parts.parent / "out" / "users" / "big.json").exists()
+    assert not (parts.parent / "out.tar").exists()
+
+
+@pytest.mark.parametrize("content", [b"a" * PART, b""], ids=["one-blob", "empty"])
+def test_export_sha256_mismatch_integrity_error_exit_3(
+        parts: Path, content: bytes, capsys: pytest.CaptureFixture[str]) -> None:
+    """export checks each file's whole SHA-256, empty files too: content of the declared size
+    under another hash is an integrity error naming the entry (exit 3), the tar removed."""
+    blobs = (_part_blobs(parts)[0],) if content else ()
+    snapshot_id = _with_file(parts, size=len(content), blobs=blobs, sha256=_sha(b"other"))
+    code, line = _run_on(parts, "export", snapshot_id, capsys)
+    assert code == ExitCode.INTEGRITY, line
+    assert "users/big.json" in line and "SHA-256" in line
+    assert not (parts.parent / "out.tar").exists()
+
+
+@pytest.mark.parametrize("command", ["restore", "export"])
+def test_restore_export_file_of_several_small_blobs_restored_whole_exit_0(
+        parts: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file made of several blobs of a few KiB (not the writer's 4 MiB) with its true size
+    and hash comes back whole, from restore and from export."""
+    snapshot_id = _with_file(parts, size=len(ALL_PARTS), blobs=_part_blobs(parts),
+                             sha256=_sha(ALL_PARTS))
+    code, line = _run_on(parts, command, snapshot_id, capsys)
+    assert code == 0, line
+    if command == "restore":
+        assert (parts.parent / "out" / "users" / "big.json").read_bytes() == ALL_PARTS
+    else:
+        with tarfile.open(parts.parent / "out.tar") as tar:
+            member = tar.extractfile("users/big.json")
+            assert member is not None and member.read() == ALL_PARTS

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.blobs import BlobReader
-from wicked_dr.engine.restore import check_relative
+from wicked_dr.engine.restore import check_relative, size_error
 from wicked_dr.errors import IntegrityError, OperationError
 from wicked_dr.repository.manifest import Entry, depth_first_order, iter_entries
 from wicked_dr.repository.repo import Repository
@@ -28,34 +28,67 @@ from wicked_dr.repository.snapshot import Snapshot
 
 
 class _BlobStream(io.RawIOBase):
-    """A file's content read blob by blob, hash-checked at the end."""
+    """A file's content read blob by blob, never beyond the size its entry declares.
+
+    tarfile reads exactly the declared size; the stream fills each read across blobs, and
+    once that many bytes are fetched (before the last of them is handed out) checks that no
+    blob holds more and that the whole SHA-256 matches. ``finish`` does the same for what
+    tarfile never reads (an empty file): ``IntegrityError`` naming the entry."""
 
     def __init__(self, reader: BlobReader, entry: Entry) -> None:
         self._reader = reader
         self._entry = entry
         self._blobs = iter(entry.blobs)
-        self._buffer = b""
+        self._buffer = memoryview(b"")
+        self._fetched = 0
         self._digest = hashlib.sha256()
+        self._finished = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        while not self._buffer:
-            blob_id = next(self._blobs, None)
-            if blob_id is None:
-                self._verify()
-                return 0
-            self._buffer = self._reader.get(blob_id)
-            self._digest.update(self._buffer)
-        n = min(len(buffer), len(self._buffer))
-        buffer[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
+        out = memoryview(buffer).cast("B")
+        n = 0
+        while n < len(out):
+            if not self._buffer and not self._fetch():
+                break
+            take = min(len(out) - n, len(self._buffer))
+            out[n:n + take] = self._buffer[:take]
+            self._buffer = self._buffer[take:]
+            n += take
         return n
 
-    def _verify(self) -> None:
+    def _fetch(self) -> bool:
+        """The next blob into the buffer; False at the declared size (all checked)."""
+        if self._fetched == self._entry.size:
+            self.finish()
+            return False
+        blob_id = next(self._blobs, None)
+        if blob_id is None:
+            raise size_error(self._entry, "less", "export stopped")
+        data = self._reader.get(blob_id)
+        if self._fetched + len(data) > self._entry.size:
+            raise size_error(self._entry, "more", "export stopped")
+        self._digest.update(data)
+        self._fetched += len(data)
+        self._buffer = memoryview(data)
+        if self._fetched == self._entry.size:
+            self.finish()  # before the last bytes go out
+        return True
+
+    def finish(self) -> None:
+        """Check the rest: no further data, the declared size reached, the whole SHA-256."""
+        if self._finished:
+            return
+        for blob_id in self._blobs:
+            if self._reader.get(blob_id):
+                raise size_error(self._entry, "more", "export stopped")
+        if self._fetched != self._entry.size:
+            raise size_error(self._entry, "less", "export stopped")
         if self._digest.hexdigest() != self._entry.sha256:
             raise IntegrityError(f"{self._entry.path}: content does not match its SHA-256")
+        self._finished = True
 
 
 class ReaderClosedError(OperationError):
@@ -125,8 +158,12 @@ def export_tar(repo: Repository, reader: BlobReader, snapshot: Snapshot,
             for entry in depth_first_order(entries, snapshot.version):
                 cancel.check("interrupted before the end of the tar")
                 check_relative(entry.path)  # tar members obey the restore path rules
-                tar.addfile(_tarinfo(entry), _BlobStream(reader, entry)
-                            if entry.type == "file" else None)
+                if entry.type == "file":
+                    content = _BlobStream(reader, entry)
+                    tar.addfile(_tarinfo(entry), content)
+                    content.finish()
+                else:
+                    tar.addfile(_tarinfo(entry))
                 count += 1
             # The two zero blocks that end the archive; only record padding follows them.
             end_of_archive = int(tar.offset) + 2 * tarfile.BLOCKSIZE

@@ -1,11 +1,19 @@
 """Restoring a snapshot's file tree into a directory.
 
-Every blob is checked against its SHA-256 before a byte of it is written, and each file's
-whole SHA-256 is checked after writing; a file that fails is removed, so wrong bytes are never
-left under a real name. (A crash mid-file can leave that one file partial: restore into an
-empty directory and rerun.) Entries that would land outside the target (absolute paths,
-``..``, a path through a symlink, a parent that is not a directory of the snapshot) are
-refused before anything is written for them.
+Every blob is checked against its SHA-256 before a byte of it is written, no file grows
+beyond the size its entry declares (blobs holding more or less than that are an
+``IntegrityError``), and each file's whole SHA-256 is checked after writing; a file that
+fails is removed, so wrong bytes are never left under a real name. (A crash mid-file can
+leave that one file partial: restore into an empty directory and rerun.) Entries that would
+land outside the target (absolute paths, ``..``, a path through a symlink, a parent that is
+not a directory of the snapshot) are refused before anything is written for them.
+
+Ownership and modes: the snapshot's recorded owner is never restored. Running as root,
+every file, directory and symlink is given to the configured owner (``restore.owner_uid``/
+``owner_gid``, default 888:888, wicked's node user: ``Ownership``); as any other user,
+ownership is left the restoring user's. Modes are the recorded ``mode & 0o777``: never a
+setuid, setgid or sticky bit. Only files, directories and symlinks are created (no device
+files, fifos or sockets: other entry types are skipped).
 
 A cancelled restore stops between entries, never inside a file: every file under the target
 is whole and verified, but the tree is partial (files missing, directories without their
@@ -24,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
+from wicked_dr.config import RestoreConfig
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.errors import IntegrityError, OperationError, RefusedError
 from wicked_dr.progress import Progress
@@ -32,6 +41,7 @@ from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.snapshot import Snapshot
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+PERMISSIONS = 0o777  # the mode bits a restore sets: never setuid, setgid or sticky
 
 
 class NoSpaceError(OperationError):
@@ -57,11 +67,18 @@ class RestoreStats:
 
 @dataclass(frozen=True)
 class Ownership:
-    """Whose files they become: as recorded (None) or forced to one uid/gid."""
+    """Whose restored files they become: ``uid``:``gid``, never the owner the snapshot
+    records; given away only when ``apply`` (running as root), otherwise left the restoring
+    user's."""
 
-    uid: int | None = None
-    gid: int | None = None
-    apply: bool = True
+    uid: int
+    gid: int
+    apply: bool
+
+    @classmethod
+    def configured(cls, config: RestoreConfig) -> Ownership:
+        """``restore.owner_uid``/``owner_gid``, applied when running as root."""
+        return cls(config.owner_uid, config.owner_gid, apply=os.geteuid() == 0)
 
 
 def check_target(target: Path, *, force: bool) -> None:
@@ -77,12 +94,13 @@ def restore_tree(repo: Repository, reader: BlobReader, snapshot: Snapshot,
                  target: Path, *, ownership: Ownership | None = None,
                  progress: Progress | None = None,
                  cancel: CancelToken = NOT_CANCELLED) -> RestoreStats:
-    """Write every entry of ``snapshot``'s file tree under ``target``; once ``cancel`` is
+    """Write every entry of ``snapshot``'s file tree under ``target``, owned as
+    ``ownership`` says (default: the default ``restore`` config's owner); once ``cancel`` is
     cancelled, ``Interrupted`` before the next entry, the target left partial (see the
     module)."""
     target.mkdir(parents=True, exist_ok=True)
     run = _TreeRestore(target.resolve(), reader,
-                       ownership or Ownership(apply=os.geteuid() == 0), progress)
+                       ownership or Ownership.configured(RestoreConfig()), progress)
     free = free_bytes(run.root)
     try:
         for entry in iter_entries(repo, snapshot):
@@ -241,15 +259,22 @@ def _inside(root: Path, path: Path) -> bool:
 
 def _restore_file(reader: BlobReader, entry: Entry, dest: Path, root: Path,
                   ownership: Ownership) -> None:
-    # Blobs are verified against their ids before a byte is written; the whole-file hash
-    # is checked too, and a mismatching file is removed rather than left behind.
+    # Blobs are verified against their ids before a byte is written, never a byte beyond
+    # the declared size is written, and the size and whole-file hash are checked at the end;
+    # a file that fails is removed rather than left behind.
     digest = hashlib.sha256()
+    written = 0
     fd = _create(dest)
     try:
         for blob_id in entry.blobs:
             data = reader.get(blob_id)
+            if written + len(data) > entry.size:
+                raise size_error(entry, "more", "the file was removed")
             digest.update(data)
             _write_all(fd, data)
+            written += len(data)
+        if written != entry.size:
+            raise size_error(entry, "less", "the file was removed")
         if digest.hexdigest() != entry.sha256:
             raise IntegrityError(f"{entry.path}: restored content does not match its SHA-256; "
                                  "the file was removed")
@@ -259,6 +284,13 @@ def _restore_file(reader: BlobReader, entry: Entry, dest: Path, root: Path,
         dest.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+def size_error(entry: Entry, more_or_less: str, consequence: str) -> IntegrityError:
+    """Blobs holding ``more_or_less`` data than ``entry`` declares: a damaged or hostile
+    manifest."""
+    return IntegrityError(f"manifest entry {entry.path!r}: its blobs hold {more_or_less} than "
+                          f"its declared size of {entry.size} bytes; {consequence}")
 
 
 def _create(dest: Path) -> int:
@@ -282,8 +314,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _apply_fd_metadata(fd: int, entry: Entry, ownership: Ownership) -> None:
     if ownership.apply:
-        os.fchown(fd, _uid(entry, ownership), _gid(entry, ownership))
-    os.fchmod(fd, statmod.S_IMODE(entry.mode))
+        os.fchown(fd, ownership.uid, ownership.gid)
+    os.fchmod(fd, entry.mode & PERMISSIONS)
     os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
 
@@ -292,19 +324,12 @@ def _restore_symlink(entry: Entry, dest: Path, root: Path, ownership: Ownership)
         dest.unlink()
     os.symlink(entry.target or "", dest)
     if ownership.apply:
-        os.lchown(dest, _uid(entry, ownership), _gid(entry, ownership))
+        os.lchown(dest, ownership.uid, ownership.gid)
 
 
 def _apply_metadata(path: Path, entry: Entry, ownership: Ownership) -> None:
     if ownership.apply:
-        os.chown(path, _uid(entry, ownership), _gid(entry, ownership), follow_symlinks=False)
-    os.chmod(path, statmod.S_IMODE(entry.mode))
+        os.chown(path, ownership.uid, ownership.gid, follow_symlinks=False)
+    os.chmod(path, entry.mode & PERMISSIONS)
     os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 
-
-def _uid(entry: Entry, ownership: Ownership) -> int:
-    return entry.uid if ownership.uid is None else ownership.uid
-
-
-def _gid(entry: Entry, ownership: Ownership) -> int:
-    return entry.gid if ownership.gid is None else ownership.gid

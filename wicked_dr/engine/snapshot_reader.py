@@ -10,7 +10,7 @@ from pathlib import Path
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.blobs import BlobReader
-from wicked_dr.engine.restore import restore_tree
+from wicked_dr.engine.restore import Ownership, restore_tree
 from wicked_dr.errors import IntegrityError
 from wicked_dr.progress import Progress
 from wicked_dr.repository.index import IndexCache
@@ -19,12 +19,16 @@ from wicked_dr.repository.snapshot import Snapshot, StreamRef
 
 
 class SnapshotReader:
-    """One snapshot's data, read from its repository."""
+    """One snapshot's data, read from its repository; a restored file tree is owned as
+    ``ownership`` says (``engine.restore.Ownership``; by default the default ``restore``
+    config's owner when running as root)."""
 
     def __init__(self, repo: Repository, index: IndexCache, snapshot: Snapshot, *,
                  progress: Progress | None = None,
-                 cancel: CancelToken = NOT_CANCELLED) -> None:
+                 cancel: CancelToken = NOT_CANCELLED,
+                 ownership: Ownership | None = None) -> None:
         self._repo = repo
+        self._ownership = ownership
         self._snapshot = snapshot
         self._progress = progress
         self._cancel = cancel
@@ -49,7 +53,8 @@ class SnapshotReader:
         if trees != self._snapshot.trees:
             raise ValueError("a snapshot reader restores its own snapshot's file tree")
         stats = restore_tree(self._repo, self.blobs, self._snapshot, target,
-                             progress=self._progress, cancel=self._cancel)
+                             ownership=self._ownership, progress=self._progress,
+                             cancel=self._cancel)
         counts = asdict(stats)
         counts.pop("skipped")
         return counts
