@@ -134,7 +134,9 @@ def _check_snapshots(repo: Repository, blobs: dict[str, str], stored: set[str],
 
 def _references(repo: Repository, snapshot: Snapshot, blobs: dict[str, str],
                 report: CheckReport) -> tuple[set[str], set[str]]:
-    """The snapshot's blobs that are in no index, and the packs holding all the others."""
+    """The snapshot's blobs that are in no index, and the packs holding all the others;
+    every entry breaking the manifest rules (``EntryRules``, as restore applies them) is
+    reported as a problem of the snapshot."""
     missing: set[str] = set()
     packs: set[str] = set()
 
@@ -145,7 +147,10 @@ def _references(repo: Repository, snapshot: Snapshot, blobs: dict[str, str],
         else:
             packs.add(pack_id)
 
-    for entry in iter_entries(repo, snapshot):
+    def bad_entry(message: str) -> None:  # every offending entry, not just the first
+        report.problem("snapshot", snapshot.id, message)
+
+    for entry in iter_entries(repo, snapshot, on_problem=bad_entry):
         for blob_id in entry.blobs:
             report.blobs_referenced += 1
             note(blob_id)
