@@ -98,8 +98,8 @@ class RepositoryConfig(Section):
                                        example="STANDARD_IA")
     # At most 128 MiB: a pack is held in memory while it is sealed (a backup holds about
     # three, a restore caches four: engine/blobs.py), and a pack, which may pass the target
-    # by one segment, must stay below MAX_PACK (256 MiB, repository/layout.py), the bound
-    # for opening a pack whose size the index does not know.
+    # by one segment, must stay below MAX_PACK (256 MiB, repository/layout.py), the most a
+    # pack may hold: readers refuse a larger one.
     pack_size_mib: int = _field(8, "Target size of a pack before compression, in MiB.",
                                 example=8, bounds=(1, 128))
     lock_expiry_s: int = _field(

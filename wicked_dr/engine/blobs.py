@@ -56,8 +56,29 @@ class BlobReader:
 
 
 def load_pack(repo: Repository, pack_id: str, raw_size: int | None) -> dict[str, bytes]:
-    """Fetch, open and verify one pack."""
+    """Fetch, open and verify one pack.
+
+    Decompression is bounded by the reader, never by the repository: ``raw_size`` (the
+    index's word, which whoever can write the repository controls) may only lower the
+    format's bound ``MAX_PACK``, and the pack must then hold exactly that many bytes."""
+    bound = pack_bound(pack_id, raw_size)
     name = object_name("data", pack_id)
     envelope = repo.backend.get(name)
-    plaintext = repo.sealer.open("data", name, envelope, max_size=raw_size or MAX_PACK)
+    plaintext = repo.sealer.open("data", name, envelope, max_size=bound)
+    if raw_size is not None and len(plaintext) != raw_size:
+        raise IntegrityError(f"pack {pack_id}: holds {len(plaintext)} bytes, its index says "
+                             f"{raw_size}")
     return decode_pack(pack_id, plaintext)
+
+
+def pack_bound(pack_id: str, raw_size: int | None) -> int:
+    """The most bytes a pack may decompress to: the format's ``MAX_PACK``, or less when the
+    index gives its size; IntegrityError for an index size no pack can have."""
+    if raw_size is None:
+        return MAX_PACK
+    if raw_size > MAX_PACK:
+        raise IntegrityError(f"pack {pack_id}: its index gives it {raw_size} bytes, more than "
+                             f"the {MAX_PACK} a pack may hold")
+    if raw_size <= 0:
+        raise IntegrityError(f"pack {pack_id}: its index gives it {raw_size} bytes")
+    return raw_size

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
-from wicked_dr.engine.blobs import load_pack
+from wicked_dr.engine.blobs import load_pack, pack_bound
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.progress import Progress
@@ -93,6 +93,10 @@ def _load_indexes(repo: Repository, report: CheckReport) -> dict[str, PackRecord
 def _check_packs_exist(packs: dict[str, PackRecord], stored: dict[str, int],
                        report: CheckReport) -> None:
     for pack_id, pack in sorted(packs.items()):
+        try:
+            pack_bound(pack_id, pack.raw_size)
+        except IntegrityError as exc:  # never read (see _read_packs): reported once, here
+            report.problem("pack", pack_id, exc.one_line())
         if pack_id not in stored:
             report.problem("pack", pack_id, "listed in an index but missing")
         elif stored[pack_id] != pack.stored_size:
@@ -130,7 +134,9 @@ def _check_snapshots(repo: Repository, blobs: dict[str, str], stored: set[str],
 
 def _references(repo: Repository, snapshot: Snapshot, blobs: dict[str, str],
                 report: CheckReport) -> tuple[set[str], set[str]]:
-    """The snapshot's blobs that are in no index, and the packs holding all the others."""
+    """The snapshot's blobs that are in no index, and the packs holding all the others;
+    every entry breaking the manifest rules (``EntryRules``, as restore applies them) is
+    reported as a problem of the snapshot."""
     missing: set[str] = set()
     packs: set[str] = set()
 
@@ -141,7 +147,10 @@ def _references(repo: Repository, snapshot: Snapshot, blobs: dict[str, str],
         else:
             packs.add(pack_id)
 
-    for entry in iter_entries(repo, snapshot):
+    def bad_entry(message: str) -> None:  # every offending entry, not just the first
+        report.problem("snapshot", snapshot.id, message)
+
+    for entry in iter_entries(repo, snapshot, on_problem=bad_entry, check_modes=True):
         for blob_id in entry.blobs:
             report.blobs_referenced += 1
             note(blob_id)
@@ -151,10 +160,19 @@ def _references(repo: Repository, snapshot: Snapshot, blobs: dict[str, str],
     return missing, packs
 
 
+def _readable_size(pack: PackRecord) -> bool:
+    """Whether the index gives the pack a size it may have (else reported, never read)."""
+    try:
+        pack_bound(pack.pack_id, pack.raw_size)
+    except IntegrityError:
+        return False
+    return True
+
+
 def _read_packs(repo: Repository, packs: dict[str, PackRecord], stored: dict[str, int],
                 fraction: float, report: CheckReport, progress: Progress | None,
                 seed: int | None, cancel: CancelToken) -> None:
-    candidates = sorted(p for p in packs if p in stored)
+    candidates = sorted(p for p in packs if p in stored and _readable_size(packs[p]))
     count = len(candidates) if fraction >= 1 else max(1, round(len(candidates) * fraction))
     chosen = random.Random(seed).sample(candidates, min(count, len(candidates)))
     for pack_id in sorted(chosen):

@@ -175,7 +175,7 @@ def export_tar(repo: Repository, reader: BlobReader, snapshot: Snapshot,
 
 def _tarinfo(entry: Entry) -> tarfile.TarInfo:
     info = tarfile.TarInfo(entry.path)
-    info.mode = entry.mode
+    info.mode = entry.mode & 0o777  # never setuid/setgid/sticky (docs/format.md section 7)
     info.uid, info.gid = entry.uid, entry.gid
     info.mtime = entry.mtime_ns // 10**9
     # PAX keeps the nanoseconds a float would round away.

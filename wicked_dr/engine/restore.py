@@ -37,6 +37,7 @@ from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.errors import IntegrityError, OperationError, RefusedError
 from wicked_dr.progress import Progress
 from wicked_dr.repository.manifest import Entry, iter_entries
+from wicked_dr.repository.manifest import check_relative as check_relative  # export's import
 from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.snapshot import Snapshot
 
@@ -202,13 +203,6 @@ def safe_destination(root: Path, rel: str) -> Path:
     if parent != root and (parent.is_symlink() or not _inside(root, parent)):
         raise IntegrityError(f"manifest entry {rel!r} goes through a symlink; refused")
     return dest
-
-
-def check_relative(rel: str) -> None:
-    """Refuse a manifest path that is absolute, empty, or has ``.``/``..`` components."""
-    if (not rel or rel.startswith("/") or "\0" in rel
-            or any(p in ("", ".", "..") for p in rel.split("/"))):
-        raise IntegrityError(f"manifest entry {rel!r} would land outside the target; refused")
 
 
 class _Destinations:

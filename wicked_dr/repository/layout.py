@@ -12,7 +12,8 @@ FORMAT_VERSION = 1
 MIB = 1024 * 1024
 BLOB_SIZE = 4 * MIB                 # files are cut into blobs of at most this many bytes
 MAX_METADATA_OBJECT = 64 * MIB      # bound for decompressing index, tree, snapshot objects
-MAX_PACK = 256 * MIB                # bound for decompressing a pack whose size is unknown
+MAX_PACK = 256 * MIB                # the most plaintext a pack may hold (docs/format.md, 5):
+                                    # every pack's decompression is bounded by it
 
 _DIRS: dict[Kind, str] = {
     "data": "data",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Iterable, Iterator
+import stat as statmod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ MAX_MODE = 0o7777                   # permission bits only
 MAX_ID = 2**32 - 2                  # uid_t/gid_t; 2**32 - 1 means "leave unchanged" to chown
 MAX_SIZE = 2**63 - 1
 MIN_MTIME_NS, MAX_MTIME_NS = -(2**63) * 10**9, (2**63 - 1) * 10**9  # a 64-bit time_t
+# Bits no restored file may carry: a setuid/setgid file restored as root would run with
+# whatever owner a forged entry names. (A setgid directory only passes its group on.)
+FORBIDDEN_FILE_BITS = statmod.S_ISUID | statmod.S_ISGID
 
 
 class EntryError(ValueError):
@@ -165,15 +169,67 @@ def decode_tree(tree_id: str, plaintext: bytes, snapshot_id: str | None = None) 
         raise IntegrityError(f"{where} is malformed") from None
 
 
-def iter_entries(repo: Repository, snapshot: Snapshot) -> Iterator[Entry]:
+def check_relative(rel: str) -> None:
+    """Refuse a manifest path that is absolute, empty, or has ``.``/``..`` components."""
+    if (not rel or rel.startswith("/") or "\0" in rel
+            or any(p in ("", ".", "..") for p in rel.split("/"))):
+        raise IntegrityError(f"manifest entry {rel!r} would land outside the target; refused")
+
+
+class EntryRules:
+    """The rules every reader applies to a snapshot's entries, in manifest order
+    (docs/format.md section 7): restore, export and check alike.
+
+    A path is relative and normal (``check_relative``), appears once, and lies in a directory
+    that is an entry of the snapshot (the root aside), so nothing is written through a
+    symlink. With ``modes`` (check), a file or symlink carrying setuid or setgid is a problem
+    too; restore and export drop those bits instead of refusing the snapshot. Holds every
+    path seen."""
+
+    def __init__(self, *, modes: bool = False) -> None:
+        self._modes = modes
+        self._dirs: set[str] = {""}
+        self._seen: set[str] = set()
+
+    def problem(self, entry: Entry) -> str | None:
+        """What is wrong with ``entry``, given the entries before it; None when nothing."""
+        rel = entry.path
+        try:
+            check_relative(rel)
+        except IntegrityError as exc:
+            return str(exc)
+        if rel in self._seen:
+            return f"manifest entry {rel!r} appears more than once; refused"
+        self._seen.add(rel)
+        if rel.rpartition("/")[0] not in self._dirs:
+            return f"manifest entry {rel!r} has no directory entry for its parent; refused"
+        if entry.type == "dir":
+            self._dirs.add(rel)
+        elif self._modes and entry.mode & FORBIDDEN_FILE_BITS:
+            return (f"manifest entry {rel!r}: mode {entry.mode:o} has the setuid or setgid "
+                    "bit; refused")
+        return None
+
+
+def iter_entries(repo: Repository, snapshot: Snapshot, *,
+                 on_problem: Callable[[str], None] | None = None,
+                 check_modes: bool = False) -> Iterator[Entry]:
     """Every entry of a snapshot's file tree, in manifest order, one tree object in memory at
     a time. A tree object the snapshot names but the repository lacks is damage:
-    IntegrityError."""
+    IntegrityError. An entry breaking ``EntryRules`` is an IntegrityError too, or, with
+    ``on_problem``, handed to it (every entry is still yielded): ``check`` reports them all."""
     snapshot_id = snapshot.id
+    rules = EntryRules(modes=check_modes)
     for tree_id in snapshot.trees:
         try:
             plaintext = repo.load("tree", tree_id)
         except NotFoundError:
             raise IntegrityError(f"snapshot {snapshot_id}: tree object {tree_id} is missing "
                                  "from the repository") from None
-        yield from decode_tree(tree_id, plaintext, snapshot_id)
+        for entry in decode_tree(tree_id, plaintext, snapshot_id):
+            problem = rules.problem(entry)
+            if problem is not None:
+                if on_problem is None:
+                    raise IntegrityError(f"snapshot {snapshot_id}: {problem}")
+                on_problem(problem)
+            yield entry

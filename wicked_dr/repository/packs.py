@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from wicked_dr.errors import IntegrityError
 from wicked_dr.repository.crypto import Sealer
-from wicked_dr.repository.layout import object_name
+from wicked_dr.repository.layout import BLOB_SIZE, object_name
 from wicked_dr.repository.segments import Segment
 
 PACK_MAGIC = b"WDRPACK\x01"
@@ -230,10 +230,13 @@ def decode_pack(pack_id: str, plaintext: bytes, *, verify: bool = True) -> dict[
 
 
 def iter_pack(pack_id: str, plaintext: bytes) -> Iterator[tuple[BlobLocation, bytes]]:
-    """The blobs of a pack in storage order, without verification."""
+    """The blobs of a pack in storage order, without verification; IntegrityError for a
+    header whose blobs do not lie within the plaintext or are larger than ``BLOB_SIZE``."""
     if plaintext[:8] != PACK_MAGIC or len(plaintext) < 12:
         raise IntegrityError(f"pack {pack_id}: bad magic")
     (header_len,) = _HEADER_LEN.unpack_from(plaintext, 8)
+    if 12 + header_len > len(plaintext):
+        raise IntegrityError(f"pack {pack_id}: header runs past the end")
     try:
         header = json.loads(plaintext[12:12 + header_len])
         locations = [BlobLocation(str(i), int(o), int(n)) for i, o, n in header["blobs"]]
@@ -241,6 +244,10 @@ def iter_pack(pack_id: str, plaintext: bytes) -> Iterator[tuple[BlobLocation, by
         raise IntegrityError(f"pack {pack_id}: unreadable header") from None
     data = memoryview(plaintext)[12 + header_len:]
     for location in locations:
+        if not (location.offset >= 0 and 0 <= location.length <= BLOB_SIZE):
+            raise IntegrityError(f"pack {pack_id}: blob {location.blob_id} has offset "
+                                 f"{location.offset} and length {location.length} (a blob "
+                                 f"holds 0 to {BLOB_SIZE} bytes)")
         end = location.offset + location.length
         if end > len(data):
             raise IntegrityError(f"pack {pack_id}: blob {location.blob_id} runs past the end")
