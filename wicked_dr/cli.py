@@ -291,7 +291,10 @@ def _fail(message: str, code: int, json_output: bool) -> int:
     if json_output:
         print(json.dumps({"error": scrubbed, "exit_code": int(code)}))
     for line in scrubbed.splitlines():
-        print(f"wicked-dr: error: {line}", file=sys.stderr)
+        # One write per line: a log line of another thread (the signal watcher) must not
+        # land between the message and its newline.
+        sys.stderr.write(f"wicked-dr: error: {line}\n")
+    sys.stderr.flush()
     return int(code)
 
 

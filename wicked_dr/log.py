@@ -109,7 +109,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        # One write per line (PrintLogger writes the line and its newline apart): a line
+        # from another thread can never land in the middle of it.
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
 
