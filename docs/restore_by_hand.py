@@ -26,10 +26,13 @@ def open_object(kind: str, name: str) -> bytes:
     raw = (REPO / name).read_bytes()
     assert raw[:4] == b"WDR\x01", f"{name}: bad magic"
     flags, body = raw[4], raw[5:]
+    ad = b"wicked-dr/1\0" + f"{CONFIG['id']}\0{kind}\0{name}".encode()
+    if flags & 0x04:  # unencrypted, with a checksum over the identity and the payload
+        digest, body = body[:32], body[32:]
+        assert hashlib.sha256(ad + bytes([flags]) + body).digest() == digest, f"{name}: checksum"
     if flags & 0x02:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        ad = b"wicked-dr/1\0" + f"{CONFIG['id']}\0{kind}\0{name}".encode()
         body = AESGCM(KEY).decrypt(body[:12], body[12:], ad)
     if flags & 0x01:
         body = zstandard.ZstdDecompressor().decompress(body)

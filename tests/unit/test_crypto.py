@@ -59,6 +59,51 @@ def test_encrypted_object_flipped_byte_rejected() -> None:
             sealer.open("data", "data/ab/x", bytes(damaged), max_size=1 << 20)
 
 
+def test_plain_object_every_single_bit_flip_rejected() -> None:
+    """Without encryption too, every single-bit flip of a snapshot object's envelope is
+    refused (a checksum): none loads with changed fields."""
+    sealer = Sealer(REPO_ID, None)
+    snapshot = b'{"id":"s1","parent":null,"summary":{"files":3},"trees":["t1"]}'
+    envelope = sealer.seal("snapshot", "snapshots/s1", snapshot)
+    loaded = 0
+    for bit in range(len(envelope) * 8):
+        damaged = bytearray(envelope)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        try:
+            sealer.open("snapshot", "snapshots/s1", bytes(damaged), max_size=1 << 20)
+            loaded += 1
+        except IntegrityError:
+            pass
+    assert loaded == 0
+
+
+@pytest.mark.parametrize(("repo_id", "kind", "name"), [
+    (REPO_ID, "snapshot", "snapshots/s2"),
+    (REPO_ID, "lock", "snapshots/s1"),
+    ("b" * 32, "snapshot", "snapshots/s1"),
+], ids=["other-name", "other-kind", "other-repository"])
+def test_plain_object_misplaced_rejected(repo_id: str, kind: str, name: str) -> None:
+    """An unencrypted object opened under another repository, type or name fails its
+    checksum."""
+    envelope = Sealer(REPO_ID, None).seal("snapshot", "snapshots/s1", PLAINTEXT)
+    with pytest.raises(IntegrityError, match="fails its checksum"):
+        Sealer(repo_id, None).open(kind, name, envelope, max_size=1 << 20)
+
+
+def test_plain_object_written_before_checksums_still_read() -> None:
+    """An unencrypted envelope without the checksum flag (written before 2026-11-30) opens as
+    before; an envelope with an unknown flag bit is refused."""
+    import zstandard
+
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(PLAINTEXT)
+    old = MAGIC + bytes([0x01]) + frame
+    sealer = Sealer(REPO_ID, None)
+    assert sealer.open("snapshot", "snapshots/s1", old, max_size=1 << 20) == PLAINTEXT
+    with pytest.raises(IntegrityError, match="unknown envelope flags"):
+        sealer.open("snapshot", "snapshots/s1", MAGIC + bytes([0x09]) + frame,
+                    max_size=1 << 20)
+
+
 def test_open_wrong_key_rejected() -> None:
     """An envelope sealed with one key does not open with another."""
     envelope = Sealer(REPO_ID, _key()).seal("snapshot", "snapshots/s", PLAINTEXT)

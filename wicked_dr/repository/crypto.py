@@ -2,14 +2,19 @@
 
 Every stored object (except the repository ``config``) is an envelope::
 
-    magic  b"WDR\\x01"        4 bytes
-    flags  1 byte            bit 0: payload is a zstd frame; bit 1: payload is encrypted
-    nonce  12 bytes          only when encrypted
+    magic     b"WDR\\x01"     4 bytes
+    flags     1 byte         bit 0: payload is a zstd frame; bit 1: payload is encrypted;
+                             bit 2: a checksum follows (every unencrypted envelope written
+                             since 2026-11-30)
+    nonce     12 bytes       only when encrypted
+    checksum  32 bytes       only with bit 2: SHA-256 of associated data + flags + payload
     payload                  AES-256-GCM ciphertext + 16-byte tag, or the plain payload
 
 The associated data of the AEAD is ``b"wicked-dr/1\\0" + repo_id + b"\\0" + type + b"\\0" +
 name``, so an object swapped with another, replayed under another name or copied from another
-repository fails authentication. See docs/format.md.
+repository fails authentication. Without a key the checksum binds the same identity: it
+detects damage and misplaced objects, not forgery (anyone with write access can recompute
+it; that is what encryption is for). See docs/format.md.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from wicked_dr.errors import ConfigError, IntegrityError
 MAGIC = b"WDR\x01"
 FLAG_ZSTD = 0x01
 FLAG_ENCRYPTED = 0x02
+FLAG_CHECKSUM = 0x04
+KNOWN_FLAGS = FLAG_ZSTD | FLAG_ENCRYPTED | FLAG_CHECKSUM
+CHECKSUM_SIZE = 32
 NONCE_SIZE = 12
 KEY_SIZE = 32
 # Level 1: on wicked's data (JSON with hashes, random ids and secrets) it compresses as well
@@ -108,7 +116,9 @@ class Sealer:
 
     def _envelope(self, kind: str, name: str, payload: bytes, flags: int) -> bytes:
         if self._aead is None:
-            return MAGIC + bytes([flags]) + payload
+            flags |= FLAG_CHECKSUM
+            digest = _checksum(self.repo_id, kind, name, flags, payload)
+            return MAGIC + bytes([flags]) + digest + payload
         nonce = os.urandom(NONCE_SIZE)
         sealed = self._aead.encrypt(nonce, payload, associated_data(self.repo_id, kind, name))
         return MAGIC + bytes([flags | FLAG_ENCRYPTED]) + nonce + sealed
@@ -129,6 +139,8 @@ class Sealer:
         if len(envelope) < 5 or envelope[:4] != MAGIC:
             raise IntegrityError(f"{kind} object {name}: not a wicked-dr object (bad magic)")
         flags = envelope[4]
+        if flags & ~KNOWN_FLAGS:
+            raise IntegrityError(f"{kind} object {name}: unknown envelope flags {flags:#04x}")
         payload = self._decrypt(kind, name, flags, envelope[5:])
         if flags & FLAG_ZSTD:
             return _decompress(kind, name, payload, max_size)
@@ -140,7 +152,7 @@ class Sealer:
             state = "encrypted" if encrypted else "not encrypted"
             raise IntegrityError(f"{kind} object {name} is {state}, unlike this repository")
         if self._aead is None:
-            return body
+            return self._checked(kind, name, flags, body)
         nonce, sealed = body[:NONCE_SIZE], body[NONCE_SIZE:]
         try:
             return self._aead.decrypt(nonce, sealed, associated_data(self.repo_id, kind, name))
@@ -148,6 +160,28 @@ class Sealer:
             raise IntegrityError(
                 f"{kind} object {name} failed authentication (corrupt, tampered with, or "
                 "stored under another name)") from None
+
+    def _checked(self, kind: str, name: str, flags: int, body: bytes) -> bytes:
+        """The payload of an unencrypted envelope, its checksum verified. An envelope without
+        one was written before checksums existed: content-addressed kinds are still checked
+        against their id by the repository; the others are read as they are."""
+        if not flags & FLAG_CHECKSUM:
+            return body
+        digest, payload = body[:CHECKSUM_SIZE], body[CHECKSUM_SIZE:]
+        if len(digest) < CHECKSUM_SIZE or _checksum(self.repo_id, kind, name, flags,
+                                                    payload) != digest:
+            raise IntegrityError(f"{kind} object {name} fails its checksum (damaged, or "
+                                 "stored under another name)")
+        return payload
+
+
+def _checksum(repo_id: str, kind: str, name: str, flags: int, payload: bytes) -> bytes:
+    """What an unencrypted envelope carries: SHA-256 of the object's identity, its flags
+    (a flipped "compressed" bit must not pass) and its payload."""
+    digest = hashlib.sha256(associated_data(repo_id, kind, name))
+    digest.update(bytes([flags]))
+    digest.update(payload)
+    return digest.digest()
 
 
 def _decompress(kind: str, name: str, payload: bytes, max_size: int) -> bytes:
