@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.services import require_root
 from wicked_dr.cli import main
 from wicked_dr.errors import ExitCode
 
@@ -21,8 +22,7 @@ MIB = 1024 * 1024
 @pytest.fixture()
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs: a real file system that fills up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+    require_root("mounting a tmpfs")
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],

@@ -13,13 +13,18 @@ import pytest
 
 from tests.fixtures.minimal import minimal_volume_and_config
 from tests.fixtures.repos import craft_snapshot
+from tests.fixtures.services import require_root
 from wicked_dr.actions.common import open_repository
 from wicked_dr.cli import main
 from wicked_dr.config import load_config
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.repository.manifest import Entry, iter_entries, sort_key
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership is given away as root only")
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    """Ownership is given away as root only: these tests need it (CI runs as root)."""
+    require_root("giving files away with chown")
 
 
 @pytest.fixture()
