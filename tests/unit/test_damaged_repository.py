@@ -13,43 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.minimal import minimal_volume_and_config
+from tests.fixtures.minimal import minimal_volume_and_config, repository_of
 from tests.fixtures.repos import craft_snapshot
-from wicked_dr.actions.common import open_repository
 from wicked_dr.cli import main
-from wicked_dr.config import load_config
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.errors import ExitCode
 from wicked_dr.repository.layout import object_name
 from wicked_dr.repository.manifest import iter_entries
-from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.snapshot import Snapshot
 
 ERROR_PREFIX = "wicked-dr: error: "
 
 
-@pytest.fixture()
-def setup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    """A minimal wicked volume backed up once into a local repository; returns the config."""
-    config = minimal_volume_and_config(tmp_path)
-    (tmp_path / "volume" / "users" / "u1.json").write_text('{"id": "u1"}', encoding="utf-8")
-    assert main(["--config", str(config), "backup"]) == 0
-    capsys.readouterr()
-    return config
-
-
-def _repo(config: Path) -> Repository:
-    return open_repository(load_config(config))
-
-
 def _latest(config: Path) -> Snapshot:
-    repo = _repo(config)
+    repo = repository_of(config)
     return load_snapshot(repo, snapshot_ids(repo)[-1])
 
 
 def _delete(config: Path, kind: str) -> str:
     """Delete the latest snapshot's (first) tree, or a pack it needs; the object's id."""
-    repo = _repo(config)
+    repo = repository_of(config)
     if kind == "tree":
         victim = _latest(config).trees[0]
         name = object_name("tree", victim)
@@ -83,35 +66,35 @@ def _error_line(err: str) -> str:
 @pytest.mark.parametrize("kind", ["tree", "pack"])
 @pytest.mark.parametrize("command", ["restore", "export"])
 def test_restore_export_missing_object_integrity_error_exit_3(
-        setup: Path, command: str, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, command: str, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A tree or pack the snapshot needs is gone: exit 3 (integrity), naming the object and
     the snapshot, not 5 (which means: no such snapshot)."""
-    snapshot_id = _latest(setup).id
-    victim = _delete(setup, kind)
-    code, _, err = _run(setup, command, capsys)
+    snapshot_id = _latest(backed_up).id
+    victim = _delete(backed_up, kind)
+    code, _, err = _run(backed_up, command, capsys)
     line = _error_line(err)
     assert code == ExitCode.INTEGRITY, line
     assert victim in line and snapshot_id in line
     assert "missing" in line
-    assert not (setup.parent / "out.tar").exists()
+    assert not (backed_up.parent / "out.tar").exists()
 
 
 @pytest.mark.parametrize("command", ["restore", "export"])
 def test_restore_export_missing_snapshot_stays_not_found_exit_5(
-        setup: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A snapshot id that does not exist is still "not found" (exit 5)."""
-    args = {"restore": ["--target", str(setup.parent / "out")],
-            "export": ["--tar", str(setup.parent / "out.tar")]}[command]
-    code = main(["--config", str(setup), command, "20000101T000000Z-00000000", *args])
+    args = {"restore": ["--target", str(backed_up.parent / "out")],
+            "export": ["--tar", str(backed_up.parent / "out.tar")]}[command]
+    code = main(["--config", str(backed_up), command, "20000101T000000Z-00000000", *args])
     assert code == ExitCode.NOT_FOUND, capsys.readouterr().err
 
 
 def test_check_missing_pack_names_snapshot_that_needs_it_exit_3(
-        setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """check names the missing pack and the snapshot that cannot be restored without it."""
-    snapshot_id = _latest(setup).id
-    victim = _delete(setup, "pack")
-    code, out, err = _run(setup, "check", capsys, "--json")
+    snapshot_id = _latest(backed_up).id
+    victim = _delete(backed_up, "pack")
+    code, out, err = _run(backed_up, "check", capsys, "--json")
     assert code == ExitCode.INTEGRITY, err
     problems = json.loads(out)["problems"]
     assert {"object": f"pack {victim}", "message": "listed in an index but missing"} in problems
@@ -125,7 +108,7 @@ def test_check_missing_pack_names_snapshot_that_needs_it_exit_3(
 def _hostile_snapshot(config: Path, **values: int) -> str:
     """A snapshot like the latest one whose users/u1.json entry carries ``values``, sealed
     through the Repository API (what a tampered repository could hold)."""
-    repo = _repo(config)
+    repo = repository_of(config)
     base = _latest(config)
     entries = [dataclasses.replace(e, **values) if e.path == "users/u1.json" else e
                for e in iter_entries(repo, base)]
@@ -138,28 +121,28 @@ HOSTILE = [("mtime_ns", 10**30), ("mode", -1), ("uid", 2**40)]
 @pytest.mark.parametrize(("field", "value"), HOSTILE, ids=[f for f, _ in HOSTILE])
 @pytest.mark.parametrize("command", ["restore", "export"])
 def test_restore_export_out_of_range_manifest_value_integrity_error_exit_3(
-        setup: Path, command: str, field: str, value: int,
+        backed_up: Path, command: str, field: str, value: int,
         capsys: pytest.CaptureFixture[str]) -> None:
     """An out-of-range mtime, mode or uid in a snapshot is an integrity error (exit 3) naming
     the entry and the value, not "internal error (OverflowError)" and never applied."""
-    snapshot_id = _hostile_snapshot(setup, **{field: value})
-    args = {"restore": ["--target", str(setup.parent / "out")],
-            "export": ["--tar", str(setup.parent / "out.tar")]}[command]
-    code = main(["--config", str(setup), command, snapshot_id, *args])
+    snapshot_id = _hostile_snapshot(backed_up, **{field: value})
+    args = {"restore": ["--target", str(backed_up.parent / "out")],
+            "export": ["--tar", str(backed_up.parent / "out.tar")]}[command]
+    code = main(["--config", str(backed_up), command, snapshot_id, *args])
     line = _error_line(capsys.readouterr().err)
     assert code == ExitCode.INTEGRITY, line
     assert "'users/u1.json'" in line and f"{field} {value}" in line and snapshot_id in line
     assert "internal error" not in line
-    assert not (setup.parent / "out" / "users" / "u1.json").exists()
-    assert not (setup.parent / "out.tar").exists()
+    assert not (backed_up.parent / "out" / "users" / "u1.json").exists()
+    assert not (backed_up.parent / "out.tar").exists()
 
 
 @pytest.mark.parametrize(("field", "value"), HOSTILE, ids=[f for f, _ in HOSTILE])
 def test_check_out_of_range_manifest_value_reported_exit_3(
-        setup: Path, field: str, value: int, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, field: str, value: int, capsys: pytest.CaptureFixture[str]) -> None:
     """check reports a hostile manifest value as a problem of its snapshot (exit 3)."""
-    snapshot_id = _hostile_snapshot(setup, **{field: value})
-    code, out, err = _run(setup, "check", capsys, "--json")
+    snapshot_id = _hostile_snapshot(backed_up, **{field: value})
+    code, out, err = _run(backed_up, "check", capsys, "--json")
     assert code == ExitCode.INTEGRITY, err
     problems = json.loads(out)["problems"]
     assert [p["object"] for p in problems] == [f"snapshot {snapshot_id}"]
@@ -170,14 +153,14 @@ def test_check_out_of_range_manifest_value_reported_exit_3(
 
 
 def test_check_json_with_problems_prints_structured_report_exit_3(
-        setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`check --json` that finds problems prints the same report as a clean check (ok false,
     problems as a list of {object, message}) on stdout, one error line on stderr, exit 3."""
-    code, out, _ = _run(setup, "check", capsys, "--json")
+    code, out, _ = _run(backed_up, "check", capsys, "--json")
     assert code == 0
     clean = json.loads(out)
-    victim = _delete(setup, "pack")
-    code, out, err = _run(setup, "check", capsys, "--json")
+    victim = _delete(backed_up, "pack")
+    code, out, err = _run(backed_up, "check", capsys, "--json")
     assert code == ExitCode.INTEGRITY, err
     report = json.loads(out)
     assert set(report) == set(clean)
@@ -191,11 +174,11 @@ def test_check_json_with_problems_prints_structured_report_exit_3(
 
 
 def test_check_human_with_problems_lists_each_problem_exit_3(
-        setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Without --json, a failed check lists every problem on stdout, one per line, and says
     it failed on stderr (exit 3)."""
-    victim = _delete(setup, "pack")
-    code, out, err = _run(setup, "check", capsys)
+    victim = _delete(backed_up, "pack")
+    code, out, err = _run(backed_up, "check", capsys)
     assert code == ExitCode.INTEGRITY, err
     assert "no problems" not in out
     assert f"problem: pack {victim}: listed in an index but missing" in out.splitlines()
@@ -222,7 +205,7 @@ def parts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
 def _with_file(config: Path, *, size: int, blobs: tuple[str, ...], sha256: str) -> str:
     """A snapshot like the latest one with one more file, users/big.json, declaring ``size``
     and ``sha256`` over ``blobs``; sealed through the Repository API."""
-    repo = _repo(config)
+    repo = repository_of(config)
     base = _latest(config)
     entries = list(iter_entries(repo, base))
     model = next(e for e in entries if e.path == "users/a.json")
@@ -233,7 +216,7 @@ def _with_file(config: Path, *, size: int, blobs: tuple[str, ...], sha256: str) 
 
 def _part_blobs(config: Path) -> tuple[str, ...]:
     """The blob ids of users/a.json, b.json and c.json (their SHA-256: one blob each)."""
-    by_path = {e.path: e for e in iter_entries(_repo(config), _latest(config))}
+    by_path = {e.path: e for e in iter_entries(repository_of(config), _latest(config))}
     return tuple(str(by_path[f"users/{n}.json"].sha256) for n in "abc")
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.minimal import minimal_volume_and_config
 from tests.fixtures.repos import craft_snapshot
 from wicked_dr.actions.common import open_repository
 from wicked_dr.cli import main
@@ -22,17 +21,6 @@ from wicked_dr.repository.manifest import Entry, EntryRules, iter_entries
 
 ERROR_PREFIX = "wicked-dr: error: "
 VICTIM = "users/u1.json"
-
-
-@pytest.fixture()
-def setup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    """A minimal wicked volume backed up once into an unencrypted local repository (what a
-    bucket writer without the key can forge); returns the config."""
-    config = minimal_volume_and_config(tmp_path)
-    (tmp_path / "volume" / "users" / "u1.json").write_text('{"id": "u1"}', encoding="utf-8")
-    assert main(["--config", str(config), "backup"]) == 0
-    capsys.readouterr()
-    return config
 
 
 def _as(entry: Entry, **changes: object) -> Entry:
@@ -64,11 +52,11 @@ def _hostile_snapshot(config: Path, cases: list[str]) -> str:
 
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_check_hostile_manifest_entry_reported_on_snapshot_exit_3(
-        setup: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
     """check (with --read-data too) reports an entry restore would refuse as a problem of
     its snapshot naming the entry, and exits 3."""
-    snapshot_id = _hostile_snapshot(setup, [case])
-    code = main(["--config", str(setup), "--json", "check", "--read-data"])
+    snapshot_id = _hostile_snapshot(backed_up, [case])
+    code = main(["--config", str(backed_up), "--json", "check", "--read-data"])
     out, err = capsys.readouterr()
     assert code == ExitCode.INTEGRITY, err
     problems = json.loads(out)["problems"]
@@ -77,10 +65,10 @@ def test_check_hostile_manifest_entry_reported_on_snapshot_exit_3(
 
 
 def test_check_every_hostile_manifest_entry_reported_exit_3(
-        setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """check reports every offending entry of a snapshot, one problem each, not the first."""
-    snapshot_id = _hostile_snapshot(setup, list(HOSTILE))
-    code = main(["--config", str(setup), "--json", "check"])
+    snapshot_id = _hostile_snapshot(backed_up, list(HOSTILE))
+    code = main(["--config", str(backed_up), "--json", "check"])
     out, err = capsys.readouterr()
     assert code == ExitCode.INTEGRITY, err
     problems = json.loads(out)["problems"]
@@ -97,28 +85,28 @@ MODE_CASES = ("setuid", "setgid")
 
 @pytest.mark.parametrize("case", [c for c in HOSTILE if c not in MODE_CASES])
 def test_restore_hostile_manifest_entry_refused_exit_3(
-        setup: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
     """restore refuses the same entries check reports, naming the entry and the snapshot
     (exit 3), and writes nothing outside the target."""
-    snapshot_id = _hostile_snapshot(setup, [case])
-    target = setup.parent / "out"
-    code = main(["--config", str(setup), "restore", snapshot_id, "--target", str(target)])
+    snapshot_id = _hostile_snapshot(backed_up, [case])
+    target = backed_up.parent / "out"
+    code = main(["--config", str(backed_up), "restore", snapshot_id, "--target", str(target)])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith(ERROR_PREFIX)]
     assert code == ExitCode.INTEGRITY, err
     assert len(lines) == 1 and repr(HOSTILE[case][1]) in lines[0], err
-    assert not (setup.parent / "escape.json").exists()
+    assert not (backed_up.parent / "escape.json").exists()
     assert not (target / "users" / "suid").exists()
     assert not (target / "users" / "sgid").exists()
 
 
 @pytest.mark.parametrize("case", MODE_CASES)
 def test_restore_setuid_setgid_entry_restored_without_those_bits(
-        setup: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A file recorded setuid or setgid is restored with its permission bits only."""
-    snapshot_id = _hostile_snapshot(setup, [case])
-    target = setup.parent / "out"
-    code = main(["--config", str(setup), "restore", snapshot_id, "--target", str(target)])
+    snapshot_id = _hostile_snapshot(backed_up, [case])
+    target = backed_up.parent / "out"
+    code = main(["--config", str(backed_up), "restore", snapshot_id, "--target", str(target)])
     assert code == 0, capsys.readouterr().err
     restored = target / str(HOSTILE[case][1])
     assert stat.S_IMODE(restored.stat().st_mode) == 0o755

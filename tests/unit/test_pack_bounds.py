@@ -16,35 +16,18 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.fixtures.minimal import minimal_volume_and_config
-from wicked_dr.actions.common import open_repository
+from tests.fixtures.minimal import repository_of
 from wicked_dr.cli import main
-from wicked_dr.config import load_config
 from wicked_dr.errors import ExitCode, IntegrityError
 from wicked_dr.repository.crypto import FLAG_ZSTD, MAGIC
 from wicked_dr.repository.index import index_document, read_index
 from wicked_dr.repository.layout import BLOB_SIZE, MIB, object_name
 from wicked_dr.repository.packs import encode_pack, iter_pack
-from wicked_dr.repository.repo import Repository, content_id
+from wicked_dr.repository.repo import content_id
 
 ERROR_PREFIX = "wicked-dr: error: "
 CLAIM = 2 * 1024 * MIB  # what the forged index entry or frame header says: 2 GiB
 MEMORY_CEILING = 64 * MIB  # far below the claim: nothing was allocated for it
-
-
-@pytest.fixture()
-def setup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    """A minimal wicked volume backed up once into an unencrypted local repository (what a
-    bucket writer without the key can forge); returns the config."""
-    config = minimal_volume_and_config(tmp_path)
-    (tmp_path / "volume" / "users" / "u1.json").write_text('{"id": "u1"}', encoding="utf-8")
-    assert main(["--config", str(config), "backup"]) == 0
-    capsys.readouterr()
-    return config
-
-
-def _repo(config: Path) -> Repository:
-    return open_repository(load_config(config))
 
 
 def _frame_claiming(content: bytes, claimed: int) -> bytes:
@@ -68,7 +51,7 @@ def _forge(config: Path, *, raw_size_plus: int = 0, raw_size: int | None = None,
     true one plus ``raw_size_plus``); with ``frame_claims``, replace the pack by an envelope
     whose zstd frame header claims that many bytes. The local index cache is dropped so that
     restore reads the forged index. Returns the pack's id."""
-    repo = _repo(config)
+    repo = repository_of(config)
     [index_id] = repo.list_ids("index")
     [pack] = read_index(repo, index_id)
     name = object_name("data", pack.pack_id)
@@ -108,27 +91,27 @@ def _run_traced(args: list[str]) -> tuple[int, int]:
 
 @pytest.mark.parametrize("forgery", list(FORGERIES))
 def test_restore_pack_size_forged_integrity_error_exit_3_nothing_allocated(
-        setup: Path, forgery: str, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, forgery: str, capsys: pytest.CaptureFixture[str]) -> None:
     """restore refuses a pack whose index entry or frame header claims more than it may hold
     or than it holds: exit 3 naming the pack, peak memory far below the claim."""
-    pack_id = _forge(setup, **FORGERIES[forgery])
-    code, peak = _run_traced(["--config", str(setup), "restore", "latest", "--target",
-                              str(setup.parent / "out")])
+    pack_id = _forge(backed_up, **FORGERIES[forgery])
+    code, peak = _run_traced(["--config", str(backed_up), "restore", "latest", "--target",
+                              str(backed_up.parent / "out")])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith(ERROR_PREFIX)]
     assert code == ExitCode.INTEGRITY, err
     assert len(lines) == 1 and pack_id in lines[0], err
     assert peak < MEMORY_CEILING, f"peak {peak} bytes"
-    assert not (setup.parent / "out" / "users" / "u1.json").exists()
+    assert not (backed_up.parent / "out" / "users" / "u1.json").exists()
 
 
 @pytest.mark.parametrize("forgery", list(FORGERIES))
 def test_check_read_data_pack_size_forged_reported_exit_3_nothing_allocated(
-        setup: Path, forgery: str, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, forgery: str, capsys: pytest.CaptureFixture[str]) -> None:
     """check --read-data reports such a pack as a problem of that pack (exit 3), peak memory
     far below the claim."""
-    pack_id = _forge(setup, **FORGERIES[forgery])
-    code, peak = _run_traced(["--config", str(setup), "--json", "check", "--read-data"])
+    pack_id = _forge(backed_up, **FORGERIES[forgery])
+    code, peak = _run_traced(["--config", str(backed_up), "--json", "check", "--read-data"])
     out, err = capsys.readouterr()
     assert code == ExitCode.INTEGRITY, err
     problems = json.loads(out)["problems"]
@@ -137,11 +120,11 @@ def test_check_read_data_pack_size_forged_reported_exit_3_nothing_allocated(
 
 
 def test_check_index_raw_size_beyond_format_reported_without_read_data_exit_3(
-        setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        backed_up: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Even without --read-data, check reports an index entry whose raw_size no pack may
     have, once, as a problem of that pack."""
-    pack_id = _forge(setup, raw_size=CLAIM)
-    code = main(["--config", str(setup), "--json", "check"])
+    pack_id = _forge(backed_up, raw_size=CLAIM)
+    code = main(["--config", str(backed_up), "--json", "check"])
     out, err = capsys.readouterr()
     assert code == ExitCode.INTEGRITY, err
     problems = json.loads(out)["problems"]

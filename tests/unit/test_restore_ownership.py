@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.minimal import minimal_volume_and_config
+from tests.fixtures.minimal import repository_of
 from tests.fixtures.repos import craft_snapshot
 from tests.fixtures.services import require_root
-from wicked_dr.actions.common import open_repository
 from wicked_dr.cli import main
-from wicked_dr.config import load_config
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.repository.manifest import Entry, iter_entries, sort_key
 
@@ -28,15 +26,12 @@ def _root() -> None:
 
 
 @pytest.fixture()
-def hostile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
+def hostile(backed_up: Path) -> tuple[Path, str]:
     """A backed-up minimal volume and a crafted snapshot of it whose entries are root's with
     setuid, setgid and sticky bits: users/u1.json 0o6755, users/ 0o7755 and a symlink
     users/link, all uid 0 gid 0. Returns (config, snapshot id)."""
-    config = minimal_volume_and_config(tmp_path)
-    (tmp_path / "volume" / "users" / "u1.json").write_text('{"id": "u1"}', encoding="utf-8")
-    assert main(["--config", str(config), "backup"]) == 0
-    capsys.readouterr()
-    repo = open_repository(load_config(config))
+    config = backed_up
+    repo = repository_of(config)
     base = load_snapshot(repo, snapshot_ids(repo)[-1])
     modes = {"users/u1.json": 0o6755, "users": 0o7755}
     entries = [dataclasses.replace(e, uid=0, gid=0, mode=modes.get(e.path, e.mode))
