@@ -20,9 +20,9 @@ from typing import IO, Any
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.blobs import BlobReader
-from wicked_dr.engine.restore import check_relative, size_error
+from wicked_dr.engine.restore import size_error
 from wicked_dr.errors import IntegrityError, OperationError
-from wicked_dr.repository.manifest import Entry, depth_first_order, iter_entries
+from wicked_dr.repository.manifest import PERMISSION_BITS, Entry, depth_first_order, iter_entries
 from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.snapshot import Snapshot
 
@@ -157,7 +157,6 @@ def export_tar(repo: Repository, reader: BlobReader, snapshot: Snapshot,
             entries = iter_entries(repo, snapshot)
             for entry in depth_first_order(entries, snapshot.version):
                 cancel.check("interrupted before the end of the tar")
-                check_relative(entry.path)  # tar members obey the restore path rules
                 if entry.type == "file":
                     content = _BlobStream(reader, entry)
                     tar.addfile(_tarinfo(entry), content)
@@ -175,7 +174,7 @@ def export_tar(repo: Repository, reader: BlobReader, snapshot: Snapshot,
 
 def _tarinfo(entry: Entry) -> tarfile.TarInfo:
     info = tarfile.TarInfo(entry.path)
-    info.mode = entry.mode & 0o777  # never setuid/setgid/sticky (docs/format.md section 7)
+    info.mode = entry.mode & PERMISSION_BITS  # docs/format.md section 7
     info.uid, info.gid = entry.uid, entry.gid
     info.mtime = entry.mtime_ns // 10**9
     # PAX keeps the nanoseconds a float would round away.

@@ -36,13 +36,11 @@ from wicked_dr.config import RestoreConfig
 from wicked_dr.engine.blobs import BlobReader
 from wicked_dr.errors import IntegrityError, OperationError, RefusedError
 from wicked_dr.progress import Progress
-from wicked_dr.repository.manifest import Entry, iter_entries
-from wicked_dr.repository.manifest import check_relative as check_relative  # export's import
+from wicked_dr.repository.manifest import PERMISSION_BITS, Entry, check_relative, iter_entries
 from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.snapshot import Snapshot
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-PERMISSIONS = 0o777  # the mode bits a restore sets: never setuid, setgid or sticky
 
 
 class NoSpaceError(OperationError):
@@ -309,7 +307,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def _apply_fd_metadata(fd: int, entry: Entry, ownership: Ownership) -> None:
     if ownership.apply:
         os.fchown(fd, ownership.uid, ownership.gid)
-    os.fchmod(fd, entry.mode & PERMISSIONS)
+    os.fchmod(fd, entry.mode & PERMISSION_BITS)
     os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
 
@@ -324,6 +322,6 @@ def _restore_symlink(entry: Entry, dest: Path, root: Path, ownership: Ownership)
 def _apply_metadata(path: Path, entry: Entry, ownership: Ownership) -> None:
     if ownership.apply:
         os.chown(path, ownership.uid, ownership.gid, follow_symlinks=False)
-    os.chmod(path, entry.mode & PERMISSIONS)
+    os.chmod(path, entry.mode & PERMISSION_BITS)
     os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 

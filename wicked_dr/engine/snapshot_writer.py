@@ -285,7 +285,9 @@ class SnapshotWriter:
         for index_id, path in self._staged_indexes:
             self._upload(object_name("index", index_id), path, progress)
         for tree_id in self._trees:
-            if self.repo.has("tree", tree_id):
+            # The parent's trees were found present before this backup began (a parent missing
+            # one is no parent: actions/backup.py); any other may exist from an older snapshot.
+            if tree_id in self._known_trees or self.repo.has("tree", tree_id):
                 continue  # content-addressed: an unchanged chunk costs no PUT
             self._upload(object_name("tree", tree_id), self._staging / f"tree-{tree_id}",
                          progress)

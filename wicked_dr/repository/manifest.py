@@ -30,6 +30,8 @@ MIN_MTIME_NS, MAX_MTIME_NS = -(2**63) * 10**9, (2**63 - 1) * 10**9  # a 64-bit t
 # Bits no restored file may carry: a setuid/setgid file restored as root would run with
 # whatever owner a forged entry names. (A setgid directory only passes its group on.)
 FORBIDDEN_FILE_BITS = statmod.S_ISUID | statmod.S_ISGID
+# The mode bits restore and export give an entry: never setuid, setgid or sticky.
+PERMISSION_BITS = 0o777
 
 
 class EntryError(ValueError):
