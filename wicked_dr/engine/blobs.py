@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.repository.index import IndexCache
@@ -11,14 +12,18 @@ from wicked_dr.repository.packs import decode_pack
 from wicked_dr.repository.repo import Repository
 
 PACKS_IN_MEMORY = 4
+# Told of a pack that failed verification (its id and the one-line reason): the caller
+# records it so that the pack stops being a dedup target (``engine/damage.py``).
+DamageHook = Callable[[str, str], None]
 
 
 class BlobReader:
     """Fetches blobs by id; keeps the last few decoded packs, since restores read in order."""
 
     def __init__(self, repo: Repository, index: IndexCache, *,
-                 snapshot_id: str | None = None) -> None:
+                 snapshot_id: str | None = None, on_damaged: DamageHook | None = None) -> None:
         self._repo = repo
+        self._on_damaged = on_damaged
         self._index = index
         self._packs: OrderedDict[str, dict[str, bytes]] = OrderedDict()
         # Errors name the snapshot being read: the one a missing object makes unrestorable.
@@ -47,7 +52,12 @@ class BlobReader:
         if pack_id in self._packs:
             self._packs.move_to_end(pack_id)
             return self._packs[pack_id]
-        blobs = load_pack(self._repo, pack_id, self._index.pack_raw_size(pack_id))
+        try:
+            blobs = load_pack(self._repo, pack_id, self._index.pack_raw_size(pack_id))
+        except IntegrityError as exc:
+            if self._on_damaged is not None:
+                self._on_damaged(pack_id, exc.one_line())
+            raise
         self.packs_fetched += 1
         self._packs[pack_id] = blobs
         if len(self._packs) > PACKS_IN_MEMORY:
