@@ -132,3 +132,35 @@ def test_cache_of_an_older_layout_is_rebuilt(tmp_path: Path) -> None:
     assert not cache.has(_ids(1, "o")[0])
     cache.add_index("i1", _index("p" * 64, _ids(3, "n")))
     assert cache.lookup(_ids(3, "n")[2]) == index.BlobRef("p" * 64)
+
+
+def test_damaged_pack_is_no_dedup_target_and_a_sound_copy_is_preferred(tmp_path: Path) -> None:
+    """Once a pack is marked damaged its blobs are no dedup target (a backup stores them
+    again), the epoch changes (a stat cache written before no longer vouches), a copy of a
+    blob in a sound pack is what lookups give, and a pack stored again whole is sound."""
+    cache = IndexCache(tmp_path / "index.sqlite")
+    blobs = _ids(3, "d")
+    cache.add_index("i0", _index("a" * 64, blobs))
+    before = cache.epoch
+    assert cache.has(blobs[0]) and cache.epoch == before  # reading changes nothing
+    assert cache.mark_damaged("a" * 64) and not cache.mark_damaged("a" * 64)
+    assert not cache.mark_damaged("f" * 64)  # a pack the index does not list
+    assert cache.epoch != before
+    assert not any(cache.has(b) for b in blobs)
+    assert cache.lookup(blobs[0]) == index.BlobRef("a" * 64)  # still found for a restore
+    cache.add_index("i1", _index("b" * 64, blobs[:1]))  # the next backup stored one again
+    assert cache.has(blobs[0]) and not cache.has(blobs[1])
+    assert cache.lookup(blobs[0]) == index.BlobRef("b" * 64)
+    assert cache.damaged_packs() == ["a" * 64]
+    cache.mark_sound("a" * 64)
+    assert cache.has(blobs[1]) and cache.damaged_packs() == []
+
+
+def test_epoch_survives_reopening_and_is_new_for_a_new_cache(tmp_path: Path) -> None:
+    """The epoch is the cache's: the same after reopening, another for a cache made anew
+    (a stat cache must not vouch across a rebuilt index cache)."""
+    first = IndexCache(tmp_path / "index.sqlite")
+    epoch = first.epoch
+    first.close()
+    assert IndexCache(tmp_path / "index.sqlite").epoch == epoch
+    assert IndexCache(tmp_path / "other.sqlite").epoch != epoch

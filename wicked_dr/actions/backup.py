@@ -20,6 +20,7 @@ from wicked_dr.actions.common import (
 from wicked_dr.cancel import CancelToken
 from wicked_dr.config import Config
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids, snapshot_time
+from wicked_dr.engine.damage import heal
 from wicked_dr.engine.snapshot_writer import SnapshotWriter, WriteStats
 from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.log import get_logger
@@ -82,6 +83,7 @@ def run_backup(config: Config, *, force: bool = False,
         except BaseException:
             writer.abort()
             raise
+        heal(repo, index, writer.pack_ids)
     result = _result(snapshot, writer.stats, backups, started, damage)
     for problem in damage:
         log.error("repository damage; this backup went on around it", damage=problem)
@@ -135,13 +137,26 @@ def _writer(repo: Repository, config: Config, parent: _Parent, index: IndexCache
     local = state_dir(config)
     local.remove_stale_staging()
     stat_dir = local.stat_cache(repo.repo_id)
-    prev_stat = StatCacheReader.latest(stat_dir, previous.id if previous else None)
+    prev_stat = _vouching(StatCacheReader.latest(stat_dir, previous.id if previous else None),
+                          index)
     return SnapshotWriter(repo, index, local.staging(snapshot_id),
                           snapshot_id=snapshot_id,
                           pack_size=config.repository.pack_size_mib * 1024 * 1024,
                           stat_dir=stat_dir, previous=prev_stat, scan_start_ns=time.time_ns(),
                           scan_workers=config.volume.workers(),
                           known_trees=previous.trees if previous else (), cancel=cancel)
+
+
+def _vouching(stat: StatCacheReader | None, index: IndexCache) -> StatCacheReader | None:
+    """The parent's stat cache, if it may still vouch for its files: not when blobs left the
+    index since it was written (index objects removed, a pack found damaged), since an
+    unchanged file would then reference a blob the repository's index no longer lists."""
+    if stat is None or stat.index_epoch == index.epoch:
+        return stat
+    log.warning("the index lost blobs since the last backup (index objects removed or a "
+                "pack found damaged): reading the volume in full")
+    stat.close()
+    return None
 
 
 def _records(sources: list[Source], backups: dict[str, SourceBackup],

@@ -1,4 +1,8 @@
-"""``wicked-dr check``: structure always; pack contents with --read-data[-subset]."""
+"""``wicked-dr check``: structure always; pack contents with --read-data[-subset].
+
+A pack found damaged (missing, wrong size, unreadable) is recorded in the repository
+(``damaged/``), so that every machine's next backup stores its data again; the check reads
+and judges, and writes nothing else."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass
 from wicked_dr.actions.common import Result, RunOptions, open_repository
 from wicked_dr.config import Config
 from wicked_dr.engine.check import CheckReport, check_repository
+from wicked_dr.engine.damage import DamageRecorder
 from wicked_dr.errors import IntegrityError
 
 
@@ -41,7 +46,8 @@ def run_check(config: Config, *, read_fraction: float = 0.0,
     options = options or RunOptions()
     repo = open_repository(config)
     report = check_repository(repo, read_fraction=read_fraction, progress=options.progress,
-                              cancel=options.cancel)
+                              cancel=options.cancel,
+                              on_damaged=DamageRecorder(repo, None, found_by="check"))
     if not report.ok:
         raise CheckFailed(report)
     return check_result(report)

@@ -9,6 +9,7 @@ from typing import Any
 from wicked_dr.backends import open_backend
 from wicked_dr.cancel import CancelToken
 from wicked_dr.config import Config
+from wicked_dr.engine.damage import DamageRecorder
 from wicked_dr.engine.restore import Ownership
 from wicked_dr.engine.snapshot_reader import SnapshotReader
 from wicked_dr.errors import NotFoundError, RefusedError
@@ -91,8 +92,10 @@ def snapshot_reader(repo: Repository, config: Config, snapshot: Snapshot,
                     options: RunOptions | None = None) -> SnapshotReader:
     """What sources read ``snapshot``'s data back through (progress and cancellation from
     ``options``; a restored file tree owned by ``restore.owner_uid``/``owner_gid`` when
-    running as root)."""
+    running as root); a pack found damaged is recorded (``engine/damage.py``)."""
     options = options or RunOptions()
-    return SnapshotReader(repo, index_cache(repo, config), snapshot,
+    index = index_cache(repo, config)
+    return SnapshotReader(repo, index, snapshot,
                           progress=options.progress, cancel=options.cancel,
-                          ownership=Ownership.configured(config.restore))
+                          ownership=Ownership.configured(config.restore),
+                          on_damaged=DamageRecorder(repo, index, found_by="restore"))

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
-from wicked_dr.engine.blobs import load_pack, pack_bound
+from wicked_dr.engine.blobs import DamageHook, load_pack, pack_bound
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.progress import Progress
+from wicked_dr.repository.damage import damaged_pack_ids, load_damage
 from wicked_dr.repository.index import read_index
 from wicked_dr.repository.manifest import iter_entries
 from wicked_dr.repository.packs import PackRecord
@@ -48,6 +49,9 @@ class CheckReport:
     blobs_referenced: int = 0
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Told of every pack found damaged now (not of those recorded before): ``engine/damage``.
+    on_damaged: DamageHook | None = None
+    recorded_damaged: set[str] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -59,14 +63,25 @@ class CheckReport:
         name = f"{kind} {object_id}"
         self.problems.append(Problem(name, message.removeprefix(f"{name}: ")))
 
+    def damaged_pack(self, pack_id: str, message: str) -> None:
+        """A problem of pack ``pack_id`` that makes its blobs unreadable: also recorded, so
+        the next backup stores that data again (unless recorded already)."""
+        self.problem("pack", pack_id, message)
+        if self.on_damaged is not None and pack_id not in self.recorded_damaged:
+            self.recorded_damaged.add(pack_id)
+            self.on_damaged(pack_id, self.problems[-1].message)
+
 
 def check_repository(repo: Repository, *, read_fraction: float = 0.0,
                      progress: Progress | None = None, scratch: Path | None = None,
                      seed: int | None = None,
-                     cancel: CancelToken = NOT_CANCELLED) -> CheckReport:
-    """Check every snapshot's references; read ``read_fraction`` of the packs (0..1).
+                     cancel: CancelToken = NOT_CANCELLED,
+                     on_damaged: DamageHook | None = None) -> CheckReport:
+    """Check every snapshot's references; read ``read_fraction`` of the packs (0..1); tell
+    ``on_damaged`` of every pack newly found damaged (missing, wrong size, unreadable).
     ``Interrupted`` at the next snapshot or pack once ``cancel`` is cancelled."""
-    report = CheckReport()
+    report = CheckReport(on_damaged=on_damaged)
+    _report_damage_records(repo, report)
     packs = _load_indexes(repo, report)
     stored = dict(repo.list_objects("data"))
     _check_packs_exist(packs, stored, report)
@@ -75,6 +90,16 @@ def check_repository(repo: Repository, *, read_fraction: float = 0.0,
     if read_fraction > 0:
         _read_packs(repo, packs, stored, read_fraction, report, progress, seed, cancel)
     return report
+
+
+def _report_damage_records(repo: Repository, report: CheckReport) -> None:
+    """Packs recorded damaged before: problems until ``repair packs`` drops them."""
+    for pack_id in damaged_pack_ids(repo):
+        record = load_damage(repo, pack_id)
+        report.recorded_damaged.add(pack_id)
+        report.problem("pack", pack_id, f"recorded damaged by {record.found_by} at "
+                                        f"{record.time} ({record.reason}); run 'wicked-dr "
+                                        "repair packs'")
 
 
 def _load_indexes(repo: Repository, report: CheckReport) -> dict[str, PackRecord]:
@@ -96,12 +121,12 @@ def _check_packs_exist(packs: dict[str, PackRecord], stored: dict[str, int],
         try:
             pack_bound(pack_id, pack.raw_size)
         except IntegrityError as exc:  # never read (see _read_packs): reported once, here
-            report.problem("pack", pack_id, exc.one_line())
+            report.damaged_pack(pack_id, exc.one_line())
         if pack_id not in stored:
-            report.problem("pack", pack_id, "listed in an index but missing")
+            report.damaged_pack(pack_id, "listed in an index but missing")
         elif stored[pack_id] != pack.stored_size:
-            report.problem("pack", pack_id, f"size {stored[pack_id]}, index says "
-                                            f"{pack.stored_size}")
+            report.damaged_pack(pack_id, f"size {stored[pack_id]}, index says "
+                                         f"{pack.stored_size}")
     orphans = set(stored) - set(packs)
     if orphans:
         report.warnings.append(f"{len(orphans)} pack(s) referenced by no index (left by an "
@@ -181,9 +206,9 @@ def _read_packs(repo: Repository, packs: dict[str, PackRecord], stored: dict[str
             blobs = load_pack(repo, pack_id, packs[pack_id].raw_size)
             expected = {b.blob_id for b in packs[pack_id].blobs}
             if set(blobs) != expected:
-                report.problem("pack", pack_id, "holds other blobs than its index says")
+                report.damaged_pack(pack_id, "holds other blobs than its index says")
         except (IntegrityError, NotFoundError) as exc:
-            report.problem("pack", pack_id, exc.one_line())
+            report.damaged_pack(pack_id, exc.one_line())
         report.packs_read += 1
         if progress:
             progress("read", packs[pack_id].stored_size)

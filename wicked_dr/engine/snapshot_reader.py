@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
-from wicked_dr.engine.blobs import BlobReader
+from wicked_dr.engine.blobs import BlobReader, DamageHook
 from wicked_dr.engine.restore import Ownership, restore_tree
 from wicked_dr.errors import IntegrityError
 from wicked_dr.progress import Progress
@@ -26,13 +26,14 @@ class SnapshotReader:
     def __init__(self, repo: Repository, index: IndexCache, snapshot: Snapshot, *,
                  progress: Progress | None = None,
                  cancel: CancelToken = NOT_CANCELLED,
-                 ownership: Ownership | None = None) -> None:
+                 ownership: Ownership | None = None,
+                 on_damaged: DamageHook | None = None) -> None:
         self._repo = repo
         self._ownership = ownership
         self._snapshot = snapshot
         self._progress = progress
         self._cancel = cancel
-        self.blobs = BlobReader(repo, index, snapshot_id=snapshot.id)
+        self.blobs = BlobReader(repo, index, snapshot_id=snapshot.id, on_damaged=on_damaged)
 
     def stream(self, ref: StreamRef) -> Iterator[bytes]:
         """The stream's bytes; IntegrityError at the end when they are not the stream."""

@@ -69,12 +69,15 @@ class SnapshotWriter:
                  previous: StatCacheReader | None, scan_start_ns: int,
                  scan_workers: int = 0, known_trees: Iterable[str] = (),
                  cancel: CancelToken = NOT_CANCELLED) -> None:
+        """``previous`` must have been written under ``cache.epoch`` (statcache.py): the
+        caller drops it otherwise."""
         self.repo = repo
         self.snapshot_id = snapshot_id
         # The run's token, also for the sources writing into this sink (stream blobs).
         self.cancel = cancel
         self.stats = WriteStats()
         self._cache = cache
+        index_epoch = cache.epoch
         cache.begin_run()
         self._staging = staging
         staging.mkdir(parents=True, exist_ok=True)
@@ -82,6 +85,7 @@ class SnapshotWriter:
         self._pending_index: list[PackRecord] = []
         self._pending_index_blobs = 0
         self._staged_packs: list[Path] = []
+        self.pack_ids: list[str] = []  # the packs this run stores (known once sealed)
         self._staged_indexes: list[tuple[str, Path]] = []
         self._tree_lines: list[str] = []  # manifest text of the open tree object
         self._tree_count = 0  # its entries
@@ -96,7 +100,8 @@ class SnapshotWriter:
         # of the scan workers.
         self._background = Background("snapshot-metadata")
         self._stat_out = StatCacheWriter(stat_dir, snapshot_id, scan_start_ns,
-                                         defer=self._background.submit)
+                                         defer=self._background.submit,
+                                         index_epoch=index_epoch)
 
     # --- content -------------------------------------------------------------------------
 
@@ -141,6 +146,7 @@ class SnapshotWriter:
         self._cache.note_run_blobs(record.blob_ids)  # now: it answers has() from here on
         self._background.submit(self._cache.stage_pack, record)
         self._staged_packs.append(path)
+        self.pack_ids.append(record.pack_id)
         self._pending_index.append(record)
         self._pending_index_blobs += len(record.blob_ids)
         self.stats.packs += 1

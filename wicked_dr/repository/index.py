@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from wicked_dr.errors import IntegrityError, LockedError, NotFoundError
 from wicked_dr.log import get_logger
+from wicked_dr.repository.damage import damaged_pack_ids
 from wicked_dr.repository.packs import PackRecord, blob_rows_json
 from wicked_dr.repository.repo import Repository
 
@@ -32,15 +34,22 @@ log = get_logger(__name__)
 # Version 2: blobs refer to packs by a small integer, not by their 64-character id (a third
 # of the row, which makes the ~100 k inserts of a backup markedly cheaper). Version 3: no
 # offset and length per blob (readers take blobs from the verified pack header), again a
-# smaller row.
-CACHE_VERSION = 3
+# smaller row. Version 4: damaged packs (a blob may then be in two packs: the damaged one
+# and the one a later backup uploaded it to again) and the epoch (``IndexCache.epoch``).
+CACHE_VERSION = 4
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS blobs (id BLOB PRIMARY KEY, pack INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs (id BLOB NOT NULL, pack INTEGER NOT NULL,
+    PRIMARY KEY (id, pack)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS packs (n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
-    raw_size INTEGER NOT NULL, stored_size INTEGER NOT NULL, index_id TEXT NOT NULL);
+    raw_size INTEGER NOT NULL, stored_size INTEGER NOT NULL, index_id TEXT NOT NULL,
+    damaged INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS loaded (index_id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
-_HAS_QUERY = "SELECT 1 FROM blobs WHERE id=?"
+_HAS_QUERY = "SELECT 1 FROM blobs WHERE id=? LIMIT 1"
+# Once a pack is damaged, its blobs are no dedup target: a backup stores them again.
+_HAS_SOUND_QUERY = ("SELECT 1 FROM blobs b JOIN packs p ON p.n = b.pack "
+                    "WHERE b.id=? AND p.damaged=0 LIMIT 1")
 # A pack's blob rows from one parameter, its 32-byte ids back to back: the rows are made by
 # SQLite in one statement, which runs without the GIL and costs no Python per row (a backup
 # inserts ~100 k: half the time of executemany, and it overlaps the scan).
@@ -103,6 +112,7 @@ class IndexCache:
         # A run's packs are written from a background thread while lookups go on.
         self._lock = threading.Lock()
         self._empty = self._no_blobs()
+        self._any_damaged = self._has_damaged()
 
     @classmethod
     def for_repository(cls, repo: Repository, path: Path) -> IndexCache:
@@ -123,8 +133,25 @@ class IndexCache:
             self._reading = False
             self._db.execute("COMMIT")
 
+    @property
+    def epoch(self) -> str:
+        """Changes whenever blobs leave the index (index objects removed, a pack found
+        damaged) and when the cache is made anew: whatever vouched for blobs under another
+        epoch (the stat cache) must not be believed (statcache.py)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+        if row is None:
+            with self._transaction():
+                self._new_epoch()
+            return self.epoch
+        return str(row[0])
+
+    def _new_epoch(self) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)",
+                         (secrets.token_hex(8),))
+
     def sync(self, repo: Repository) -> None:
-        """Load index objects not seen yet; start over when one disappeared (pruned)."""
+        """Load index objects not seen yet; start over when one disappeared (pruned or
+        repaired); then apply the repository's damage records (``damaged/``)."""
         stored = set(repo.list_ids("index"))
         loaded = {row[0] for row in self._db.execute("SELECT index_id FROM loaded")}
         if loaded - stored:
@@ -132,10 +159,43 @@ class IndexCache:
             with self._transaction():
                 for table in ("blobs", "packs", "loaded"):
                     self._db.execute(f"DELETE FROM {table}")
+                self._new_epoch()
             loaded = set()
         for index_id in sorted(stored - loaded):
             self._load_index(repo, index_id)
+        for pack_id in damaged_pack_ids(repo):
+            self.mark_damaged(pack_id)
         self._empty = self._no_blobs()
+
+    def mark_damaged(self, pack_id: str) -> bool:
+        """Stop offering ``pack_id``'s blobs for dedup (a restore still finds them there when
+        no other pack holds them); whether the pack was known and sound until now."""
+        if self._db.execute("SELECT 1 FROM packs WHERE id=? AND damaged=0",
+                            (pack_id,)).fetchone() is None:
+            return False
+        with self._transaction():
+            self._db.execute("UPDATE packs SET damaged=1 WHERE id=?", (pack_id,))
+            self._new_epoch()
+        self._any_damaged = True
+        log.warning("pack marked damaged in the index cache: its blobs are stored again by "
+                    "the next backup", pack=pack_id)
+        return True
+
+    def mark_sound(self, pack_id: str) -> None:
+        """``pack_id`` was stored again whole (the same content gives the same id): its
+        blobs are a dedup target again."""
+        with self._transaction():
+            self._db.execute("UPDATE packs SET damaged=0 WHERE id=?", (pack_id,))
+        self._any_damaged = self._has_damaged()
+
+    def damaged_packs(self) -> list[str]:
+        """Packs marked damaged (``mark_damaged``), sorted."""
+        return [row[0] for row in
+                self._db.execute("SELECT id FROM packs WHERE damaged=1 ORDER BY id")]
+
+    def _has_damaged(self) -> bool:
+        return self._db.execute("SELECT 1 FROM packs WHERE damaged=1 LIMIT 1").fetchone() \
+            is not None
 
     def _load_index(self, repo: Repository, index_id: str) -> None:
         """One index object into the cache; a damaged one is left out (its blobs are then in
@@ -267,8 +327,10 @@ class IndexCache:
         if not self._reading and not self._in_run:
             self._db.execute("BEGIN")
             self._reading = True
+        # A sound copy first: a blob stored again after its pack was found damaged.
         row = self._db.execute("SELECT p.id FROM blobs b JOIN packs p ON p.n = b.pack "
-                               "WHERE b.id=?", (bytes.fromhex(blob_id),)).fetchone()
+                               "WHERE b.id=? ORDER BY p.damaged LIMIT 1",
+                               (bytes.fromhex(blob_id),)).fetchone()
         return BlobRef(row[0]) if row else None
 
     def has_none(self, blob_ids: list[str]) -> bool:
@@ -288,9 +350,9 @@ class IndexCache:
             byte, bit = _filter_position(bytes.fromhex(blob_id))
             if not self._run_filter[byte] & bit:
                 return False  # not in this run either; the cache was empty before it
+        query = _HAS_SOUND_QUERY if self._any_damaged else _HAS_QUERY
         with self._lock:
-            return self._db.execute(_HAS_QUERY,
-                                    (bytes.fromhex(blob_id),)).fetchone() is not None
+            return self._db.execute(query, (bytes.fromhex(blob_id),)).fetchone() is not None
 
     def _no_blobs(self) -> bool:
         return self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None
@@ -327,7 +389,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("BEGIN IMMEDIATE")
     if db.execute("PRAGMA user_version").fetchone()[0] != CACHE_VERSION:
         # Another layout (an older wicked-dr): start over; sync() reloads every index object.
-        for table in ("blobs", "packs", "loaded"):
+        for table in ("blobs", "packs", "loaded", "meta"):
             db.execute(f"DROP TABLE IF EXISTS {table}")
         db.execute(f"PRAGMA user_version={CACHE_VERSION}")
     for statement in _SCHEMA.split(";"):
@@ -341,7 +403,7 @@ def _current(db: sqlite3.Connection) -> bool:
     """Whether the cache has this version's layout (reads only)."""
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     return (db.execute("PRAGMA user_version").fetchone()[0] == CACHE_VERSION
-            and {"blobs", "packs", "loaded"} <= tables)
+            and {"blobs", "packs", "loaded", "meta"} <= tables)
 
 
 def read_index(repo: Repository, index_id: str) -> list[PackRecord]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-Kind = Literal["data", "index", "tree", "snapshot", "lock", "verification"]
+Kind = Literal["data", "index", "tree", "snapshot", "lock", "verification", "damage"]
 
 CONFIG_NAME = "config"
 FORMAT_NAME = "wicked-dr-repository"
@@ -22,6 +22,7 @@ _DIRS: dict[Kind, str] = {
     "snapshot": "snapshots",
     "lock": "locks",
     "verification": "verifications",
+    "damage": "damaged",
 }
 
 

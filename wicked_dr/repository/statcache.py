@@ -14,6 +14,11 @@ Blocks come in ascending order of their directory's path components (``/`` alone
 root), names ascending within a block. Names and directories are JSON-quoted only when they
 start with a quote or hold a tab, newline or carriage return (``entry_lines.field``).
 
+The header names the index cache's ``epoch`` the cache was written under: a cache vouches
+for its files' blobs only while the index has lost none of them since (``IndexCache.epoch``
+changes when index objects disappear or a pack is found damaged), so a backup never
+references a blob the repository's index no longer lists.
+
 Racy timestamps (git's rule): a file whose mtime is not safely older than the previous scan's
 start may have changed within the same timestamp tick; the scan re-reads it.
 """
@@ -45,7 +50,7 @@ class StatCacheWriter:
     """Streams the stat lines of the snapshot being written."""
 
     def __init__(self, directory: Path, snapshot_id: str, scan_start_ns: int,
-                 defer: Callable[..., None] | None = None) -> None:
+                 defer: Callable[..., None] | None = None, *, index_epoch: str = "") -> None:
         """``defer(function, *args)``, when given, runs the compression and writes later, in
         order, e.g. on a background thread (``commit`` and ``abort`` come after it ran)."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -54,7 +59,8 @@ class StatCacheWriter:
         self._tmp = directory / f".{snapshot_id}.tmp"
         self._raw = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._out: IO[bytes] = zstandard.ZstdCompressor(level=1).stream_writer(self._raw)
-        header = {"snapshot": snapshot_id, "scan_start_ns": scan_start_ns, "format": FORMAT}
+        header = {"snapshot": snapshot_id, "scan_start_ns": scan_start_ns, "format": FORMAT,
+                  "index_epoch": index_epoch}
         self._lines: list[str] = [json.dumps(header, separators=(",", ":")) + "\n"]
         self._buffered = 0
 
@@ -111,6 +117,7 @@ class StatCacheReader:
             raise ValueError("stat cache of another wicked-dr version: not used")
         self.snapshot_id: str = header["snapshot"]
         self.scan_start_ns: int = header["scan_start_ns"]
+        self.index_epoch: str = str(header.get("index_epoch", ""))
         self._pushback: list[str] = []  # lines read past a block's end, to be read again
         self._in_block = False
         self._ahead: list[str] = []  # lines of the open block read but not taken yet
