@@ -80,6 +80,7 @@ examples:
   wicked-dr restore latest --target /tmp/restore
   wicked-dr check --read-data-subset 10%
   wicked-dr export latest --tar - | tar -t
+  wicked-dr repair packs --dry-run
 """
 
 RESTORE_MODES = """\
@@ -196,10 +197,51 @@ def _add_backup_commands(sub: Any) -> None:
     group.add_argument("--read-data", action="store_true", help="read and verify every pack")
     group.add_argument("--read-data-subset", type=parse_percent, metavar="N%",
                        help="read and verify a random share of the packs")
+    _add_repair_command(sub)
     export = _command(sub, "export", "write a snapshot as a plain tar",
                       "Write a snapshot as a tar archive: the way out of wicked-dr's format.")
     export.add_argument("snapshot", metavar="SNAPSHOT", help="id, id prefix or 'latest'")
     export.add_argument("--tar", required=True, metavar="FILE|-", help="tar file, - for stdout")
+
+
+REPAIR_DESCRIPTION = """\
+Repair a damaged repository. Each repair holds the exclusive repository lock, reports what
+it found with --dry-run before changing anything, and is safe to kill and run again.
+
+  index      rebuild the index from the stored packs (packs describe themselves)
+  packs      drop damaged packs (default: those check recorded); lists the files each
+             snapshot loses; the next backup stores again what the volume still holds
+  snapshots  list snapshots whose data is gone; --forget removes them
+
+After 'check --read-data' reported damage: repair packs, backup, repair snapshots --forget."""
+
+
+def _add_repair_command(sub: Any) -> None:
+    repair = _command(sub, "repair", "repair a damaged repository (index, packs, snapshots)",
+                      REPAIR_DESCRIPTION)
+    what = repair.add_subparsers(dest="repair_what", metavar="WHAT", parser_class=_Parser,
+                                 required=True)
+    index = _command(what, "index", "rebuild the index from the packs",
+                     "Index every stored, readable pack; leave out packs that are missing or "
+                     "damaged; replace damaged or lost index objects.")
+    index.add_argument("--read-all-packs", action="store_true",
+                       help="read and verify every pack, not only those no index lists "
+                       "correctly")
+    packs = _command(what, "packs", "drop damaged packs",
+                     "Drop damaged packs from the index and the repository (a pack is one "
+                     "sealed frame: its blobs cannot be salvaged one by one) and list the "
+                     "files each snapshot loses with them. A pack that reads intact is never "
+                     "dropped.")
+    packs.add_argument("packs", nargs="*", metavar="PACK",
+                       help="pack ids (default: every pack check or a restore recorded "
+                       "damaged)")
+    snapshots = _command(what, "snapshots", "list (and forget) snapshots whose data is gone",
+                         "List the snapshots that cannot be restored whole; with --forget "
+                         "remove them. Intact snapshots are never touched.")
+    snapshots.add_argument("--forget", action="store_true",
+                           help="remove the snapshots listed")
+    for parser in (index, packs, snapshots):
+        parser.add_argument("--dry-run", action="store_true", help="report, change nothing")
 
 
 def _add_restore_command(sub: Any) -> None:
@@ -407,6 +449,20 @@ def _check(config: Config, args: argparse.Namespace) -> Any:
         raise _AlreadyReported(exc) from exc
 
 
+def _repair(config: Config, args: argparse.Namespace) -> Any:
+    from wicked_dr.actions import repair
+
+    title = f"repair {args.repair_what}"
+    if args.repair_what == "index":
+        return _with_progress(args, title, lambda o: repair.run_repair_index(
+            config, dry_run=args.dry_run, read_all=args.read_all_packs, options=o))
+    if args.repair_what == "packs":
+        return repair.run_repair_packs(config, args.packs, dry_run=args.dry_run,
+                                       options=_options(args))
+    return repair.run_repair_snapshots(config, forget=args.forget, dry_run=args.dry_run,
+                                       options=_options(args))
+
+
 def _export(config: Config, args: argparse.Namespace) -> Any:
     from wicked_dr.actions.export import run_export
 
@@ -465,6 +521,7 @@ _HANDLERS: dict[str, Callable[[Config, argparse.Namespace], Any]] = {
     "snapshots": _snapshots,
     "check": _check,
     "export": _export,
+    "repair": _repair,
     "restore": _restore,
     "config": _config,
     "verify": _not_yet("verify"),

@@ -28,6 +28,8 @@ def render(command: str, result: Any) -> str:
         lines += [f"problem: {p['object']}: {p['message']}" for p in problems]
         lines += [f"warning: {w}" for w in result["warnings"]]
         return "\n".join(lines)
+    if command == "repair":
+        return _REPAIRS[result["action"]](result)
     if command == "restore" and isinstance(result, dict) and result.get("mode") == "target":
         return _restore_target(result)
     if command == "restore" and isinstance(result, dict) and "kong_restarts" in result:
@@ -60,6 +62,61 @@ def _restore_with_restarts(result: dict[str, Any]) -> str:
         lines.append(f"kong node {r['name']}: {done}")
     return "\n".join(lines)
 
+
+def _repair_index(result: dict[str, Any]) -> str:
+    if not result["changed"]:
+        return (f"index: {result['packs_indexed']} packs, all listed correctly "
+                f"({result['packs_read']} read): nothing to repair")
+    verb = "would rebuild" if result["dry_run"] else "rebuilt"
+    lines = [f"index {verb}: {result['packs_indexed']} packs ({result['packs_read']} read)"]
+    lines += [f"  pack {p}: stored but in no index; added" for p in result["packs_added"]]
+    lines += [f"  pack {p}: missing or damaged; left out" for p in result["packs_dropped"]]
+    lines += [f"  index object {i}: unreadable; replaced"
+              for i in result["index_objects_unreadable"]]
+    if not result["dry_run"]:
+        lines.append(f"{result['index_objects_written']} index object(s) written, "
+                     f"{result['index_objects_removed']} removed")
+    return "\n".join(lines)
+
+
+def _lost(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for row in rows:
+        lines.append(f"  snapshot {row['snapshot']}: {row['reason']}")
+        lines += [f"    {path}" for path in row["files"]]
+        more = row["files_lost"] - len(row["files"])
+        if more > 0:
+            lines.append(f"    ... and {more} more")
+    return lines
+
+
+def _repair_snapshots(result: dict[str, Any]) -> str:
+    rows = result["damaged"]
+    if not rows:
+        return "every snapshot's data is there: nothing to repair"
+    lines = [f"{len(rows)} snapshot(s) whose data is gone:", *_lost(rows)]
+    if result["forgotten"]:
+        lines.append("forgotten (removed from the repository)")
+    else:
+        lines.append("run 'wicked-dr repair snapshots --forget' to remove them")
+    return "\n".join(lines)
+
+
+def _repair_packs(result: dict[str, Any]) -> str:
+    lines = [f"damage record of pack {p} removed: the pack reads intact"
+             for p in result["records_cleared"]]
+    if not result["packs"]:
+        return "\n".join([*lines, "no damaged pack: nothing to repair"])
+    verb = "would drop" if result["dry_run"] else "dropped"
+    lines.append(f"{verb} {len(result['packs'])} damaged pack(s): {', '.join(result['packs'])}")
+    if result["snapshots_losing_data"]:
+        lines.append("files lost with them:")
+        lines += _lost(result["snapshots_losing_data"])
+    lines.append(f"next: {result['next_step']}")
+    return "\n".join(lines)
+
+
+_REPAIRS = {"index": _repair_index, "snapshots": _repair_snapshots, "packs": _repair_packs}
 
 _SNAPSHOT_COLUMNS = ("ID", "TIME (UTC)", "FILES", "SIZE", "VERIFIED", "SOURCES")
 _RIGHT_ALIGNED = {"FILES", "SIZE"}
