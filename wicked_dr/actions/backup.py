@@ -84,6 +84,7 @@ def run_backup(config: Config, *, force: bool = False,
             writer.abort()
             raise
         heal(repo, index, writer.pack_ids)
+    damage = (*damage, *writer.damage)
     result = _result(snapshot, writer.stats, backups, started, damage)
     for problem in damage:
         log.error("repository damage; this backup went on around it", damage=problem)
@@ -143,8 +144,7 @@ def _writer(repo: Repository, config: Config, parent: _Parent, index: IndexCache
                           snapshot_id=snapshot_id,
                           pack_size=config.repository.pack_size_mib * 1024 * 1024,
                           stat_dir=stat_dir, previous=prev_stat, scan_start_ns=time.time_ns(),
-                          scan_workers=config.volume.workers(),
-                          known_trees=previous.trees if previous else (), cancel=cancel)
+                          scan_workers=config.volume.workers(), cancel=cancel)
 
 
 def _vouching(stat: StatCacheReader | None, index: IndexCache) -> StatCacheReader | None:

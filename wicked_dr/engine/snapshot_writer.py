@@ -26,6 +26,7 @@ from wicked_dr.engine.background import Background
 from wicked_dr.engine.scan_pool import ScanPool
 from wicked_dr.engine.scan_worker import RunItem
 from wicked_dr.engine.tree_scan import scan_tree
+from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.log import get_logger
 from wicked_dr.progress import Progress
 from wicked_dr.repository.crypto import sha256_hex
@@ -67,7 +68,7 @@ class SnapshotWriter:
     def __init__(self, repo: Repository, cache: IndexCache, staging: Path, *,
                  snapshot_id: str, pack_size: int, stat_dir: Path,
                  previous: StatCacheReader | None, scan_start_ns: int,
-                 scan_workers: int = 0, known_trees: Iterable[str] = (),
+                 scan_workers: int = 0,
                  cancel: CancelToken = NOT_CANCELLED) -> None:
         """``previous`` must have been written under ``cache.epoch`` (statcache.py): the
         caller drops it otherwise."""
@@ -91,7 +92,7 @@ class SnapshotWriter:
         self._tree_count = 0  # its entries
         self._trees: list[str] = []
         self._previous = previous
-        self._known_trees = set(known_trees)
+        self.damage: list[str] = []  # damaged objects met and repaired on the way
         # Started now, before a source takes wicked's lock: start-up is not lock time.
         self._pool = ScanPool(scan_workers)
         # Trees, index objects and the stat cache are compressed and written, and the index
@@ -262,8 +263,8 @@ class SnapshotWriter:
         plaintext = "".join(lines).encode()
         tree_id = sha256_hex(plaintext)
         self._trees.append(tree_id)
-        if tree_id in self._known_trees:
-            return  # the previous snapshot has this very chunk: nothing to seal or upload
+        # Sealed even when the repository should hold this chunk already: a stored copy that
+        # turns out damaged at commit is replaced by this one.
         path = self._staging / f"tree-{tree_id}"
         path.write_bytes(self.repo.sealer.seal("tree", object_name("tree", tree_id), plaintext))
 
@@ -290,10 +291,8 @@ class SnapshotWriter:
             self._upload(object_name("data", path.name), path, progress)
         for index_id, path in self._staged_indexes:
             self._upload(object_name("index", index_id), path, progress)
-        for tree_id in self._trees:
-            # The parent's trees were found present before this backup began (a parent missing
-            # one is no parent: actions/backup.py); any other may exist from an older snapshot.
-            if tree_id in self._known_trees or self.repo.has("tree", tree_id):
+        for tree_id in dict.fromkeys(self._trees):
+            if self._stored_tree_sound(tree_id):
                 continue  # content-addressed: an unchanged chunk costs no PUT
             self._upload(object_name("tree", tree_id), self._staging / f"tree-{tree_id}",
                          progress)
@@ -305,6 +304,20 @@ class SnapshotWriter:
         self._background.close()
         self._stat_out.commit()
         self.cleanup()
+
+    def _stored_tree_sound(self, tree_id: str) -> bool:
+        """Whether the repository holds tree ``tree_id`` intact (read and verified: a stored
+        chunk the new snapshot reuses must restore, or the damage would spread into it); a
+        damaged one is named in ``damage`` and replaced by this run's copy."""
+        try:
+            self.repo.load("tree", tree_id)
+        except NotFoundError:
+            return False
+        except IntegrityError as exc:
+            self.damage.append(f"tree object {tree_id}: {exc.one_line()}; stored again by "
+                               "this backup")
+            return False
+        return True
 
     def _upload(self, name: str, path: Path, progress: Progress | None) -> None:
         self.cancel.check()
