@@ -227,85 +227,117 @@ def entry_setuid(case: Case, kind: str) -> Damage:
 
 @dataclass(frozen=True)
 class Expect:
-    """Exit codes of a row (None: not run), and whether backup's ``damage`` names the
-    object. ``restore_new_same``: a successful restore of new equals the volume."""
+    """Exit codes of a row (None: not run) and what they must show.
+
+    ``restore_new_same``: a successful restore of new equals the volume (not for a crafted
+    snapshot). ``restore_names``: what restore's error line names when it is not the
+    damaged object itself. ``backup_damage``: backup's ``damage`` names the object."""
 
     restore_new: int
     restore_old: int = OK
-    check: int | None = INTEGRITY
+    check: int = INTEGRITY
     check_read_data: int | None = None
     backup: int | None = None
     backup_damage: bool = False
     restore_new_same: bool = True
+    restore_names: str | None = None
 
 
 @dataclass(frozen=True)
 class Row:
+    """One object kind, one corruption; ``warm`` overrides ``expect`` with a warm
+    state_dir; ``backup_bug`` marks the backup half of the row xfail (a known bug)."""
+
     kind: str
     corrupt: Corrupt
     expect: Expect
-    warm: Expect | None = None  # when a warm state_dir changes the outcome
+    warm: Expect | None = None
+    backup_bug: str | None = None
+    bug_when_plain: str | None = None  # the read half fails, unencrypted only
 
     @property
     def id(self) -> str:
         return f"{self.kind}-{self.corrupt.__name__.replace('_', '-')}"
 
+    def expected(self, warm: bool) -> Expect:
+        return self.warm if warm and self.warm is not None else self.expect
 
+
+NEW_SNAPSHOT = "<new snapshot>"  # restore_names: the snapshot id the row calls new
+# Flipped bits keep the size: only reading the pack finds them. (Backup after a damaged pack
+# is issue 11's point 1, not covered here.)
 FLIPPED_PACK = Expect(restore_new=INTEGRITY, check=OK, check_read_data=INTEGRITY)
-DAMAGED_PACK = Expect(restore_new=INTEGRITY, check=INTEGRITY, check_read_data=INTEGRITY)
-DAMAGED_INDEX = Expect(restore_new=INTEGRITY, backup=OK, backup_damage=True)
+DAMAGED_PACK = Expect(restore_new=INTEGRITY, check_read_data=INTEGRITY)
+# An empty state_dir learns the new pack from the damaged index only: restore names the
+# snapshot and a blob in no index (it cannot tell which index object would have listed
+# it). A warm one knows the pack: restore succeeds, and so does backup without reading
+# the index object again.
+DAMAGED_INDEX = Expect(restore_new=INTEGRITY, restore_names=NEW_SNAPSHOT, backup=OK,
+                       backup_damage=True)
+DAMAGED_INDEX_WARM = Expect(restore_new=OK, backup=OK)
 DAMAGED_TREE = Expect(restore_new=INTEGRITY, backup=OK, backup_damage=True)
 DAMAGED_SNAPSHOT = Expect(restore_new=INTEGRITY, backup=OK, backup_damage=True)
 DAMAGED_CONFIG = Expect(restore_new=INTEGRITY, restore_old=INTEGRITY, backup=INTEGRITY)
 HARMLESS = Expect(restore_new=OK, check=OK, backup=OK)
+TREE_SPREADS = ("backup checks that the newest snapshot's trees exist, not that they are "
+                "readable: a present but damaged tree is reused (same id) by the new "
+                "snapshot, which then cannot be restored, and damage is empty")
+CONFIG_OF_OTHER = ("unencrypted: a config with another repository id makes every object "
+                   "fail its checksum; the message names the first object read, not config")
 
 ROWS = [
     *(Row("pack", c, FLIPPED_PACK) for c in (flip_payload, flip_flags)),
     *(Row("pack", c, DAMAGED_PACK) for c in (truncate, zero_length, replace, delete)),
-    Row("pack", index_claims_2gib, Expect(restore_new=INTEGRITY, check_read_data=INTEGRITY)),
-    *(Row("index", c, DAMAGED_INDEX) for c in (flip_payload, flip_flags, truncate,
-                                                zero_length, replace, delete)),
-    *(Row("tree", c, DAMAGED_TREE) for c in (flip_payload, flip_flags, truncate,
-                                              zero_length, replace, delete)),
+    Row("pack", index_claims_2gib, DAMAGED_PACK),
+    *(Row("index", c, DAMAGED_INDEX, warm=DAMAGED_INDEX_WARM)
+      for c in (flip_payload, flip_flags, truncate, zero_length, replace, delete)),
+    *(Row("tree", c, DAMAGED_TREE, backup_bug=TREE_SPREADS)
+      for c in (flip_payload, flip_flags, truncate, zero_length, replace)),
+    Row("tree", delete, DAMAGED_TREE),
     *(Row("snapshot", c, DAMAGED_SNAPSHOT) for c in (flip_payload, flip_flags, truncate,
                                                       zero_length, replace)),
     Row("snapshot", delete, Expect(restore_new=NOT_FOUND, check=OK, backup=OK)),
     Row("snapshot", entry_escapes, Expect(restore_new=INTEGRITY)),
-    Row("snapshot", entry_size_short, Expect(restore_new=INTEGRITY)),
+    Row("snapshot", entry_size_short, Expect(restore_new=INTEGRITY,
+                                             restore_names="apps/new0.json")),
     Row("snapshot", entry_setuid, Expect(restore_new=OK, restore_new_same=False)),
     *(Row("config", c, DAMAGED_CONFIG) for c in (flip_payload, truncate, zero_length,
-                                                  replace)),
-    Row("config", delete, dataclasses.replace(DAMAGED_CONFIG, restore_new=NOT_FOUND,
-                                              restore_old=NOT_FOUND, check=NOT_FOUND)),
+                                                  delete)),
+    Row("config", replace, DAMAGED_CONFIG, bug_when_plain=CONFIG_OF_OTHER),
     *(Row("lock", c, HARMLESS) for c in (stale, flip_payload, flip_flags, truncate,
                                          zero_length, garbage, lock_without_fields,
                                          lock_expires_not_a_number)),
     *(Row("verification", c, HARMLESS) for c in (flip_payload, truncate, zero_length,
                                                  garbage)),
 ]
+VARIANTS = [(encrypted, warm) for encrypted in (False, True) for warm in (True, False)]
 
 
-def _params() -> list[object]:
-    return [pytest.param(row, encrypted, warm,
-                         id=f"{row.id}-{'encrypted' if encrypted else 'plain'}-"
-                            f"{'warm' if warm else 'empty'}")
-            for row in ROWS for encrypted in (False, True) for warm in (True, False)]
+def _id(row: Row, encrypted: bool, warm: bool) -> str:
+    return f"{row.id}-{'encrypted' if encrypted else 'plain'}-{'warm' if warm else 'empty'}"
+
+
+def _xfail(reason: str | None) -> list[pytest.MarkDecorator]:
+    return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+
+
+READ_PARAMS = [pytest.param(row, encrypted, warm, id=_id(row, encrypted, warm),
+                            marks=_xfail(None if encrypted else row.bug_when_plain))
+               for row in ROWS for encrypted, warm in VARIANTS]
+BACKUP_PARAMS = [pytest.param(row, encrypted, warm, id=_id(row, encrypted, warm),
+                              marks=_xfail(row.backup_bug
+                                           or (None if encrypted else row.bug_when_plain)))
+                 for row in ROWS for encrypted, warm in VARIANTS
+                 if row.expected(warm).backup is not None]
 
 
 # --- assertions -----------------------------------------------------------------------------
 
 
 def _clean(run: Run) -> Run:
+    """No command ends in a traceback or an internal error."""
     assert "internal error" not in run.err and "Traceback" not in run.err, run.err
     return run
-
-
-def _names(run: Run, code: int, names: str) -> None:
-    """A failure says which object: one error line (restore) or the report (check)."""
-    if code == OK:
-        return
-    text = run.out + run.err
-    assert names in text, f"{names} not named:\n{text[-2000:]}"
 
 
 def _restore(case: Case, snapshot: str, out: str, expect: int, names: str,
@@ -330,38 +362,60 @@ def _no_wrong_file(target: Path, reference: Path) -> None:
             assert (reference / rel).read_bytes() == (target / rel).read_bytes(), rel
 
 
-# --- the test -------------------------------------------------------------------------------
+def _check(case: Case, expect: int, names: str, *args: str) -> None:
+    run = _clean(cli(case.config, "--json", "check", *args))
+    assert run.code == expect, run.out + run.err
+    if expect != OK:
+        assert names in run.out + run.err, f"{names} not named:\n{run.out}{run.err}"
 
 
-@pytest.mark.parametrize(("row", "encrypted", "warm"), _params())
-def test_corruption(built: dict[bool, Built], tmp_path: Path, row: Row, encrypted: bool,
-                    warm: bool) -> None:
-    """One object damaged as the row says: each command ends as ``Expect`` says, names the
-    object when it fails, and never writes a wrong file nor outside its target."""
+def _nothing_outside(case: Case) -> None:
+    assert set(os.listdir(case.root)) <= ALLOWED, "a file outside every target"
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("row", "encrypted", "warm"), READ_PARAMS)
+def test_corruption_restore_and_check(built: dict[bool, Built], tmp_path: Path, row: Row,
+                                      encrypted: bool, warm: bool) -> None:
+    """One object damaged as the row says: restore of new and old and check end as
+    ``Expect`` says, name the object when they fail, and write no wrong file nor any file
+    outside the target."""
     b = built[encrypted]
     case = copy_case(b, tmp_path / "case", warm=warm)
     damage = row.corrupt(case, row.kind)
-    expect = row.warm if warm and row.warm else row.expect
+    expect = row.expected(warm)
     new = damage.new or b.new.snapshot
+    names = {None: damage.names, NEW_SNAPSHOT: new}.get(expect.restore_names,
+                                                          expect.restore_names)
 
-    _restore(case, new, "out-new", expect.restore_new, damage.names, b.root / "at-new",
+    _restore(case, new, "out-new", expect.restore_new, str(names), b.root / "at-new",
              expect.restore_new_same)
     _restore(case, b.old.snapshot, "out-old", expect.restore_old, damage.names,
              b.root / "at-old", True)
-    if expect.check is not None:
-        run = _clean(cli(case.config, "--json", "check"))
-        assert run.code == expect.check, run.out + run.err
-        _names(run, expect.check, damage.names)
+    _check(case, expect.check, damage.names)
     if expect.check_read_data is not None:
-        run = _clean(cli(case.config, "--json", "check", "--read-data"))
-        assert run.code == expect.check_read_data, run.out + run.err
-        _names(run, expect.check_read_data, damage.names)
-    if expect.backup is not None:
-        run = _clean(cli(case.config, "backup", "--json"))
-        assert run.code == expect.backup, run.out + run.err
-        if expect.backup == OK:
-            damaged = [d for d in json.loads(run.out)["damage"] if damage.names in d]
-            assert bool(damaged) == expect.backup_damage, run.out
-            _restore(case, "latest", "out-latest", OK, damage.names, case.root / "volume",
-                     True)
-    assert set(os.listdir(case.root)) <= ALLOWED, "a file outside every target"
+        _check(case, expect.check_read_data, damage.names, "--read-data")
+    _nothing_outside(case)
+
+
+@pytest.mark.parametrize(("row", "encrypted", "warm"), BACKUP_PARAMS)
+def test_corruption_backup(built: dict[bool, Built], tmp_path: Path, row: Row,
+                           encrypted: bool, warm: bool) -> None:
+    """A backup after the damage ends as ``Expect`` says; when it succeeds, its ``damage``
+    names the object (when the row says it must) and its snapshot restores the volume."""
+    b = built[encrypted]
+    case = copy_case(b, tmp_path / "case", warm=warm)
+    damage = row.corrupt(case, row.kind)
+    expect = row.expected(warm)
+
+    run = _clean(cli(case.config, "backup", "--json"))
+    assert run.code == expect.backup, run.out + run.err
+    if expect.backup == OK:
+        damaged = [d for d in json.loads(run.out)["damage"] if damage.names in d]
+        assert bool(damaged) == expect.backup_damage, run.out
+        _restore(case, "latest", "out-latest", OK, damage.names, case.root / "volume", True)
+    else:
+        assert damage.names in run.err, run.err
+    _nothing_outside(case)
