@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ pytestmark = pytest.mark.integration
 
 OK, INTEGRITY, NOT_FOUND = int(ExitCode.OK), int(ExitCode.INTEGRITY), int(ExitCode.NOT_FOUND)
 # What a case's directory may hold: a restore writes nothing beside its target.
-ALLOWED = {"repo", "state", "volume", "config.yaml", "out-new", "out-old", "out-latest"}
+ALLOWED = {"repo", "state", "volume", "config.yaml", "out-new", "out-old", "out-latest",
+           "out-verified"}
 HEADER = 5  # magic and flags; the nonce or checksum follow (docs/format.md, section 3)
 
 
@@ -232,7 +234,8 @@ class Expect:
     ``restore_new_same``: a successful restore of new equals the volume (not for a crafted
     snapshot). ``restore_names``, ``check_names``: what restore's error line and check's
     report name when it is not the damaged object itself. ``backup_damage``: backup's
-    ``damage`` names the object."""
+    ``damage`` names the object. ``latest_verified``: ``restore latest-verified`` (the old
+    snapshot, verified by the presence of its verification object)."""
 
     restore_new: int
     restore_old: int = OK
@@ -243,6 +246,7 @@ class Expect:
     restore_new_same: bool = True
     restore_names: str | None = None
     check_names: str | None = None
+    latest_verified: int | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,7 @@ class Row:
     warm: Expect | None = None
     backup_bug: str | None = None
     bug_when_plain: str | None = None  # the read half fails, unencrypted only
+    backup_bug_when_plain: str | None = None  # the backup half fails, unencrypted only
 
     @property
     def id(self) -> str:
@@ -287,11 +292,17 @@ DAMAGED_TREE = Expect(restore_new=INTEGRITY, backup=OK, backup_damage=True)
 DAMAGED_SNAPSHOT = Expect(restore_new=INTEGRITY, backup=OK, backup_damage=True)
 DAMAGED_CONFIG = Expect(restore_new=INTEGRITY, restore_old=INTEGRITY, backup=INTEGRITY)
 HARMLESS = Expect(restore_new=OK, check=OK, backup=OK)
+# Nothing reads a verification object's content: its presence verifies (docs/format.md).
+VERIFIED = dataclasses.replace(HARMLESS, latest_verified=OK)
 TREE_SPREADS = ("backup checks that the newest snapshot's trees exist, not that they are "
                 "readable: a present but damaged tree is reused (same id) by the new "
                 "snapshot, which then cannot be restored, and damage is empty")
 CONFIG_OF_OTHER = ("unencrypted: a config with another repository id makes every object "
                    "fail its checksum; the message names the first object read, not config")
+BACKUP_ON_OTHER_CONFIG = (
+    "unencrypted: with a config of another repository id, backup exits 0 taking every "
+    "snapshot and index for damage, and its snapshot reuses the present tree (same id, "
+    "sealed under the old id): it cannot be restored")
 
 ROWS = [
     *(Row("pack", c, FLIPPED_PACK) for c in (flip_payload, flip_flags)),
@@ -312,11 +323,12 @@ ROWS = [
     Row("snapshot", entry_setuid, Expect(restore_new=OK, restore_new_same=False)),
     *(Row("config", c, DAMAGED_CONFIG) for c in (flip_payload, truncate, zero_length,
                                                   delete)),
-    Row("config", replace, DAMAGED_CONFIG, bug_when_plain=CONFIG_OF_OTHER),
+    Row("config", replace, DAMAGED_CONFIG, bug_when_plain=CONFIG_OF_OTHER,
+        backup_bug_when_plain=BACKUP_ON_OTHER_CONFIG),
     *(Row("lock", c, HARMLESS) for c in (stale, flip_payload, flip_flags, truncate,
                                          zero_length, garbage, lock_without_fields,
                                          lock_expires_not_a_number)),
-    *(Row("verification", c, HARMLESS) for c in (flip_payload, truncate, zero_length,
+    *(Row("verification", c, VERIFIED) for c in (flip_payload, truncate, zero_length,
                                                  garbage)),
 ]
 VARIANTS = [(encrypted, warm) for encrypted in (False, True) for warm in (True, False)]
@@ -334,8 +346,8 @@ READ_PARAMS = [pytest.param(row, encrypted, warm, id=_id(row, encrypted, warm),
                             marks=_xfail(None if encrypted else row.bug_when_plain))
                for row in ROWS for encrypted, warm in VARIANTS]
 BACKUP_PARAMS = [pytest.param(row, encrypted, warm, id=_id(row, encrypted, warm),
-                              marks=_xfail(row.backup_bug
-                                           or (None if encrypted else row.bug_when_plain)))
+                              marks=_xfail(row.backup_bug or (
+                                  None if encrypted else row.backup_bug_when_plain)))
                  for row in ROWS for encrypted, warm in VARIANTS
                  if row.expected(warm).backup is not None]
 
@@ -357,6 +369,7 @@ def _restore(case: Case, snapshot: str, out: str, expect: int, names: str,
     if expect == OK:
         if same:
             assert_same_tree(reference, target)
+        _no_special_bits(target)
         return
     [line] = error_lines(run)
     assert names in line, line
@@ -369,6 +382,14 @@ def _no_wrong_file(target: Path, reference: Path) -> None:
         for name in filenames:
             rel = os.path.relpath(os.path.join(dirpath, name), target)
             assert (reference / rel).read_bytes() == (target / rel).read_bytes(), rel
+
+
+def _no_special_bits(target: Path) -> None:
+    """A restore sets ``mode & 0o777`` only: no setuid, setgid or sticky bit."""
+    for dirpath, dirnames, filenames in os.walk(target):
+        for name in [*dirnames, *filenames]:
+            mode = os.lstat(os.path.join(dirpath, name)).st_mode
+            assert stat.S_IMODE(mode) & 0o7000 == 0, os.path.join(dirpath, name)
 
 
 def _check(case: Case, expect: int, names: str, *args: str) -> None:
@@ -404,6 +425,9 @@ def test_corruption_restore_and_check(built: dict[bool, Built], tmp_path: Path, 
              expect.restore_new_same)
     _restore(case, b.old.snapshot, "out-old", expect.restore_old, damage.names,
              b.root / "at-old", True)
+    if expect.latest_verified is not None:
+        _restore(case, "latest-verified", "out-verified", expect.latest_verified,
+                 damage.names, b.root / "at-old", True)
     _check(case, expect.check, str(check_names))
     if expect.check_read_data is not None:
         _check(case, expect.check_read_data, str(check_names), "--read-data")
