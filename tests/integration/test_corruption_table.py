@@ -16,7 +16,11 @@ corruption to one object, and runs the commands in process:
 - ``backup --json`` last (where the row says): its exit code, whether ``damage`` names the
   object, and that its snapshot restores the volume.
 
-A row is ``kind-corruption``; ``Expect`` spells out its outcome. Exit codes are those of
+A row is ``kind-corruption``; ``Expect`` spells out its outcome (``Row.warm`` when a warm
+state_dir changes it). Each row runs in four variants (plain/encrypted x warm/empty) and in
+two tests: ``test_corruption_restore_and_check`` (restores and check) and
+``test_corruption_backup`` (the backup, on its own copy, for rows that run one). A known bug
+is a strict xfail on the half it breaks, its reason in the row. Exit codes are those of
 wicked_dr/errors.py (0 ok, 3 integrity, 5 not found). No command may end in an internal error.
 """
 
