@@ -133,11 +133,13 @@ def _check_packs_exist(packs: dict[str, PackRecord], stored: dict[str, int],
                                "interrupted backup; harmless)")
 
 
-def _blob_map(packs: dict[str, PackRecord]) -> dict[str, str]:
-    return {blob.blob_id: pack.pack_id for pack in packs.values() for blob in pack.blobs}
+def _blob_map(packs: dict[str, PackRecord]) -> dict[str, tuple[str, int]]:
+    """Blob id -> (pack id, length) as the index says."""
+    return {blob.blob_id: (pack.pack_id, blob.length) for pack in packs.values()
+            for blob in pack.blobs}
 
 
-def _check_snapshots(repo: Repository, blobs: dict[str, str], stored: set[str],
+def _check_snapshots(repo: Repository, blobs: dict[str, tuple[str, int]], stored: set[str],
                      report: CheckReport, cancel: CancelToken) -> None:
     for snapshot_id in snapshot_ids(repo):
         cancel.check()
@@ -157,28 +159,33 @@ def _check_snapshots(repo: Repository, blobs: dict[str, str], stored: set[str],
                                                     f"e.g. pack {lost[0]}")
 
 
-def _references(repo: Repository, snapshot: Snapshot, blobs: dict[str, str],
+def _references(repo: Repository, snapshot: Snapshot, blobs: dict[str, tuple[str, int]],
                 report: CheckReport) -> tuple[set[str], set[str]]:
     """The snapshot's blobs that are in no index, and the packs holding all the others;
-    every entry breaking the manifest rules (``EntryRules``, as restore applies them) is
-    reported as a problem of the snapshot."""
+    every entry breaking the manifest rules (``EntryRules``, as restore applies them), and
+    every file whose blobs (their lengths in the index) hold more or less than its declared
+    size, is reported as a problem of the snapshot."""
     missing: set[str] = set()
     packs: set[str] = set()
 
-    def note(blob_id: str) -> None:
-        pack_id = blobs.get(blob_id)
-        if pack_id is None:
+    def note(blob_id: str) -> int | None:
+        found = blobs.get(blob_id)
+        if found is None:
             missing.add(blob_id)
-        else:
-            packs.add(pack_id)
+            return None
+        packs.add(found[0])
+        return found[1]
 
     def bad_entry(message: str) -> None:  # every offending entry, not just the first
         report.problem("snapshot", snapshot.id, message)
 
     for entry in iter_entries(repo, snapshot, on_problem=bad_entry, check_modes=True):
-        for blob_id in entry.blobs:
-            report.blobs_referenced += 1
-            note(blob_id)
+        known = [note(blob_id) for blob_id in entry.blobs]
+        report.blobs_referenced += len(known)
+        lengths = [n for n in known if n is not None]
+        if entry.type == "file" and len(lengths) == len(known) and sum(lengths) != entry.size:
+            bad_entry(f"manifest entry {entry.path!r}: its blobs hold {sum(lengths)} bytes, "
+                      f"not its declared size of {entry.size}")
     for record in snapshot.sources.values():
         for blob_id in record.stream.blobs if record.stream else ():
             note(blob_id)

@@ -193,9 +193,16 @@ def list_locks(repo: Repository) -> list[LockInfo]:
 
 
 def _read(repo: Repository, lock_id: str) -> LockInfo:
+    """The lock; IntegrityError when its object is not a lock (fields missing or of the
+    wrong type: it was written by no wicked-dr)."""
     doc: dict[str, Any] = repo.load_json("lock", lock_id)
-    return LockInfo(lock_id, Holder.from_json(doc["holder"]), bool(doc["exclusive"]),
-                    str(doc["operation"]), float(doc["created"]), float(doc["expires"]))
+    try:
+        return LockInfo(lock_id, Holder.from_json(doc["holder"]), bool(doc["exclusive"]),
+                        str(doc["operation"]), float(doc["created"]),
+                        float(doc["expires"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise IntegrityError(f"lock object {object_name('lock', lock_id)} is not a lock "
+                             f"({type(exc).__name__}: {exc})") from None
 
 
 def _write(repo: Repository, info: LockInfo, *, if_none_match: bool = False,
