@@ -275,9 +275,10 @@ class Row:
 
 
 NEW_SNAPSHOT = "<new snapshot>"  # restore_names: the snapshot id the row calls new
-# Flipped bits keep the size: only reading the pack finds them. (Backup after a damaged pack
-# is issue 11's point 1, not covered here.)
-FLIPPED_PACK = Expect(restore_new=INTEGRITY, check=OK, check_read_data=INTEGRITY)
+# Flipped bits keep the size: only reading the pack finds them; the restore that read it
+# recorded it damaged (damaged/), so check reports it from then on. (Backups after a damaged
+# pack: tests/integration/test_damage_not_inherited.py.)
+FLIPPED_PACK = Expect(restore_new=INTEGRITY, check_read_data=INTEGRITY)
 DAMAGED_PACK = Expect(restore_new=INTEGRITY, check_read_data=INTEGRITY)
 # An empty state_dir learns the new pack from the damaged index only: restore names the
 # snapshot and a blob in no index (it cannot tell which index object would have listed
@@ -298,15 +299,12 @@ DAMAGED_CONFIG = Expect(restore_new=INTEGRITY, restore_old=INTEGRITY, backup=INT
 HARMLESS = Expect(restore_new=OK, check=OK, backup=OK)
 # Nothing reads a verification object's content: its presence verifies (docs/format.md).
 VERIFIED = dataclasses.replace(HARMLESS, latest_verified=OK)
-TREE_SPREADS = ("backup checks that the newest snapshot's trees exist, not that they are "
-                "readable: a present but damaged tree is reused (same id) by the new "
-                "snapshot, which then cannot be restored, and damage is empty")
 CONFIG_OF_OTHER = ("unencrypted: a config with another repository id makes every object "
                    "fail its checksum; the message names the first object read, not config")
 BACKUP_ON_OTHER_CONFIG = (
-    "unencrypted: with a config of another repository id, backup exits 0 taking every "
-    "snapshot and index for damage, and its snapshot reuses the present tree (same id, "
-    "sealed under the old id): it cannot be restored")
+    "unencrypted: with a config of another repository id, backup does not refuse (exit 3): "
+    "it exits 0, naming every snapshot, index and tree it met as damaged, and stores all "
+    "again (its own snapshot restores); nothing tells a foreign config from damage")
 
 ROWS = [
     *(Row("pack", c, FLIPPED_PACK) for c in (flip_payload, flip_flags)),
@@ -315,7 +313,7 @@ ROWS = [
     *(Row("index", c, DAMAGED_INDEX, warm=DAMAGED_INDEX_WARM)
       for c in (flip_payload, flip_flags, truncate, zero_length, replace)),
     Row("index", delete, MISSING_INDEX),
-    *(Row("tree", c, DAMAGED_TREE, backup_bug=TREE_SPREADS)
+    *(Row("tree", c, DAMAGED_TREE)
       for c in (flip_payload, flip_flags, truncate, zero_length, replace)),
     Row("tree", delete, DAMAGED_TREE),
     *(Row("snapshot", c, DAMAGED_SNAPSHOT) for c in (flip_payload, flip_flags, truncate,
