@@ -6,7 +6,6 @@ encrypted (a flipped byte fails authentication)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -17,7 +16,9 @@ from tests.fixtures.repos import (
     Setup,
     assert_same_tree,
     backdate,
+    backup_json,
     cli,
+    flip_byte,
     make_setup,
 )
 from wicked_dr.engine.catalog import snapshot_ids
@@ -38,20 +39,6 @@ def setup(tmp_path: Path) -> Setup:
     return s
 
 
-def _flip_byte(s: Setup, name: str) -> None:
-    path = s.tmp / "repo" / name
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def _backup(s: Setup) -> dict[str, object]:
-    run = cli(s.config_path, "backup", "--json")
-    assert run.code == 0, run.err
-    result: dict[str, object] = json.loads(run.out)
-    return result
-
-
 def _restores_volume(s: Setup, snapshot: str, out: str) -> None:
     run = cli(s.config_path, "restore", snapshot, "--target", str(s.tmp / out))
     assert run.code == 0, run.err
@@ -62,8 +49,8 @@ def test_backup_newest_snapshot_unreadable_goes_on_from_clean_parent(setup: Setu
     """A flipped byte in the newest snapshot object: the next backup exits 0, names the
     damage, reads every file again and its snapshot restores the volume."""
     damaged = snapshot_ids(setup.repo())[-1]
-    _flip_byte(setup, object_name("snapshot", damaged))
-    result = _backup(setup)
+    flip_byte(setup, object_name("snapshot", damaged))
+    result = backup_json(setup)
     assert [d for d in result["damage"] if damaged in d]  # type: ignore[attr-defined]
     assert result["files_unchanged"] == 0
     assert snapshot_ids(setup.repo())[-1] == result["snapshot"] != damaged
@@ -79,7 +66,7 @@ def test_backup_parent_tree_missing_goes_on_from_clean_parent(setup: Setup) -> N
 
     tree = load_snapshot(repo, parent).trees[0]
     (setup.tmp / "repo" / object_name("tree", tree)).unlink()
-    result = _backup(setup)
+    result = backup_json(setup)
     assert [d for d in result["damage"] if tree in d]  # type: ignore[attr-defined]
     _restores_volume(setup, "latest", "out")
 
@@ -95,13 +82,13 @@ def test_damaged_index_object_blocks_neither_backup_nor_other_restores(setup: Se
     mutate(setup.volume, 0.2, seed=3)
     assert cli(setup.config_path, "backup").code == 0
     second_index = sorted(set(repo.list_ids("index")) - before)[0]
-    _flip_byte(setup, object_name("index", second_index))
+    flip_byte(setup, object_name("index", second_index))
     shutil.rmtree(setup.state)
 
     run = cli(setup.config_path, "restore", first, "--target", str(setup.tmp / "first"))
     assert run.code == 0, run.err
     assert_same_tree(kept, setup.tmp / "first")
-    result = _backup(setup)
+    result = backup_json(setup)
     assert [d for d in result["damage"] if second_index in d]  # type: ignore[attr-defined]
     assert int(result["bytes_new"]) > 0  # type: ignore[call-overload]
     _restores_volume(setup, "latest", "out")

@@ -8,13 +8,21 @@ the new snapshot restores the volume. Local backend, unencrypted and encrypted."
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.repos import RepoTarget, Setup, assert_same_tree, backdate, cli, make_setup
+from tests.fixtures.repos import (
+    RepoTarget,
+    Setup,
+    assert_same_tree,
+    backdate,
+    backup_json,
+    cli,
+    flip_byte,
+    make_setup,
+)
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.repository.damage import damaged_pack_ids
 from wicked_dr.repository.index import read_index
@@ -38,20 +46,6 @@ def setup(tmp_path: Path, request: pytest.FixtureRequest) -> Setup:
 def _packs(s: Setup) -> list[str]:
     repo = s.repo()
     return sorted(p.pack_id for i in repo.list_ids("index") for p in read_index(repo, i))
-
-
-def _flip_byte_in_pack(s: Setup, pack_id: str) -> None:
-    path = s.tmp / "repo" / object_name("data", pack_id)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def _backup(s: Setup) -> dict[str, object]:
-    run = cli(s.config_path, "backup", "--json")
-    assert run.code == 0, run.err
-    result: dict[str, object] = json.loads(run.out)
-    return result
 
 
 def _latest_restores_volume(s: Setup, out: str) -> None:
@@ -81,12 +75,12 @@ def test_pack_damaged_found_by_check_is_stored_again_from_empty_state_dir(setup:
     state_dir emptied, the next backup uploads that data again. The same blobs make the same
     pack (content-addressed), so the upload heals it: the record goes, check passes."""
     damaged = _packs(setup)[0]
-    _flip_byte_in_pack(setup, damaged)
+    flip_byte(setup, object_name("data", damaged))
     check = cli(setup.config_path, "check", "--read-data")
     assert check.code == 3 and damaged in check.err
     assert damaged_pack_ids(setup.repo()) == [damaged]
     shutil.rmtree(setup.state)
-    result = _backup(setup)
+    result = backup_json(setup)
     assert result["bytes_new"] > 0  # type: ignore[operator]
     _latest_restores_volume(setup, "out")
     assert damaged_pack_ids(setup.repo()) == []
@@ -98,12 +92,12 @@ def test_pack_damaged_then_volume_changed_new_snapshot_avoids_the_pack(setup: Se
     snapshot references no blob that only the damaged pack holds, and restores; the record
     stays (check says to run 'repair packs') until the pack is dropped."""
     damaged = _packs(setup)[0]
-    _flip_byte_in_pack(setup, damaged)
+    flip_byte(setup, object_name("data", damaged))
     assert cli(setup.config_path, "check", "--read-data").code == 3
     shutil.rmtree(setup.state)
     (setup.volume / "meta.json").write_text('{"dynamicVersion": 2}')
     backdate(setup.volume)
-    _backup(setup)
+    backup_json(setup)
     assert not _latest_blobs_only_in(setup, damaged)
     _latest_restores_volume(setup, "out")
     check = cli(setup.config_path, "check")
@@ -115,11 +109,11 @@ def test_pack_damaged_found_by_restore_is_stored_again_with_warm_state_dir(
     """A restore meets the damaged pack (exit 3) and records it; the next backup, whose stat
     cache vouched for every file, reads them again and stores the lost data anew."""
     damaged = _packs(setup)[0]
-    _flip_byte_in_pack(setup, damaged)
+    flip_byte(setup, object_name("data", damaged))
     restore = cli(setup.config_path, "restore", "latest", "--target", str(setup.tmp / "bad"))
     assert restore.code == 3 and damaged in restore.err
     assert damaged_pack_ids(setup.repo()) == [damaged]
-    result = _backup(setup)
+    result = backup_json(setup)
     assert result["files_unchanged"] == 0
     assert result["bytes_new"] > 0  # type: ignore[operator]
     _latest_restores_volume(setup, "out")
@@ -132,7 +126,7 @@ def test_every_index_object_deleted_the_stat_cache_no_longer_vouches(setup: Setu
     cache's lines for blobs no index lists; it stores them again and restores."""
     for index_id in setup.repo().list_ids("index"):
         (setup.tmp / "repo" / object_name("index", index_id)).unlink()
-    result = _backup(setup)
+    result = backup_json(setup)
     assert result["files_unchanged"] == 0
     _latest_restores_volume(setup, "out")
     # The blobs are content-addressed: stored again, they make the old snapshot whole too.
@@ -141,5 +135,5 @@ def test_every_index_object_deleted_the_stat_cache_no_longer_vouches(setup: Setu
 
 def test_unchanged_backup_keeps_using_the_stat_cache(setup: Setup) -> None:
     """The control: with nothing lost, the stat cache still vouches (files unchanged)."""
-    result = _backup(setup)
+    result = backup_json(setup)
     assert result["files_unchanged"] == result["files"]

@@ -18,7 +18,15 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.repos import RepoTarget, Setup, assert_same_tree, backdate, cli, make_setup
+from tests.fixtures.repos import (
+    RepoTarget,
+    Setup,
+    assert_same_tree,
+    backdate,
+    cli,
+    flip_byte,
+    make_setup,
+)
 from wicked_dr.backends.local import LocalBackend
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.engine.repair import confirmed_damaged, damaged_snapshots
@@ -68,13 +76,6 @@ def _pack_of(s: Setup, path: str) -> str:
                 if blob in p.blob_ids)
 
 
-def _damage(s: Setup, pack_id: str) -> None:
-    path = s.tmp / "repo" / object_name("data", pack_id)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 def _fingerprint(root: Path) -> dict[str, str]:
     """Every object of the repository but locks, by content: a dry run must not change it."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -84,7 +85,7 @@ def _fingerprint(root: Path) -> dict[str, str]:
 
 def _damaged_and_recorded(s: Setup) -> str:
     pack = _pack_of(s, LOST_USER)
-    _damage(s, pack)
+    flip_byte(s, object_name("data", pack))
     assert cli(s.config_path, "check", "--read-data").code == 3
     assert damaged_pack_ids(s.repo()) == [pack]
     return pack
