@@ -91,8 +91,9 @@ def snapshot_reader(repo: Repository, config: Config, snapshot: Snapshot,
                     options: RunOptions | None = None) -> SnapshotReader:
     """What sources read ``snapshot``'s data back through (progress and cancellation from
     ``options``; a restored file tree owned by ``restore.owner_uid``/``owner_gid`` when
-    running as root)."""
+    running as root; blobs a restore spills go to the state directory)."""
     options = options or RunOptions()
     return SnapshotReader(repo, index_cache(repo, config), snapshot,
                           progress=options.progress, cancel=options.cancel,
-                          ownership=Ownership.configured(config.restore))
+                          ownership=Ownership.configured(config.restore),
+                          scratch=state_dir(config).restore_scratch())
