@@ -65,6 +65,7 @@ class RestoreStats:
     symlinks: int = 0
     bytes: int = 0
     packs_fetched: int = 0
+    bytes_spilled: int = 0  # blobs parked in the scratch file for files further on
     skipped: list[str] = field(default_factory=list)
 
 
@@ -171,7 +172,8 @@ class _TreeRestore:
     def write_files(self) -> None:
         """Write the files collected so far, each pack they need fetched once."""
         files, self._files = self._files, []
-        write_planned(files, self._reader, self._write_file, self._limits, self._safe_point)
+        self.stats.bytes_spilled += write_planned(files, self._reader, self._write_file,
+                                                  self._limits, self._safe_point)
 
     def _write_file(self, entry: Entry, get: Callable[[str], bytes]) -> None:
         self.dest = self._destinations.of(entry.path)

@@ -110,9 +110,10 @@ def plan(files: list[Entry], reader: BlobReader) -> Plan:
 
 
 def write_planned(files: list[Entry], reader: BlobReader, write: FileWriter,
-                  limits: PlanLimits, between_files: Callable[[], None]) -> None:
+                  limits: PlanLimits, between_files: Callable[[], None]) -> int:
     """Write ``files`` with ``write``, fetching each pack they need once (see the module);
-    ``between_files`` runs before each file: the cancellation point."""
+    ``between_files`` runs before each file: the cancellation point. Returns the bytes that
+    went to the scratch file."""
     the_plan = plan(files, reader)
     for index in the_plan.empty:
         between_files()
@@ -125,6 +126,7 @@ def write_planned(files: list[Entry], reader: BlobReader, write: FileWriter,
                 write(files[index], _getter(the_plan, number, blobs, held, reader))
             for blob_id in the_plan.release_at[number]:
                 held.drop(blob_id)
+        return held.spilled_bytes
 
 
 def _no_blob(blob_id: str) -> bytes:
