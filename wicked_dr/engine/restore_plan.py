@@ -34,11 +34,12 @@ first snapshot's restore.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,9 +71,9 @@ class PlanLimits:
 
 @dataclass
 class Plan:
-    """Which packs a slice of files needs, in order, and what to do as each arrives."""
+    """Which packs a slice of files needs, in order, and what to do as each arrives (files
+    by their index in the slice)."""
 
-    files: list[Entry]
     packs: list[str] = field(default_factory=list)
     empty: list[int] = field(default_factory=list)  # files that need no pack (no blobs)
     done_at: list[list[int]] = field(default_factory=list)
@@ -83,7 +84,7 @@ class Plan:
 
 def plan(files: list[Entry], reader: BlobReader) -> Plan:
     """The plan for ``files`` (manifest order); IntegrityError for a blob in no index."""
-    result = Plan(files)
+    result = Plan()
     numbers: dict[str, int] = {}
     for index, entry in enumerate(files):
         complete = -1
@@ -118,8 +119,11 @@ def write_planned(files: list[Entry], reader: BlobReader, write: FileWriter,
     for index in the_plan.empty:
         between_files()
         write(files[index], _no_blob)
-    with _Held(limits.memory_bytes, limits.scratch) as held:
-        for number, blobs in enumerate(_fetched(reader, the_plan.packs, limits.packs_ahead)):
+    fetched = _fetched(reader, the_plan.packs, limits.packs_ahead)
+    # Closed at once on an error or a cancel, not when a traceback lets go of it: the
+    # queued fetches are dropped and the running ones awaited before the error goes on.
+    with _Held(limits.memory_bytes, limits.scratch) as held, contextlib.closing(fetched):
+        for number, blobs in enumerate(fetched):
             _keep(the_plan, number, blobs, held)
             for index in the_plan.done_at[number]:
                 between_files()
@@ -155,7 +159,7 @@ def _getter(the_plan: Plan, number: int, blobs: dict[str, bytes], held: _Held,
 
 
 def _fetched(reader: BlobReader, packs: list[str],
-             ahead: int) -> Iterator[dict[str, bytes]]:
+             ahead: int) -> Generator[dict[str, bytes], None, None]:
     """Each pack's blobs in order, fetched on ``ahead`` threads, at most ``ahead`` fetched
     but not yet consumed; the queued fetches are cancelled when the consumer stops early."""
     with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="restore-fetch") as pool:
