@@ -15,11 +15,11 @@ restore is planned instead:
    at a later pack also needs is *held* until then.
 3. ``write_planned`` fetches the packs in that order on a small thread pool
    (``packs_ahead`` at a time: at most that many fetched-but-unconsumed packs in memory,
-   plus the one being written), and as pack ``k`` arrives writes every file of
-   ``done_at[k]``, then forgets the held blobs nobody needs after ``k``. Held blobs stay in
-   memory up to ``memory_bytes``; beyond that they go to an unlinked scratch file
-   (``scratch``: the state directory's ``restore-scratch/``) and are verified against their
-   SHA-256 again when read back.
+   plus the one being written and the one before it, until the next is handed over), and
+   as pack ``k`` arrives writes every file of ``done_at[k]``, then forgets the held blobs
+   nobody needs after ``k``. Held blobs stay in memory up to ``memory_bytes``; beyond that
+   they go to an unlinked scratch file (``scratch``: the state directory's
+   ``restore-scratch/``) and are verified against their SHA-256 again when read back.
 
 Most wicked files are one small blob, so the common case holds nothing: a pack arrives and
 its files are written. A pack is fetched once per plan, so once for any volume of up to
@@ -58,12 +58,13 @@ FileWriter = Callable[[Entry, Callable[[str], bytes]], None]
 @dataclass(frozen=True)
 class PlanLimits:
     """How much a planned restore may hold: ``packs_ahead`` packs fetched in parallel and
-    waiting (S3 latency hides behind the writing; four keep a link busy without holding
-    much: a pack is at most ``MAX_PACK``), ``memory_bytes`` of blobs held in memory for
+    waiting (S3 latency hides behind the writing of the pack before; two do that, and each
+    more cost ~20 MiB of peak memory with 8 MiB packs and gained nothing measurable:
+    ``bench/README.md``), ``memory_bytes`` of blobs held in memory for
     files further on (the rest spills into ``scratch``, the system's temporary directory
     when None), ``files_per_plan`` file entries planned at once."""
 
-    packs_ahead: int = 4
+    packs_ahead: int = 2
     memory_bytes: int = 64 * MIB
     files_per_plan: int = 200_000
     scratch: Path | None = None
