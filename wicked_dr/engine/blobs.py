@@ -1,4 +1,9 @@
-"""Reading blobs back: pack fetches through a small LRU, every byte checked against its hash."""
+"""Reading blobs back: pack fetches through a small LRU, every byte checked against its hash.
+
+Streams and exports read blob by blob through ``BlobReader.get``; a file tree's restore
+plans its fetches by pack instead (``engine/restore_plan.py``) through the same reader's
+``pack_of``, ``pack_job`` and ``opened``, so that a missing or damaged pack is reported, and
+counted, the same way on both paths."""
 
 from __future__ import annotations
 
