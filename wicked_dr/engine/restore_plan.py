@@ -27,9 +27,10 @@ its files are written. A pack is fetched once per plan, so once for any volume o
 slices is fetched once per slice (memory stays bounded by the slice: the plan keeps each
 file's entry and one dictionary entry per blob, ~0.5 KiB a file).
 
-Measured (``bench/README.md``, "Restore planned by pack"): on a 20 000-user volume the
-restore after 12 incrementals of 1 % fetches each pack once and takes about as long as the
-first snapshot's restore.
+Measured (``bench/README.md``, "Restore planned by pack"), 20 000 users (96 k files), 12
+incrementals of 1 %, restoring into a tmpfs: 19 packs fetched once each, 4.8-5.2 s, against
+4.5-5.5 s for the first snapshot (7 packs) and 112-117 s with 7 908 fetches before; peak RSS
+~178 MiB, ~24 MiB above the old restore's (the plan's file entries).
 """
 
 from __future__ import annotations
