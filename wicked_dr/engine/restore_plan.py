@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from wicked_dr.engine.blobs import BlobReader
-from wicked_dr.errors import IntegrityError
+from wicked_dr.errors import IntegrityError, OperationError
 from wicked_dr.repository.manifest import Entry
 
 MIB = 1024 * 1024
@@ -210,7 +210,12 @@ class _Held:
             return
         spill = self._spill_file()
         offset = spill.seek(0, os.SEEK_END)
-        spill.write(data)
+        try:
+            spill.write(data)
+        except OSError as exc:  # not the target's disk: NoSpaceError would name the wrong one
+            where = self._scratch or tempfile.gettempdir()
+            raise OperationError(f"restore: cannot write blobs waiting for later files to the "
+                                 f"scratch directory {where}: {exc.strerror}") from None
         self._spilled[blob_id] = (offset, len(data))
         self.spilled_bytes += len(data)
 
