@@ -176,7 +176,8 @@ def test_restore_by_pack_cancelled_mid_restore_files_whole_target_partial(
 def test_restore_by_pack_damaged_pack_hook_told_integrity_error_no_wrong_file(
         tmp_path: Path) -> None:
     """A pack that fails verification: the damage hook hears its id, the restore raises
-    IntegrityError naming it, and no file under the target holds wrong bytes."""
+    IntegrityError naming it (exit 3 at the CLI), and no file under the target holds wrong
+    bytes."""
     s = _volume_with_history(tmp_path, RepoTarget("local", {"url": str(tmp_path / "repo")}))
     damaged = sorted(_packs_needed(s))[0]
     path = tmp_path / "repo" / object_name("data", damaged)
@@ -191,3 +192,5 @@ def test_restore_by_pack_damaged_pack_hook_told_integrity_error_no_wrong_file(
     assert damaged in caught.value.one_line()
     for restored in (p for p in out.rglob("*") if p.is_file()):
         assert restored.read_bytes() == (s.volume / restored.relative_to(out)).read_bytes()
+    run = cli(s.config_path, "restore", "latest", "--target", str(tmp_path / "by-cli"))
+    assert run.code == 3 and damaged in run.err, run.err
