@@ -194,3 +194,14 @@ def test_restore_by_pack_damaged_pack_hook_told_integrity_error_no_wrong_file(
         assert restored.read_bytes() == (s.volume / restored.relative_to(out)).read_bytes()
     run = cli(s.config_path, "restore", "latest", "--target", str(tmp_path / "by-cli"))
     assert run.code == 3 and damaged in run.err, run.err
+
+
+def test_restore_planned_in_slices_of_few_files_restores_identical(tmp_path: Path) -> None:
+    """A volume larger than ``files_per_plan`` is planned slice by slice (bounded memory):
+    the tree is still identical, directories created before their files in every slice,
+    and each slice fetches a pack at most once."""
+    s = _volume_with_history(tmp_path, RepoTarget("local", {"url": str(tmp_path / "repo")}))
+    stats = _restore(s, tmp_path / "out", limits=PlanLimits(files_per_plan=100))
+    slices = -(-stats.files // 100)
+    assert len(_packs_needed(s)) < stats.packs_fetched <= slices * len(_packs_needed(s))
+    assert_same_tree(s.volume, tmp_path / "out")
