@@ -7,6 +7,13 @@ incremental backup, and a restore of the newest snapshot into an empty directory
 warm (one untimed read of the volume first). Wall time and peak RSS come from ``/usr/bin/time``
 per process. Prints a Markdown table (medians) and writes ``results.json`` in the workdir.
 Not part of the test suite.
+
+    python bench/bench_backup.py --users 20000 --restore-history 12 --repeats 2
+
+instead builds one wicked-dr repository with a full backup and 12 incrementals of
+``--change`` each, then alternates a restore of the first snapshot with one of the newest
+(whose files are spread over the packs of every backup), ``--repeats`` times: what planning
+the restore by pack (``engine/restore_plan.py``) is for.
 """
 
 from __future__ import annotations
@@ -175,6 +182,44 @@ def bench_wicked(work: Path, volume: Path, results: Results, op: str, cmd: list[
     results.add("wicked-dr", op, run)
 
 
+def bench_restore_history(work: Path, volume: Path, results: Results, cmd: list[str],
+                          incrementals: int, change: float, seed: int, repeats: int) -> None:
+    """A full backup and ``incrementals`` backups of ``change`` each, then restores of the
+    first and of the newest snapshot alternated ``repeats`` times (ops "restore first" and
+    "restore after N"), so both see the same machine state."""
+    cfg = wicked_config(work, volume)
+    shutil.rmtree(work / "wdr-repo", ignore_errors=True)
+    shutil.rmtree(work / "wdr-state", ignore_errors=True)
+    first = str(_last_json(subprocess.run([*cmd, "--config", str(cfg), "backup", "--json"],
+                                          check=True, capture_output=True, text=True).stdout)
+                ["snapshot"])
+    for n in range(incrementals):
+        mutate(volume, change, seed=seed * 1000 + n)
+        subprocess.run([*cmd, "--config", str(cfg), "backup"], check=True, capture_output=True)
+    for _ in range(repeats):
+        for op, snapshot in (("restore first", first),
+                             (f"restore after {incrementals}", "latest")):
+            target = work / "restore-wdr"
+            shutil.rmtree(target, ignore_errors=True)
+            run, out = timed([*cmd, "--config", str(cfg), "restore", snapshot, "--target",
+                              str(target), "--json"])
+            run.extra["packs_fetched"] = _last_json(out).get("packs_fetched")
+            run.extra["files"] = tree_size(target)[0]
+            print(f"{op}: {run}", file=sys.stderr)
+            results.add("wicked-dr", op, run)
+
+
+def history_table(results: Results) -> str:
+    """Each restore of ``bench_restore_history``: wall time, packs fetched, peak RSS."""
+    lines = ["| restore | run | wall s | packs fetched | files | peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for op, runs in results.runs.get("wicked-dr", {}).items():
+        for i, run in enumerate(runs, 1):
+            lines.append(f"| {op} | {i} | {run.seconds:.2f} | {run.extra['packs_fetched']} "
+                         f"| {run.extra['files']} | {run.rss_mib:.0f} |")
+    return "\n".join(lines)
+
+
 def _last_json(out: str) -> dict[str, Any]:
     """The JSON object a ``--json`` command printed (whole stdout, else its last JSON line)."""
     try:
@@ -278,6 +323,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset")
     p.add_argument("--wicked-dr", default=None, help="command to run wicked-dr "
                    "(default: wicked-dr on PATH, else python -m wicked_dr.cli)")
+    p.add_argument("--restore-history", type=int, default=0, metavar="N", help="instead: "
+                   "restore the first snapshot and the one after N incrementals, alternated")
     return p.parse_args(argv)
 
 
@@ -309,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     timed(f"tar -C {shlex.quote(str(volume))} -cf - . | cat > /dev/null")  # warm the cache
     files, raw = tree_size(volume)
     results = Results(args.users, files, raw)
+    if args.restore_history:
+        bench_restore_history(work, volume, results, wicked_cmd, args.restore_history,
+                              args.change, args.seed, args.repeats)
+        print(f"{args.users} users, {files} files, {raw / 2**20:.1f} MiB raw, "
+              f"{os.cpu_count()} CPUs\n\n{history_table(results)}")
+        return 0
     benches = {"tar+zstd": lambda op: bench_tar(work, volume, results, op),
                "restic": lambda op: bench_restic(work, volume, results, op),
                "wicked-dr": lambda op: bench_wicked(work, volume, results, op, wicked_cmd)}

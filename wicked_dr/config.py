@@ -97,7 +97,7 @@ class RepositoryConfig(Section):
     storage_class: str | None = _field(None, "S3 storage class for packs.",
                                        example="STANDARD_IA")
     # At most 128 MiB: a pack is held in memory while it is sealed (a backup holds about
-    # three, a restore caches four: engine/blobs.py), and a pack, which may pass the target
+    # three, a restore up to four: engine/restore_plan.py), and a pack, which may pass the target
     # by one segment, must stay below MAX_PACK (256 MiB, repository/layout.py), the most a
     # pack may hold: readers refuse a larger one.
     pack_size_mib: int = _field(8, "Target size of a pack before compression, in MiB.",

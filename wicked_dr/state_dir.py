@@ -9,6 +9,8 @@ every run up and remembers which repository this machine wrote to::
         stat/                       the stat caches of the volume scan (repository/statcache.py)
       staging/<snapshot id>/        a running backup's packs, trees and indexes before upload;
                                     a leftover of a crashed run is never referenced by anything
+      restore-scratch/              a restore's spilled blobs, in unlinked files (engine/
+                                    restore_plan.py): nothing outlives the process
 
 Every directory is created owner-only (0700): caches name files and hold hashes of wicked's
 data. Callers ask this module for paths; no other module joins a name onto ``state_dir``.
@@ -43,6 +45,10 @@ class StateDir:
         """Where the backup writing ``snapshot_id`` stages its objects (not created: the
         writer makes it when it starts)."""
         return _directory(self.root / "staging") / snapshot_id
+
+    def restore_scratch(self) -> Path:
+        """Where a restore spills blobs that wait for files further on (created)."""
+        return _directory(self.root / "restore-scratch")
 
     def known_repository_ids(self) -> list[str]:
         """Ids of the repositories whose caches this machine keeps, newest use first."""

@@ -22,13 +22,14 @@ def test_paths_created_owner_only_with_every_parent(tmp_path: Path) -> None:
         stat_dir = state.stat_cache("r1")
         index = state.index_cache("r1")
         staging = state.staging("s1")
+        scratch = state.restore_scratch()
     finally:
         os.umask(old)
     assert stat_dir == tmp_path / "state" / "cache" / "r1" / "stat"
     assert index.parent == stat_dir.parent and not index.exists()
     assert not staging.exists() and staging.parent.is_dir()
     for path in (tmp_path / "state", tmp_path / "state" / "cache", stat_dir.parent, stat_dir,
-                 staging.parent):
+                 staging.parent, scratch):
         assert _mode(path) == 0o700, path
 
 

@@ -92,10 +92,12 @@ def snapshot_reader(repo: Repository, config: Config, snapshot: Snapshot,
                     options: RunOptions | None = None) -> SnapshotReader:
     """What sources read ``snapshot``'s data back through (progress and cancellation from
     ``options``; a restored file tree owned by ``restore.owner_uid``/``owner_gid`` when
-    running as root); a pack found damaged is recorded (``engine/damage.py``)."""
+    running as root; blobs a restore spills go to the state directory); a pack found
+    damaged is recorded (``engine/damage.py``)."""
     options = options or RunOptions()
     index = index_cache(repo, config)
     return SnapshotReader(repo, index, snapshot,
                           progress=options.progress, cancel=options.cancel,
                           ownership=Ownership.configured(config.restore),
+                          scratch=state_dir(config).restore_scratch(),
                           on_damaged=DamageRecorder(repo, index, found_by="restore"))

@@ -1,7 +1,13 @@
-"""Reading blobs back: pack fetches through a small LRU, every byte checked against its hash."""
+"""Reading blobs back: pack fetches through a small LRU, every byte checked against its hash.
+
+Streams and exports read blob by blob through ``BlobReader.get``; a file tree's restore
+plans its fetches by pack instead (``engine/restore_plan.py``) through the same reader's
+``pack_of``, ``pack_job`` and ``opened``, so that a missing or damaged pack is reported, and
+counted, the same way on both paths."""
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -15,6 +21,8 @@ PACKS_IN_MEMORY = 4
 # Told of a pack that failed verification (its id and the one-line reason): the caller
 # records it so that the pack stops being a dedup target (``engine/damage.py``).
 DamageHook = Callable[[str, str], None]
+# Fetches, opens and verifies one pack (``BlobReader.pack_job``).
+PackJob = Callable[[], dict[str, bytes]]
 
 
 class BlobReader:
@@ -34,31 +42,53 @@ class BlobReader:
     def get(self, blob_id: str) -> bytes:
         """The blob's bytes, verified; IntegrityError when missing or corrupt (a snapshot that
         references an object the repository lacks is damage, not "not found")."""
+        pack_id = self.pack_of(blob_id)
+        blobs = self._pack(pack_id)
+        data = blobs.get(blob_id)
+        if data is None:
+            raise self.not_held(pack_id, blob_id)
+        return data
+
+    def pack_of(self, blob_id: str) -> str:
+        """The id of the pack holding ``blob_id``; IntegrityError when no index names one."""
         ref = self._index.lookup(blob_id)
         if ref is None:
             raise IntegrityError(f"{self._of}blob {blob_id} is in no index: the repository is "
                                  "damaged (run 'wicked-dr check')")
-        try:
-            blobs = self._pack(ref.pack_id)
-        except NotFoundError:
-            raise IntegrityError(f"{self._of}pack {ref.pack_id} (holding blob {blob_id}) is "
-                                 "missing from the repository (run 'wicked-dr check')") from None
-        data = blobs.get(blob_id)
-        if data is None:
-            raise IntegrityError(f"{self._of}pack {ref.pack_id} does not hold blob {blob_id}")
-        return data
+        return ref.pack_id
 
-    def _pack(self, pack_id: str) -> dict[str, bytes]:
-        if pack_id in self._packs:
-            self._packs.move_to_end(pack_id)
-            return self._packs[pack_id]
+    def not_held(self, pack_id: str, blob_id: str) -> IntegrityError:
+        """The error for a pack that lacks a blob its index says it holds."""
+        return IntegrityError(f"{self._of}pack {pack_id} does not hold blob {blob_id}")
+
+    def pack_job(self, pack_id: str) -> PackJob:
+        """What fetches, opens and verifies ``pack_id``: safe to run on another thread (the
+        index is asked here, on the caller's), its outcome handed to ``opened``."""
+        return functools.partial(load_pack, self._repo, pack_id,
+                                 self._index.pack_raw_size(pack_id))
+
+    def opened(self, pack_id: str, outcome: PackJob) -> dict[str, bytes]:
+        """The blobs of a pack whose ``pack_job`` ran, ``outcome`` returning them (or raising
+        what the job raised): a missing pack becomes damage naming the snapshot, and a pack
+        that fails verification is told to ``on_damaged`` before its IntegrityError goes on.
+        Counted in ``packs_fetched``; call it on one thread."""
         try:
-            blobs = load_pack(self._repo, pack_id, self._index.pack_raw_size(pack_id))
+            blobs = outcome()
+        except NotFoundError:
+            raise IntegrityError(f"{self._of}pack {pack_id} is missing from the repository "
+                                 "(run 'wicked-dr check')") from None
         except IntegrityError as exc:
             if self._on_damaged is not None:
                 self._on_damaged(pack_id, exc.one_line())
             raise
         self.packs_fetched += 1
+        return blobs
+
+    def _pack(self, pack_id: str) -> dict[str, bytes]:
+        if pack_id in self._packs:
+            self._packs.move_to_end(pack_id)
+            return self._packs[pack_id]
+        blobs = self.opened(pack_id, self.pack_job(pack_id))
         self._packs[pack_id] = blobs
         if len(self._packs) > PACKS_IN_MEMORY:
             self._packs.popitem(last=False)

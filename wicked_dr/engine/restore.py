@@ -15,7 +15,9 @@ ownership is left the restoring user's. Modes are the recorded ``mode & 0o777``:
 setuid, setgid or sticky bit. Only files, directories and symlinks are created (no device
 files, fifos or sockets: other entry types are skipped).
 
-A cancelled restore stops between entries, never inside a file: every file under the target
+Files are written pack by pack, not in manifest order: each pack the snapshot needs is
+fetched once, whole (``engine/restore_plan.py``). A cancelled restore stops between entries
+or files, never inside a file: every file under the target
 is whole and verified, but the tree is partial (files missing, directories without their
 final modes and mtimes). ``Interrupted`` says so and names the target; nothing is removed,
 because ``--force`` may have pointed the restore into a directory that held other data.
@@ -28,12 +30,14 @@ import errno
 import hashlib
 import os
 import stat as statmod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.config import RestoreConfig
 from wicked_dr.engine.blobs import BlobReader
+from wicked_dr.engine.restore_plan import PlanLimits, write_planned
 from wicked_dr.errors import IntegrityError, OperationError, RefusedError
 from wicked_dr.progress import Progress
 from wicked_dr.repository.manifest import PERMISSION_BITS, Entry, check_relative, iter_entries
@@ -61,6 +65,7 @@ class RestoreStats:
     symlinks: int = 0
     bytes: int = 0
     packs_fetched: int = 0
+    bytes_spilled: int = 0  # blobs parked in the scratch file for files further on
     skipped: list[str] = field(default_factory=list)
 
 
@@ -92,43 +97,59 @@ def check_target(target: Path, *, force: bool) -> None:
 def restore_tree(repo: Repository, reader: BlobReader, snapshot: Snapshot,
                  target: Path, *, ownership: Ownership | None = None,
                  progress: Progress | None = None,
-                 cancel: CancelToken = NOT_CANCELLED) -> RestoreStats:
+                 cancel: CancelToken = NOT_CANCELLED,
+                 limits: PlanLimits | None = None) -> RestoreStats:
     """Write every entry of ``snapshot``'s file tree under ``target``, owned as
-    ``ownership`` says (default: the default ``restore`` config's owner); once ``cancel`` is
-    cancelled, ``Interrupted`` before the next entry, the target left partial (see the
+    ``ownership`` says (default: the default ``restore`` config's owner), the files pack by
+    pack within ``limits`` (``engine/restore_plan.py``); once ``cancel`` is cancelled,
+    ``Interrupted`` before the next entry or file, the target left partial (see the
     module)."""
     target.mkdir(parents=True, exist_ok=True)
+    stats = RestoreStats()
+
+    def safe_point() -> None:
+        _safe_point(cancel, target, stats, snapshot)
+
     run = _TreeRestore(target.resolve(), reader,
-                       ownership or Ownership.configured(RestoreConfig()), progress)
+                       ownership or Ownership.configured(RestoreConfig()), progress,
+                       limits or PlanLimits(), safe_point, stats)
     free = free_bytes(run.root)
     try:
         for entry in iter_entries(repo, snapshot):
-            _safe_point(cancel, target, run.stats, snapshot)
+            safe_point()
             run.add(entry)
-        _safe_point(cancel, target, run.stats, snapshot)
+        run.write_files()
+        safe_point()
         run.finish()
     except OSError as exc:
         if exc.errno not in _NO_SPACE:
             raise
         raise NoSpaceError(run.dest, target, snapshot.summary.bytes, free) from None
-    run.stats.packs_fetched = reader.packs_fetched
-    return run.stats
+    finally:
+        stats.packs_fetched = reader.packs_fetched
+    return stats
 
 
 class _TreeRestore:
-    """One restore's state: files are written as their entries come; symlinks, then the
-    directories' metadata (deepest first, so an mtime sticks) once every file is in."""
+    """One restore's state: directories are created as their entries come (before anything
+    inside them); files are collected and written pack by pack (``restore_plan``) once
+    ``limits.files_per_plan`` of them or the last are in; symlinks, then the directories'
+    metadata (deepest first, so an mtime sticks) once every file is in."""
 
     def __init__(self, root: Path, reader: BlobReader, ownership: Ownership,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, limits: PlanLimits,
+                 safe_point: Callable[[], None], stats: RestoreStats) -> None:
         self.root = root
         self.dest = root  # the path being written: named when the disk fills up
-        self.stats = RestoreStats()
+        self.stats = stats
         self._reader = reader
         self._ownership = ownership
         self._progress = progress
+        self._limits = limits
+        self._safe_point = safe_point
         self._dirs: list[Entry] = []
         self._links: list[Entry] = []
+        self._files: list[Entry] = []
         self._destinations = _Destinations(root)
 
     def add(self, entry: Entry) -> None:
@@ -138,15 +159,29 @@ class _TreeRestore:
             self._destinations.add_dir(entry.path)
             self._dirs.append(entry)
         elif entry.type == "file":
-            _restore_file(self._reader, entry, self.dest, self.root, self._ownership)
-            self.stats.files += 1
-            self.stats.bytes += entry.size
-            if self._progress:
-                self._progress("restore", entry.size)
+            # The destination was checked above, so an unsafe entry is refused before any
+            # file is written; it is asked again (from the checked parents) when written.
+            self._files.append(entry)
+            if len(self._files) >= self._limits.files_per_plan:
+                self.write_files()
         elif entry.type == "symlink":
             self._links.append(entry)
         else:
             self.stats.skipped.append(entry.path)
+
+    def write_files(self) -> None:
+        """Write the files collected so far, each pack they need fetched once."""
+        files, self._files = self._files, []
+        self.stats.bytes_spilled += write_planned(files, self._reader, self._write_file,
+                                                  self._limits, self._safe_point)
+
+    def _write_file(self, entry: Entry, get: Callable[[str], bytes]) -> None:
+        self.dest = self._destinations.of(entry.path)
+        _restore_file(get, entry, self.dest, self._ownership)
+        self.stats.files += 1
+        self.stats.bytes += entry.size
+        if self._progress:
+            self._progress("restore", entry.size)
 
     def finish(self) -> None:
         for link in self._links:
@@ -249,7 +284,7 @@ def _inside(root: Path, path: Path) -> bool:
     return True
 
 
-def _restore_file(reader: BlobReader, entry: Entry, dest: Path, root: Path,
+def _restore_file(get: Callable[[str], bytes], entry: Entry, dest: Path,
                   ownership: Ownership) -> None:
     # Blobs are verified against their ids before a byte is written, never a byte beyond
     # the declared size is written, and the size and whole-file hash are checked at the end;
@@ -259,7 +294,7 @@ def _restore_file(reader: BlobReader, entry: Entry, dest: Path, root: Path,
     fd = _create(dest)
     try:
         for blob_id in entry.blobs:
-            data = reader.get(blob_id)
+            data = get(blob_id)
             if written + len(data) > entry.size:
                 raise size_error(entry, "more", "the file was removed")
             digest.update(data)

@@ -11,6 +11,7 @@ from pathlib import Path
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.blobs import BlobReader, DamageHook
 from wicked_dr.engine.restore import Ownership, restore_tree
+from wicked_dr.engine.restore_plan import PlanLimits
 from wicked_dr.errors import IntegrityError
 from wicked_dr.progress import Progress
 from wicked_dr.repository.index import IndexCache
@@ -21,14 +22,16 @@ from wicked_dr.repository.snapshot import Snapshot, StreamRef
 class SnapshotReader:
     """One snapshot's data, read from its repository; a restored file tree is owned as
     ``ownership`` says (``engine.restore.Ownership``; by default the default ``restore``
-    config's owner when running as root)."""
+    config's owner when running as root); a restore spills blobs into ``scratch`` (the
+    system's temporary directory when None)."""
 
     def __init__(self, repo: Repository, index: IndexCache, snapshot: Snapshot, *,
                  progress: Progress | None = None,
                  cancel: CancelToken = NOT_CANCELLED,
-                 ownership: Ownership | None = None,
+                 ownership: Ownership | None = None, scratch: Path | None = None,
                  on_damaged: DamageHook | None = None) -> None:
         self._repo = repo
+        self._limits = PlanLimits(scratch=scratch)
         self._ownership = ownership
         self._snapshot = snapshot
         self._progress = progress
@@ -55,7 +58,7 @@ class SnapshotReader:
             raise ValueError("a snapshot reader restores its own snapshot's file tree")
         stats = restore_tree(self._repo, self.blobs, self._snapshot, target,
                              ownership=self._ownership, progress=self._progress,
-                             cancel=self._cancel)
+                             cancel=self._cancel, limits=self._limits)
         counts = asdict(stats)
         counts.pop("skipped")
         return counts
