@@ -118,7 +118,7 @@ def _repair_packs(result: dict[str, Any]) -> str:
 
 _REPAIRS = {"index": _repair_index, "snapshots": _repair_snapshots, "packs": _repair_packs}
 
-_SNAPSHOT_COLUMNS = ("ID", "TIME (UTC)", "FILES", "SIZE", "VERIFIED", "SOURCES")
+_SNAPSHOT_COLUMNS = ("ID", "TIME (UTC)", "FILES", "SIZE", "VERIFICATION", "SOURCES")
 _RIGHT_ALIGNED = {"FILES", "SIZE"}
 
 
@@ -126,7 +126,7 @@ def _snapshots(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no snapshots"
     cells = [[str(r["id"]), str(r["time"]), str(r["files"]), _size(r["bytes"]),
-              "yes" if r["verified"] else "no", ",".join(r["sources"])]
+              str(r["verification"]), ",".join(r["sources"])]
              for r in rows]
     return _table(_SNAPSHOT_COLUMNS, cells)
 

@@ -49,6 +49,11 @@ from wicked_dr.repository.index import index_document, read_index
 from wicked_dr.repository.layout import MIB, Kind
 from wicked_dr.repository.manifest import Entry, iter_entries
 from wicked_dr.repository.repo import content_id
+from wicked_dr.repository.verification import (
+    ProbeResult,
+    VerificationRecord,
+    save_verification,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +100,9 @@ def _target(case: Case, kind: str) -> tuple[Path, str]:
         return _plant_lock(case, expires=time.time() - 3600), _LOCK_ID
     if kind == "verification":
         repo = case.open()
-        repo.save_json("verification", case.built.old.snapshot, {"ok": True})
+        save_verification(repo, VerificationRecord(
+            case.built.old.snapshot, "2026-11-30T00:00:00+00:00",
+            (ProbeResult("volume", duration_s=1.0),), 1.0, "test"))
         return case.path_of("verification", case.built.old.snapshot), case.built.old.snapshot
     object_id = {"pack": new.pack, "index": new.index, "tree": new.tree,
                  "snapshot": new.snapshot}[kind]
@@ -239,7 +246,7 @@ class Expect:
     snapshot). ``restore_names``, ``check_names``: what restore's error line and check's
     report name when it is not the damaged object itself. ``backup_damage``: backup's
     ``damage`` names the object. ``latest_verified``: ``restore latest-verified`` (the old
-    snapshot, verified by the presence of its verification object)."""
+    snapshot, verified by its passing verification record)."""
 
     restore_new: int
     restore_old: int = OK
@@ -297,8 +304,9 @@ DAMAGED_TREE = Expect(restore_new=INTEGRITY, backup=OK, backup_damage=True)
 DAMAGED_SNAPSHOT = Expect(restore_new=INTEGRITY, backup=OK, backup_damage=True)
 DAMAGED_CONFIG = Expect(restore_new=INTEGRITY, restore_old=INTEGRITY, backup=INTEGRITY)
 HARMLESS = Expect(restore_new=OK, check=OK, backup=OK)
-# Nothing reads a verification object's content: its presence verifies (docs/format.md).
-VERIFIED = dataclasses.replace(HARMLESS, latest_verified=OK)
+# Only a readable, passing record verifies (docs/format.md, section 15): a damaged one
+# leaves its snapshot unverified, so 'latest-verified' finds none (and never a wrong one).
+DAMAGED_VERIFICATION = dataclasses.replace(HARMLESS, latest_verified=NOT_FOUND)
 CONFIG_OF_OTHER = ("unencrypted: a config with another repository id makes every object "
                    "fail its checksum; the message names the first object read, not config")
 BACKUP_ON_OTHER_CONFIG = (
@@ -330,7 +338,7 @@ ROWS = [
     *(Row("lock", c, HARMLESS) for c in (stale, flip_payload, flip_flags, truncate,
                                          zero_length, garbage, lock_without_fields,
                                          lock_expires_not_a_number)),
-    *(Row("verification", c, VERIFIED) for c in (flip_payload, truncate, zero_length,
+    *(Row("verification", c, DAMAGED_VERIFICATION) for c in (flip_payload, truncate, zero_length,
                                                  garbage)),
 ]
 VARIANTS = [(encrypted, warm) for encrypted in (False, True) for warm in (True, False)]
@@ -429,7 +437,7 @@ def test_corruption_restore_and_check(built: dict[bool, Built], tmp_path: Path, 
              b.root / "at-old", True)
     if expect.latest_verified is not None:
         _restore(case, "latest-verified", "out-verified", expect.latest_verified,
-                 damage.names, b.root / "at-old", True)
+                 "no verified snapshot", b.root / "at-old", True)
     _check(case, expect.check, str(check_names))
     if expect.check_read_data is not None:
         _check(case, expect.check_read_data, str(check_names), "--read-data")

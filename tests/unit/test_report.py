@@ -8,16 +8,15 @@ from wicked_dr.report import render
 
 ROWS: list[dict[str, Any]] = [
     {"id": "20261126T051500.123456Z-3fa2c1d0", "time": "2026-11-26T05:15:00.123456+00:00",
-     "files": 96237, "bytes": 54_321_234, "verified": True, "sources": ["volume"]},
+     "files": 96237, "bytes": 54_321_234, "verified": True, "verification": "verified",
+     "sources": ["volume"]},
     {"id": "20261126T051500Z-0a1b2c3d", "time": "2026-11-26T05:15:00+00:00",
-     "files": 7, "bytes": 10, "verified": False, "sources": ["kong_tokens", "volume"]},
+     "files": 7, "bytes": 10, "verified": False, "verification": "failed",
+     "sources": ["kong_tokens", "volume"]},
     {"id": "20261127T000000.000001Z-ffffffff", "time": "2026-11-27T00:00:00.000001+00:00",
-     "files": 1_234_567_890, "bytes": 5 * 1024**4, "verified": False, "sources": ["volume"]},
+     "files": 1_234_567_890, "bytes": 5 * 1024**4, "verified": False, "verification": "unverified",
+     "sources": ["volume"]},
 ]
-
-
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
 
 
 def _sources(row: dict[str, Any]) -> str:
@@ -30,7 +29,7 @@ def test_snapshots_table_columns_line_up_with_the_header() -> None:
     lines = render("snapshots", ROWS).splitlines()
     header, body = lines[0], lines[1:]
     assert len(body) == len(ROWS)
-    starts = {name: header.index(name) for name in ("ID", "TIME (UTC)", "VERIFIED", "SOURCES")}
+    starts = {name: header.index(name) for name in ("ID", "TIME (UTC)", "VERIFICATION", "SOURCES")}
     ends = {name: header.index(name) + len(name) for name in ("FILES", "SIZE")}
     size_texts = ["51.8 MiB", "10 B", "5120.0 GiB"]
     for line, row, size in zip(body, ROWS, size_texts, strict=True):
@@ -38,7 +37,7 @@ def test_snapshots_table_columns_line_up_with_the_header() -> None:
         assert line[starts["TIME (UTC)"]:].startswith(row["time"] + " ")
         assert line[:ends["FILES"]].endswith(" " + str(row["files"]))
         assert line[:ends["SIZE"]].endswith(" " + size)
-        assert line[starts["VERIFIED"]:].startswith(_yes(row["verified"]) + " ")
+        assert line[starts["VERIFICATION"]:].startswith(row["verification"] + " ")
         assert line[starts["SOURCES"]:] == _sources(row)
 
 

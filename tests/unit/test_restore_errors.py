@@ -60,18 +60,16 @@ def test_restore_tree_disk_full_names_target_and_space_needed_exit_1(
     assert not (target / "big.bin").exists()
 
 
-def test_restore_no_selector_verification_not_built_names_latest_exit_5(
+def test_restore_no_selector_nothing_verified_names_verify_and_latest_exit_5(
         setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`restore --target DIR` without a snapshot (default latest-verified) says verification
-    is not built yet and names `latest`, instead of pointing at the unimplemented `verify`;
-    exit 5 and nothing written."""
+    """`restore --target DIR` without a snapshot (default latest-verified) and no verified
+    snapshot: says so, names `verify` and `latest`; exit 5 and nothing written."""
     assert main(["--config", str(setup), "backup"]) == 0
     capsys.readouterr()
     target = setup.parent / "out"
     code = main(["--config", str(setup), "restore", "--target", str(target)])
     line = _error_line(capsys.readouterr().err)
     assert code == ExitCode.NOT_FOUND, line
-    assert "verification is not implemented yet" in line
-    assert "'wicked-dr restore latest" in line
-    assert "run 'wicked-dr verify'" not in line
+    assert "none of the matching snapshots has been verified" in line
+    assert "run 'wicked-dr verify'" in line and "'wicked-dr restore latest" in line
     assert not target.exists() or not any(target.iterdir())

@@ -21,6 +21,7 @@ class SnapshotRow:
     bytes: int
     errors: int
     verified: bool
+    verification: str  # verified, failed or unverified
     sources: tuple[str, ...]  # the sources whose data the snapshot holds
 
 
@@ -44,4 +45,4 @@ def _row(listed: Listed) -> SnapshotRow:
     snapshot = listed.snapshot
     return SnapshotRow(snapshot.id, snapshot.time, snapshot.host, snapshot.summary.files,
                        snapshot.summary.bytes, snapshot.summary.errors, listed.verified,
-                       tuple(snapshot.sources))
+                       str(listed.status), tuple(snapshot.sources))

@@ -9,6 +9,7 @@ from wicked_dr.errors import IntegrityError, NotFoundError, UsageError
 from wicked_dr.log import get_logger
 from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.snapshot import Snapshot
+from wicked_dr.repository.verification import Status, status_of
 
 log = get_logger(__name__)
 
@@ -28,12 +29,16 @@ class Listed:
     """A snapshot as listed: the immutable object joined with what is known of it since."""
 
     snapshot: Snapshot
-    verified: bool
+    status: Status
+
+    @property
+    def verified(self) -> bool:
+        return self.status is Status.VERIFIED
 
 
 def list_snapshots(repo: Repository) -> list[Listed]:
     """Every readable snapshot, oldest first, with its verification status."""
-    verified = set(repo.list_ids("verification"))
+    recorded = set(repo.list_ids("verification"))
     listed = []
     for snapshot_id in snapshot_ids(repo):
         try:
@@ -41,7 +46,7 @@ def list_snapshots(repo: Repository) -> list[Listed]:
         except IntegrityError as exc:
             log.error("unreadable snapshot", snapshot=snapshot_id, error=exc.one_line())
             continue
-        listed.append(Listed(snapshot, snapshot_id in verified))
+        listed.append(Listed(snapshot, status_of(repo, snapshot_id, recorded)))
     return listed
 
 
@@ -69,13 +74,16 @@ def resolve(repo: Repository, ref: str, before: str | None = None) -> Snapshot:
 
 
 def _latest_verified(repo: Repository, ids: list[str]) -> Snapshot:
-    verified = set(repo.list_ids("verification"))
+    """The newest snapshot whose verification passed (a failed one is skipped)."""
+    recorded = set(repo.list_ids("verification"))
+    failed = 0
     for snapshot_id in reversed(ids):
-        if snapshot_id in verified:
+        status = status_of(repo, snapshot_id, recorded)
+        if status is Status.VERIFIED:
             return load_snapshot(repo, snapshot_id)
-    # Nothing writes verification objects yet ('verify' is a stub): never send anybody to it.
-    why = ("verification is not implemented yet" if not verified
-           else "none of the matching snapshots has been verified")
+        failed += status is Status.FAILED
+    why = (f"{failed} of the matching snapshots failed verification, none passed" if failed
+           else "none of the matching snapshots has been verified (run 'wicked-dr verify')")
     raise NotFoundError(f"no verified snapshot: {why}; name a snapshot, e.g. 'wicked-dr "
                         "restore latest ...' (or an id from 'wicked-dr snapshots')")
 
