@@ -193,7 +193,14 @@ class VerifyConfig(Section):
     """Proving snapshots restorable in throwaway containers."""
 
     image: str = _field("wicked-dr-verify:latest",
-                        "Local image the scratch containers run (never pulled).")
+                        "Image of the volume probe's scratch containers: anything with "
+                        "python3 (the wicked-dr image itself, or a plain Python image).")
+    postgres_image: str = _field(
+        "postgres:16", "Image of the token probe's scratch PostgreSQL server: an official "
+        "postgres image, or a Debian image with the postgresql package.")
+    pull: Literal["missing", "never"] = _field(
+        "missing", "missing: pull an image that is absent when a registry answers; never: "
+        "use local images only.")
     timeout_s: int = _field(600, "Longest a verification may run.", bounds=(1, 86400))
 
 

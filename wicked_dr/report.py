@@ -28,6 +28,8 @@ def render(command: str, result: Any) -> str:
         lines += [f"problem: {p['object']}: {p['message']}" for p in problems]
         lines += [f"warning: {w}" for w in result["warnings"]]
         return "\n".join(lines)
+    if command == "verify":
+        return _verify(result)
     if command == "repair":
         return _REPAIRS[result["action"]](result)
     if command == "restore" and isinstance(result, dict) and result.get("mode") == "target":
@@ -60,6 +62,17 @@ def _restore_with_restarts(result: dict[str, Any]) -> str:
         done = (f"restarted, {r['state']} after {r['seconds']} s" if r["restarted"]
                 else f"left {r['state']}")
         lines.append(f"kong node {r['name']}: {done}")
+    return "\n".join(lines)
+
+
+def _verify(result: dict[str, Any]) -> str:
+    verdict = "verified" if result["ok"] else "FAILED"
+    lines = [f"snapshot {result['snapshot']}: {verdict} in {result['duration_s']} s"]
+    for probe in result["probes"]:
+        state = "ok" if probe["ok"] else "FAILED"
+        lines.append(f"  {probe['name']}: {state} ({probe['duration_s']} s)")
+        lines += [f"    problem: {p}" for p in probe["problems"]]
+        lines += [f"    warning: {w}" for w in probe["warnings"]]
     return "\n".join(lines)
 
 

@@ -144,11 +144,14 @@ class _CountingWriter(io.RawIOBase):
 
 def export_tar(repo: Repository, reader: BlobReader, snapshot: Snapshot,
                out: IO[bytes], *, out_name: str = "the output",
-               cancel: CancelToken = NOT_CANCELLED) -> TarStats:
+               cancel: CancelToken = NOT_CANCELLED,
+               owner: tuple[int, int] | None = None) -> TarStats:
     """Write ``snapshot`` as a tar stream to ``out`` (best unbuffered: the byte count at a
     closed reader is then exact). A reader closing ``out`` after the end-of-archive blocks is
     success; before them, ``ReaderClosedError`` naming ``out_name``. ``Interrupted`` before
-    the next entry once ``cancel`` is cancelled."""
+    the next entry once ``cancel`` is cancelled. Entries carry the owner the snapshot
+    records, or ``owner`` (uid, gid) when given (a restore never gives the recorded one
+    back: the scratch volumes of ``verify`` are filled from this tar)."""
     counted = _CountingWriter(out)
     count = 0
     end_of_archive: int | None = None
@@ -159,10 +162,10 @@ def export_tar(repo: Repository, reader: BlobReader, snapshot: Snapshot,
                 cancel.check("interrupted before the end of the tar")
                 if entry.type == "file":
                     content = _BlobStream(reader, entry)
-                    tar.addfile(_tarinfo(entry), content)
+                    tar.addfile(_tarinfo(entry, owner), content)
                     content.finish()
                 else:
-                    tar.addfile(_tarinfo(entry))
+                    tar.addfile(_tarinfo(entry, owner))
                 count += 1
             # The two zero blocks that end the archive; only record padding follows them.
             end_of_archive = int(tar.offset) + 2 * tarfile.BLOCKSIZE
@@ -172,10 +175,10 @@ def export_tar(repo: Repository, reader: BlobReader, snapshot: Snapshot,
     return TarStats(count, counted.written, counted.broken)
 
 
-def _tarinfo(entry: Entry) -> tarfile.TarInfo:
+def _tarinfo(entry: Entry, owner: tuple[int, int] | None) -> tarfile.TarInfo:
     info = tarfile.TarInfo(entry.path)
     info.mode = entry.mode & PERMISSION_BITS  # docs/format.md section 7
-    info.uid, info.gid = entry.uid, entry.gid
+    info.uid, info.gid = owner or (entry.uid, entry.gid)
     info.mtime = entry.mtime_ns // 10**9
     # PAX keeps the nanoseconds a float would round away.
     info.pax_headers = {"mtime": f"{entry.mtime_ns // 10**9}.{entry.mtime_ns % 10**9:09d}"}

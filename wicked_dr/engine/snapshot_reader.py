@@ -7,14 +7,17 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import IO
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.blobs import BlobReader, DamageHook
+from wicked_dr.engine.export import export_tar
 from wicked_dr.engine.restore import Ownership, restore_tree
 from wicked_dr.engine.restore_plan import PlanLimits
 from wicked_dr.errors import IntegrityError
 from wicked_dr.progress import Progress
 from wicked_dr.repository.index import IndexCache
+from wicked_dr.repository.manifest import iter_entries
 from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.snapshot import Snapshot, StreamRef
 
@@ -52,10 +55,28 @@ class SnapshotReader:
             raise IntegrityError(f"snapshot {self._snapshot.id}: a stream of {ref.size} bytes "
                                  f"read back as {size} bytes with another SHA-256")
 
+    def write_tar(self, trees: tuple[str, ...], out: IO[bytes],
+                  owner: tuple[int, int] | None = None) -> int:
+        """The snapshot's file tree as a tar stream into ``out``, every blob and file
+        verified; entries owned by ``owner`` when given; how many entries were written."""
+        self._own(trees)
+        return export_tar(self._repo, self.blobs, self._snapshot, out,
+                          cancel=self._cancel, owner=owner).entries
+
+    def files(self, trees: tuple[str, ...]) -> Iterator[tuple[str, int, str]]:
+        """(path, size, SHA-256) of every regular file of the file tree, in manifest order."""
+        self._own(trees)
+        for entry in iter_entries(self._repo, self._snapshot):
+            if entry.type == "file":
+                yield entry.path, entry.size, entry.sha256 or ""
+
+    def _own(self, trees: tuple[str, ...]) -> None:
+        if trees != self._snapshot.trees:
+            raise ValueError("a snapshot reader reads its own snapshot's file tree")
+
     def restore_tree(self, trees: tuple[str, ...], target: Path) -> dict[str, int]:
         """The snapshot's file tree under ``target`` (``trees`` must be the snapshot's)."""
-        if trees != self._snapshot.trees:
-            raise ValueError("a snapshot reader restores its own snapshot's file tree")
+        self._own(trees)
         stats = restore_tree(self._repo, self.blobs, self._snapshot, target,
                              ownership=self._ownership, progress=self._progress,
                              cancel=self._cancel, limits=self._limits)

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import IO, Any, Literal, Protocol, runtime_checkable
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.progress import Progress
 from wicked_dr.repository.snapshot import Snapshot, SourceRecord, StreamRef
+from wicked_dr.repository.verification import ProbeResult
 
 SourceKind = Literal["tree", "stream"]
 
@@ -72,6 +73,46 @@ class TreeReader(SnapshotReader, Protocol):
     def restore_tree(self, trees: tuple[str, ...], target: Path) -> dict[str, int]:
         """Write the file tree ``trees`` under ``target``, every file verified against its
         hash; counts of what was written (files, dirs, symlinks, bytes, packs_fetched)."""
+        ...
+
+    def write_tar(self, trees: tuple[str, ...], out: IO[bytes],
+                  owner: tuple[int, int] | None = None) -> int:
+        """The file tree ``trees`` as a tar stream into ``out``, every file verified;
+        entries owned by ``owner`` when given; how many entries were written."""
+        ...
+
+    def files(self, trees: tuple[str, ...]) -> Iterator[tuple[str, int, str]]:
+        """(path, size, SHA-256) of every regular file of the file tree ``trees``."""
+        ...
+
+
+class ScratchOutcome(Protocol):
+    """How a command in a scratch container ended (``portal/scratch.ScratchResult``)."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+
+class ScratchRunner(Protocol):
+    """Throwaway Docker resources a probe works in (``portal/scratch.ScratchRun``): volumes
+    filled by streaming, commands run with no network and no host path mounted."""
+
+    def volume(self, name_hint: str = "data") -> str:
+        """A new, empty scratch volume; its name."""
+        ...
+
+    def fill(self, volume: str, tar: bytes | IO[bytes], image: str,
+             mount: str = "/data") -> None:
+        """Stream ``tar`` into ``volume``."""
+        ...
+
+    def run(self, image: str, command: list[str], mounts: Mapping[str, str] | None = None,
+            user: str | None = None, tmpfs: Mapping[str, str] | None = None, *,
+            timeout_s: float, environment: Mapping[str, str] | None = None,
+            cancel: CancelToken = NOT_CANCELLED) -> ScratchOutcome:
+        """Run ``command`` to its end in a new scratch container mounting ``mounts``."""
         ...
 
 
@@ -151,6 +192,34 @@ class LiveReport(Protocol):
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-able data."""
+        ...
+
+
+@dataclass(frozen=True)
+class ProbeBench:
+    """What a probe gets from ``verify``: scratch resources of this verification, the images
+    to run (``verify.image``, ``verify.postgres_image``), the owner restored files get, a
+    local directory for temporary files, limits, and ``before_check(volume)``, called once
+    a volume is filled and before it is checked (tests change a file there: a probe must
+    find what the host-side restore cannot)."""
+
+    scratch: ScratchRunner
+    image: str
+    postgres_image: str
+    owner: tuple[int, int]
+    spool_dir: Path
+    timeout_s: float
+    cancel: CancelToken = NOT_CANCELLED
+    before_check: Callable[[str], None] | None = None
+
+
+@runtime_checkable
+class ProbedSource(Source, Protocol):
+    """A source that can prove its data restorable in scratch containers."""
+
+    def probe(self, reader: TreeReader, record: SourceRecord,
+              bench: ProbeBench) -> ProbeResult:
+        """Restore the data of ``record`` into scratch resources and check it there."""
         ...
 
 

@@ -9,9 +9,11 @@ from wicked_dr.config import VolumeConfig
 from wicked_dr.errors import RefusedError, SourceError
 from wicked_dr.portal.quiesce import quiesced
 from wicked_dr.repository.snapshot import TREE_SOURCE, Snapshot, SourceRecord
+from wicked_dr.repository.verification import ProbeResult
 from wicked_dr.sources.base import (
     BackupContext,
     DirRestore,
+    ProbeBench,
     SourceBackup,
     SourceKind,
     TreeCounts,
@@ -100,6 +102,13 @@ class VolumeSource:
         """The volume's files under ``target`` (directly: ``target`` becomes the volume)."""
         written = reader.restore_tree(record.trees, target)
         return DirRestore(self.name, written, str(target))
+
+    def probe(self, reader: TreeReader, record: SourceRecord,
+              bench: ProbeBench) -> ProbeResult:
+        """The files in a scratch volume, checked from inside (``volume_probe.py``)."""
+        from wicked_dr.sources.volume_probe import probe_volume
+
+        return probe_volume(reader, record, bench)
 
 
 def _largest(recent: tuple[Snapshot, ...], what: str) -> Snapshot | None:
