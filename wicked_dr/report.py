@@ -30,6 +30,8 @@ def render(command: str, result: Any) -> str:
         return "\n".join(lines)
     if command == "verify":
         return _verify(result)
+    if command == "drill":
+        return _drills(result["drills"]) if "drills" in result else _drill(result)
     if command == "repair":
         return _REPAIRS[result["action"]](result)
     if command == "restore" and isinstance(result, dict) and result.get("mode") == "target":
@@ -74,6 +76,29 @@ def _verify(result: dict[str, Any]) -> str:
         lines += [f"    problem: {p}" for p in probe["problems"]]
         lines += [f"    warning: {w}" for w in probe["warnings"]]
     return "\n".join(lines)
+
+
+def _drill(result: dict[str, Any]) -> str:
+    r = result["report"]
+    verdict = "passed" if r["ok"] else "FAILED"
+    lines = [f"drill {r['id']}: {verdict}; snapshot {r['snapshot']}",
+             f"  RTO (data path) {r['rto_s']} s, data age {r['data_age_s']} s, largest gap "
+             f"between snapshots {r['rpo_gap_s']} s, {r['files']} files, {_size(r['bytes'])}"]
+    lines += [f"  {p['name']}: {'ok' if p['ok'] else 'FAILED'}" for p in r["probes"]]
+    lines += [f"  report: {path}" for path in result["files"]]
+    return "\n".join(lines)
+
+
+_DRILL_COLUMNS = ("DRILL", "SNAPSHOT", "RESULT", "RTO S", "DATA AGE S", "GAP S")
+
+
+def _drills(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no drills yet (run 'wicked-dr drill')"
+    cells = [[str(r["id"]), str(r["snapshot"]), "passed" if r["ok"] else "FAILED",
+              f"{r['rto_s']:.1f}", f"{r['data_age_s']:.0f}", f"{r['rpo_gap_s']:.0f}"]
+             for r in rows]
+    return _table(_DRILL_COLUMNS, cells)
 
 
 def _repair_index(result: dict[str, Any]) -> str:
@@ -132,7 +157,7 @@ def _repair_packs(result: dict[str, Any]) -> str:
 _REPAIRS = {"index": _repair_index, "snapshots": _repair_snapshots, "packs": _repair_packs}
 
 _SNAPSHOT_COLUMNS = ("ID", "TIME (UTC)", "FILES", "SIZE", "VERIFICATION", "SOURCES")
-_RIGHT_ALIGNED = {"FILES", "SIZE"}
+_RIGHT_ALIGNED = {"FILES", "SIZE", "RTO S", "DATA AGE S", "GAP S"}
 
 
 def _snapshots(rows: list[dict[str, Any]]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-Kind = Literal["data", "index", "tree", "snapshot", "lock", "verification", "damage"]
+Kind = Literal["data", "index", "tree", "snapshot", "lock", "verification", "damage", "drill"]
 
 CONFIG_NAME = "config"
 FORMAT_NAME = "wicked-dr-repository"
@@ -23,6 +23,7 @@ _DIRS: dict[Kind, str] = {
     "lock": "locks",
     "verification": "verifications",
     "damage": "damaged",
+    "drill": "drills",
 }
 
 
