@@ -25,14 +25,14 @@ from wicked_dr.errors import IntegrityError
 from wicked_dr.log import get_logger
 from wicked_dr.repository.locks import locked
 from wicked_dr.repository.repo import Repository
-from wicked_dr.repository.snapshot import Snapshot
+from wicked_dr.repository.snapshot import Snapshot, SourceRecord
 from wicked_dr.repository.verification import (
     ProbeResult,
     VerificationRecord,
     save_verification,
 )
 from wicked_dr.sources import source_named
-from wicked_dr.sources.base import ProbeBench, ProbedSource
+from wicked_dr.sources.base import ProbeBench, ProbedSource, TreeReader
 
 log = get_logger(__name__)
 
@@ -118,10 +118,23 @@ def _probe_all(repo: Repository, config: Config, snapshot: Snapshot, bench: Prob
         source = source_named(name, config)
         if isinstance(source, ProbedSource):
             options.cancel.check()
-            probes.append(source.probe(reader, record, bench))
+            probes.append(_probe(source, reader, record, bench))
         else:
             log.info("source has no probe; not verified in containers", source=name)
     return probes
+
+
+def _probe(source: ProbedSource, reader: TreeReader, record: SourceRecord,
+           bench: ProbeBench) -> ProbeResult:
+    """The source's probe; data the repository cannot give back (a damaged pack found while
+    filling the scratch volume) fails the probe, it does not end the verification. Docker
+    or I/O trouble does: then nothing was proven either way, and no record is written."""
+    started = time.monotonic()
+    try:
+        return source.probe(reader, record, bench)
+    except IntegrityError as exc:
+        return ProbeResult(source.name, (exc.one_line(),),
+                           duration_s=round(time.monotonic() - started, 3))
 
 
 def _now() -> str:
