@@ -322,3 +322,27 @@ def test_ensure_image_names_a_missing_image_in_one_line(
         run.run(missing, ["true"], timeout_s=5)
     assert missing in str(failed.value) and "\n" not in str(failed.value)
     assert _resources(docker_client, run.run_id) == []
+
+
+def test_ensure_image_pull_failure_is_one_line(docker_client: docker.DockerClient) -> None:
+    """pull=missing tries the registry the name points at (here a closed loopback port, the
+    only address tests may target) and fails in one line naming the image."""
+    image = "127.0.0.1:9/wicked-dr-absent:never"
+    with pytest.raises(DockerError) as caught:
+        ensure_image(docker_client, image, "missing")
+    message = str(caught.value)
+    assert image in message and "pulling it failed" in message and "docker load" in message
+    assert caught.value.one_line() == message
+
+
+def test_a_mount_that_is_not_a_volume_of_the_run_is_refused(
+    docker_client: docker.DockerClient, base_image: str
+) -> None:
+    """A host path (or another run's volume) as a mount source is refused before anything
+    is created: scratch containers never bind-mount."""
+    with ScratchRun(docker_client, "nobind") as run:
+        with pytest.raises(ValueError, match="not volumes of scratch run"):
+            run.run(base_image, ["true"], {"/etc": "/host-etc"}, timeout_s=5)
+        with pytest.raises(ValueError):
+            run.service(base_image, mounts={"someone-elses-volume": "/data"})
+        assert _resources(docker_client, run.run_id) == []
