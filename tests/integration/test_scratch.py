@@ -9,11 +9,13 @@ start, while a live owner's resources are left alone.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -240,6 +242,7 @@ def test_nothing_outlives_a_run(
 
 CHILD = """
 import sys
+import tarfile
 import docker
 from wicked_dr.portal.scratch import ScratchRun
 run = ScratchRun(docker.from_env(), "killed")
@@ -346,3 +349,37 @@ def test_a_mount_that_is_not_a_volume_of_the_run_is_refused(
         with pytest.raises(ValueError):
             run.service(base_image, mounts={"someone-elses-volume": "/data"})
         assert _resources(docker_client, run.run_id) == []
+
+
+def test_postgres_runs_as_a_service_without_root_or_network(
+    docker_client: docker.DockerClient, image_builder: ImageBuilder
+) -> None:
+    """The token probe's shape: PostgreSQL 15 in a locked-down service, initdb and pg_ctl
+    run as the postgres user through exec, its data directory in a volume made the user's
+    by the filled tar (no capability to chown), served on a unix socket only."""
+    image = image_builder.postgres()
+    with ScratchRun(docker_client, "pg") as run:
+        uid = int(run.run(image, ["id", "-u", "postgres"], timeout_s=30).stdout)
+        volume = run.volume("pgdata")
+        info = tarfile.TarInfo("pgdata")
+        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o700, uid, uid
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            tar.addfile(info)
+        run.fill(volume, archive.getvalue(), image, mount="/pg")
+        socket_dir = f"rw,size=8m,mode=0755,uid={uid},gid={uid}"
+        server = run.service(image, mounts={volume: "/pg"},
+                             tmpfs={"/tmp": "rw,size=64m,mode=1777",
+                                    "/run/postgresql": socket_dir})
+        steps = [
+            ["initdb", "-D", "/pg/pgdata", "-U", "postgres", "--auth=trust"],
+            ["pg_ctl", "-D", "/pg/pgdata", "-l", "/tmp/postgres.log", "-w", "-o",
+             "-c listen_addresses='' -c unix_socket_directories=/run/postgresql", "start"],
+            ["psql", "-h", "/run/postgresql", "-U", "postgres", "-Atc",
+             "select current_user, inet_server_addr() is null"],
+        ]
+        results = [server.exec(step, user="postgres", timeout_s=60) for step in steps]
+        for step, result in zip(steps, results, strict=True):
+            assert result.exit_code == 0, (step, result.stderr)
+        assert results[-1].stdout.strip() == "postgres|t"  # on the socket, not TCP
+    assert _resources(docker_client, run.run_id) == []
