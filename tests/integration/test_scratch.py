@@ -186,7 +186,7 @@ def _cancel_when_running(client: docker.DockerClient, run: ScratchRun,
 
 
 @pytest.mark.parametrize("ending", ["success", "failing command", "exception", "timeout",
-                                    "cancel", "exec timeout"])
+                                    "cancel", "exec timeout", "exec cancel"])
 def test_nothing_outlives_a_run(
     docker_client: docker.DockerClient, base_image: str, ending: str
 ) -> None:
@@ -217,6 +217,21 @@ def test_nothing_outlives_a_run(
                     run.run(base_image, ["sleep", "30"], timeout_s=30, cancel=token)
                 finally:
                     helper.join(30)
+            elif ending == "exec cancel":
+                token = CancelToken()
+
+                def cancel_when_sleeping() -> None:
+                    _until("the exec to cancel", lambda: any(
+                        "sleep 30" in " ".join(row) for row in
+                        docker_client.containers.get(service.id).top()["Processes"]))
+                    token.cancel("test")
+
+                helper = threading.Thread(target=cancel_when_sleeping)
+                helper.start()
+                try:
+                    service.exec(["sleep", "30"], timeout_s=30, cancel=token)
+                finally:
+                    helper.join(30)
             else:
                 service.exec(["sleep", "30"], timeout_s=0.5)
             # Only the service and the volume are left inside the run, never a finished
@@ -234,6 +249,9 @@ def test_nothing_outlives_a_run(
     elif ending == "cancel":
         assert isinstance(error, Interrupted)
         assert "killed and removed" in str(error)
+    elif ending == "exec cancel":
+        assert isinstance(error, Interrupted)
+        assert "was removed" in str(error)
     else:
         assert isinstance(error, DockerError)
         assert "ran longer than 0.5s" in str(error)

@@ -60,6 +60,8 @@ SERVICE_COMMAND = ["sleep", "infinity"]
 MAX_OUTPUT_BYTES = 1024 * 1024
 POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.2
+# How soon an exec notices a cancel; its end is noticed at once.
+EXEC_POLL_S = 0.05
 
 PullPolicy = Literal["missing", "never"]
 
@@ -235,15 +237,14 @@ class ScratchService:
         began = time.monotonic()
         threading.Thread(target=target, name=f"scratch-exec-{self.name}", daemon=True).start()
         deadline = began + timeout_s
-        while not finished.is_set():
-            if cancel.wait(min(POLL_MAX_S, max(0.0, deadline - time.monotonic()))):
+        while not finished.wait(min(EXEC_POLL_S, max(0.0, deadline - time.monotonic()))):
+            if cancel.cancelled:
                 self._run._discard(self._container)
                 cancel.check(f"interrupted; the scratch service {self.name} was removed")
-            if time.monotonic() >= deadline and not finished.is_set():
+            if time.monotonic() >= deadline:
                 self._run._discard(self._container)
                 raise DockerError(f"{what} ran longer than {timeout_s:g}s; the service was "
                                   "removed")
-            finished.wait(POLL_FIRST_S)
         if "error" in outcome:
             error = outcome["error"]
             if isinstance(error, (docker.errors.DockerException, OSError)):
