@@ -82,6 +82,7 @@ examples:
   wicked-dr check --read-data-subset 10%
   wicked-dr export latest --tar - | tar -t
   wicked-dr repair packs --dry-run
+  wicked-dr verify-data /tmp/restore --manifest files.jsonl
 """
 
 RESTORE_MODES = """\
@@ -308,6 +309,38 @@ def _add_operations_commands(sub: Any) -> None:
              "Ask the Kong Adapter for a full resync (POST /resync).")
     _command(sub, "daemon", "run scheduled backups as a sidecar",
              "Run backups, verifications and prunes on the configured schedule.")
+    _add_verify_data_command(sub)
+
+
+VERIFY_DATA_DESCRIPTION = """\
+Check a directory of wicked dynamic data (e.g. after 'restore --target DIR'), without a
+repository and without a configuration file. It runs the standard-library-only checker
+wicked_dr/verify_data.py, the same file a restore drill runs inside a scratch container
+(python3 verify_data.py DIR [--manifest FILE] [--json]).
+
+  --manifest FILE  JSON lines, one per regular file of the snapshot:
+                   {"path": "users/u1.json", "size": 12, "sha256": "<hex>"}
+                   every listed file must be there with that size and SHA-256, and no
+                   regular file may be there unlisted
+  always           every *.json parses; users/_index.json <-> users/<id>.json;
+                   application owners <-> the users' application lists;
+                   applications/_index.json <-> applications/<id>.json <->
+                   subscriptions/<id>.subs.json; approvals point to existing subscriptions
+
+problems (exit 3) name the file and what is wrong. wicked's normal untidiness is reported
+as warnings and exits 0: stale subscription_index/ and subscription_api_index/ entries
+(rebuilt at every portal-api start), orphaned subscriptions/<appId>.subs.json of deleted
+applications, leftover *.lock files. exit 2: DIR is not a directory or the manifest is
+unreadable. --config and --lock-wait are accepted and ignored: no configuration is read."""
+
+
+def _add_verify_data_command(sub: Any) -> None:
+    verify_data = _command(sub, "verify-data", "check a restored dynamic-data directory",
+                           VERIFY_DATA_DESCRIPTION)
+    verify_data.add_argument("directory", type=Path, metavar="DIR",
+                             help="the dynamic data to check (portal-api's JSON folder)")
+    verify_data.add_argument("--manifest", type=Path, metavar="FILE",
+                             help="the snapshot's files as JSON lines {path, size, sha256}")
 
 
 def _add_config_command(sub: Any) -> None:
@@ -375,6 +408,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return int(ExitCode.USAGE)
     if args.command == "config" and args.config_action == "example":
         sys.stdout.write(example_yaml())
+        return 0
+    if args.command == "verify-data":
+        # Needs no repository: it runs without a configuration file (logging from -v/-q).
+        log.configure(_level("warning", args.verbose - args.quiet))
+        _emit(args, _data(_verify_data(args)))
         return 0
     config = _load(args)
     handler = _HANDLERS[args.command]
@@ -552,6 +590,16 @@ def _confirm(args: argparse.Namespace, mode: str) -> None:
     answer = input(f"restore {mode} changes live state. Type 'yes' to go on: ")
     if answer.strip().lower() != "yes":
         raise UsageError("not confirmed; nothing changed")
+
+
+def _verify_data(args: argparse.Namespace) -> Any:
+    from wicked_dr.actions.verify_data import VerifyDataFailed, run_verify_data
+
+    try:
+        return run_verify_data(args.directory, args.manifest)
+    except VerifyDataFailed as exc:
+        _emit(args, _data(exc.result))  # every problem, as data with --json; then exit 3
+        raise _AlreadyReported(exc) from exc
 
 
 def _config(config: Config, args: argparse.Namespace) -> Any:

@@ -32,6 +32,8 @@ def render(command: str, result: Any) -> str:
         return _verify(result)
     if command == "drill":
         return _drills(result["drills"]) if "drills" in result else _drill(result)
+    if command == "verify-data":
+        return _verify_data(result)
     if command == "repair":
         return _REPAIRS[result["action"]](result)
     if command == "restore" and isinstance(result, dict) and result.get("mode") == "target":
@@ -39,6 +41,18 @@ def render(command: str, result: Any) -> str:
     if command == "restore" and isinstance(result, dict) and "kong_restarts" in result:
         return _restore_with_restarts(dict(result))
     return _mapping(result)
+
+
+def _verify_data(result: dict[str, Any]) -> str:
+    problems, warnings = result["problems"], result["warnings"]
+    against = f" against {result['manifest']}" if result["manifest"] else ""
+    lines = [f"{result['directory']}{against}: {result['files_checked']} files checked in "
+             f"{result['duration_s']} s: "
+             + (f"{len(problems)} problem(s)" if problems else "no problems")
+             + f", {len(warnings)} warning(s)"]
+    lines += [f"problem: {p}" for p in problems]
+    lines += [f"warning: {w}" for w in warnings]
+    return "\n".join(lines)
 
 
 def _restore_target(result: dict[str, Any]) -> str:

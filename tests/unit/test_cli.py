@@ -22,7 +22,7 @@ from wicked_dr.errors import ExitCode
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ERROR_PREFIX = "wicked-dr: error: "
 COMMANDS = ["init", "backup", "snapshots", "check", "export", "restore", "verify", "drill", "prune",
-            "kong-resync", "daemon", "config"]
+            "kong-resync", "daemon", "config", "verify-data"]
 STUBS = ["verify", "drill", "prune", "kong-resync", "daemon"]
 
 
