@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,6 @@ from typing import Any
 import docker
 import pytest
 import yaml
-from wicked_dr.portal.scratch import LABEL_SCRATCH
 
 from tests.fixtures.images import ImageBuilder
 from tests.fixtures.repos import RepoTarget, Setup, backdate, cli, flip_byte, make_setup
@@ -25,6 +25,7 @@ from wicked_dr.actions.drill import DrillFailed, run_drill
 from wicked_dr.actions.verify import VerifyFailed, run_verify
 from wicked_dr.config import load_config
 from wicked_dr.engine.catalog import snapshot_ids
+from wicked_dr.portal.scratch import LABEL_PID, LABEL_SCRATCH
 from wicked_dr.repository.index import read_index
 from wicked_dr.repository.layout import object_name
 from wicked_dr.repository.verification import load_verification
@@ -48,7 +49,9 @@ def setup(tmp_path: Path, image_builder: ImageBuilder) -> Setup:
 
 
 def _scratch_left(client: docker.DockerClient) -> list[str]:
-    selector = {"label": f"{LABEL_SCRATCH}=1"}
+    """Scratch resources this test process owns (verify runs in-process here; a concurrent
+    session's are not ours to judge)."""
+    selector = {"label": [f"{LABEL_SCRATCH}=1", f"{LABEL_PID}={os.getpid()}"]}
     return ([c.name for c in client.containers.list(all=True, filters=selector)]
             + [v.name for v in client.volumes.list(filters=selector)])
 
@@ -185,3 +188,23 @@ def test_drill_reports_figures_and_a_failed_drill_still_writes_its_report(
     history = json.loads(cli(setup.config_path, "drill", "--history", "--json").out)
     assert [d["ok"] for d in history["drills"]] == [True, False]
     assert _scratch_left(docker_client) == []
+
+
+def test_verify_sweeps_what_a_killed_verification_left(
+        setup: Setup, docker_client: docker.DockerClient) -> None:
+    """A volume labelled as a scratch resource of a process that is gone (as a kill -9 leaves
+    it) is removed by the next verify's sweep; the sweep is counted in the result."""
+    import subprocess
+    import sys
+
+    from wicked_dr.portal.scratch import owner_labels
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    labels = owner_labels() | {LABEL_SCRATCH: "1", LABEL_PID: gone.stdout.strip()}
+    leftover = docker_client.volumes.create(name="wicked-dr-scratch-test-leftover",
+                                            labels=labels)
+    run = cli(setup.config_path, "verify", "--json")
+    assert run.code == 0, run.err
+    assert json.loads(run.out)["swept"] >= 1
+    assert leftover.name not in [v.name for v in docker_client.volumes.list()]

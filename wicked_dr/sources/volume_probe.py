@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wicked_dr import verify_data
+import wicked_dr.verify_data as verify_data
 from wicked_dr.repository.snapshot import SourceRecord
 from wicked_dr.repository.verification import ProbeResult
 from wicked_dr.sources.base import ProbeBench, ScratchOutcome, TreeReader
