@@ -93,6 +93,8 @@ def _result(outcome: ScratchOutcome, figures: dict[str, float],
         problems = tuple(map(str, report["problems"]))
         warnings = tuple(map(str, report["warnings"]))
         figures["files"] = float(report["files_checked"])
+        # The checker's own time: the rest of check_s is the container's start and end.
+        figures["checker_s"] = float(report["duration_s"])
     except (ValueError, KeyError, TypeError):
         last = (outcome.stderr.strip().splitlines() or ["no output"])[-1]
         problems = (f"the checker did not report (exit {outcome.exit_code}): {last}",)
