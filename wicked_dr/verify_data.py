@@ -192,7 +192,7 @@ def _read(path: str, keep: bool) -> _Read:
     digest = hashlib.sha256()
     parts: list[bytes] = []
     size = 0
-    with open(path, "rb") as fh:
+    with open(path, "rb", buffering=0) as fh:  # unbuffered: no copy through a buffer
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
@@ -327,6 +327,8 @@ class _Judge:
         self.m = model
         self.problems = findings.problems
         self.warnings = findings.warnings
+        # Computed once: the checks below ask it per subscription (20 k applications).
+        self.known_apps = set(model.apps) | set(model.app_index or ())
 
     def run(self) -> None:
         for rel in REQUIRED:
@@ -388,13 +390,10 @@ class _Judge:
                     self.problems.append(f"users/{user_id}.json: lists application {app_id}, "
                                          "whose owners do not include this user")
 
-    def _known_apps(self) -> set[str]:
-        return set(self.m.apps) | set(self.m.app_index or ())
-
     def subscription_files(self) -> None:
         """Every application has its subscriptions file; one of a deleted application is the
         orphan wicked leaves behind (a warning)."""
-        known = self._known_apps()
+        known = self.known_apps
         for app_id in sorted(known):
             if self._absent(f"subscriptions/{app_id}.subs.json"):
                 self.problems.append(f"subscriptions/{app_id}.subs.json: missing for "
@@ -406,7 +405,7 @@ class _Judge:
     def subscription_indexes(self) -> None:
         """subscription_index/ and subscription_api_index/ are rebuilt at every portal-api
         start: anything stale or missing there is a warning."""
-        live = {app: subs for app, subs in self.m.subs.items() if app in self._known_apps()}
+        live = {app: subs for app, subs in self.m.subs.items() if app in self.known_apps}
         clients = {s.client_id: app for app, subs in live.items() for s in subs if s.client_id}
         for client_id, app_id in sorted(self.m.client_index.items()):
             if clients.get(client_id) != app_id:
@@ -430,7 +429,7 @@ class _Judge:
         of an orphaned subscription file is left over from a deleted application."""
         if self.m.approvals is None:
             return
-        known = self._known_apps()
+        known = self.known_apps
         live = {s.id for app, subs in self.m.subs.items() if app in known for s in subs}
         orphaned = {s.id for app, subs in self.m.subs.items() if app not in known for s in subs}
         for approval_id, sub_id in self.m.approvals:
