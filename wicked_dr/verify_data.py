@@ -243,12 +243,12 @@ def _doc_id(doc: Any, name: str, what: str) -> dict[str, Any]:
 
 
 class _Model:
-    """The ids the cross-checks need, gathered file by file; ``broken`` holds paths already
-    reported as unparseable or misshapen, so their absence is not reported twice."""
+    """The ids the cross-checks need, gathered file by file. ``present`` holds every JSON
+    path seen, parseable or not: a broken file is reported once, as broken, and never again
+    as missing by the index or owner checks that point to it."""
 
     def __init__(self) -> None:
         self.present: set[str] = set()
-        self.broken: set[str] = set()
         self.user_index: list[str] | None = None
         self.users: dict[str, list[str]] = {}  # user id -> application ids
         self.app_index: list[str] | None = None
@@ -510,13 +510,11 @@ def _parse(rel: str, read: _Read, model: _Model, findings: Findings) -> None:
     try:
         doc = json.loads(read.data)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-        model.broken.add(rel)
         findings.problems.append(f"{rel}: not valid JSON ({exc})")
         return
     try:
         model.take(rel, doc)
     except _Shape as exc:
-        model.broken.add(rel)
         findings.problems.append(f"{rel}: {exc}")
 
 
