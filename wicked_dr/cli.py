@@ -66,8 +66,9 @@ exit codes:
   130  interrupted
 
 signals:
-  SIGTERM/SIGINT stop backup, check, export and restore --target at their next safe point
-  (locks released, staging removed, no snapshot written); a second signal stops at once
+  SIGTERM/SIGINT stop backup, check, export, restore --target, repair, verify and drill at
+  their next safe point (locks released, staging and scratch containers removed, no
+  snapshot or record written); a second signal stops at once
 
 environment:
   WICKED_DR_CONFIG                 configuration file (default /etc/wicked-dr/config.yaml)
