@@ -20,13 +20,13 @@ import docker.errors
 from wicked_dr.config import ContainersConfig
 from wicked_dr.errors import ConfigError, DockerError, NotFoundError
 from wicked_dr.log import get_logger
+from wicked_dr.portal.docker_api import connect
 
 log = get_logger(__name__)
 
 LABEL_PREFIX = "label="
 # Docker's own default grace period; a container's StopTimeout overrides it.
 DEFAULT_STOP_TIMEOUT_S = 10
-CLIENT_TIMEOUT_S = 60
 POLL_S = 0.1
 # A node without a health check counts as back once it has stayed up this long, so a process
 # that dies right after starting (bad config, port in use) is not taken for a healthy node.
@@ -79,16 +79,7 @@ def restart_kong_nodes(config: ContainersConfig, *, timeout_s: float = 120,
 
 def _client(docker_url: str | None) -> Any:
     """A connected Docker client: ``docker_url`` if set, else DOCKER_HOST or the socket."""
-    where = docker_url or "DOCKER_HOST or the default socket"
-    try:
-        client = (docker.DockerClient(base_url=docker_url, timeout=CLIENT_TIMEOUT_S)
-                  if docker_url else docker.from_env(timeout=CLIENT_TIMEOUT_S))
-        client.ping()
-    # requests' exceptions are OSErrors: an engine that does not answer lands here too.
-    except (docker.errors.DockerException, OSError) as exc:
-        raise DockerError(f"cannot reach the Docker engine at {where} ({exc}): check "
-                          "containers.docker_url or DOCKER_HOST") from None
-    return client
+    return connect(docker_url)
 
 
 def _select(client: Any, selector: str) -> list[Any]:
