@@ -317,6 +317,10 @@ class ScratchRun:
 
     # -- resources --
 
+    def ensure_image(self, image: str, pull: PullPolicy = "never") -> None:
+        """``ensure_image`` on this run's engine (a probe checks the image it needs)."""
+        ensure_image(self.client, image, pull)
+
     def _labels(self) -> dict[str, str]:
         return {LABEL_SCRATCH: "1", LABEL_RUN: self.run_id, LABEL_PURPOSE: self.purpose,
                 **owner_labels()}
