@@ -195,8 +195,13 @@ TOKENS_FILE = f"/v/{kong_probe.section_file(0, 'oauth2_tokens')}"
     (f"sed -i '$d' {TOKENS_FILE}", "section oauth2_tokens: 11 rows read back, the snapshot "
                                    "holds 12"),
     (f"sed -i '1s/at-/xt-/' {TOKENS_FILE}", "section oauth2_tokens: checksum differs"),
-    (f"sed -i '1s/^./z/' {TOKENS_FILE}", "COPY oauth2_tokens, line 1"),
-], ids=["row-dropped", "value-changed", "unloadable"])
+    (f"sed -i '1s/^./z/' {TOKENS_FILE}", "section oauth2_tokens: line 1, column id does not "
+                                         "load into the scratch server: invalid input syntax "
+                                         'for type uuid: "..."'),
+    (f"sed -i '2s/$/\\textra/' {TOKENS_FILE}", "section oauth2_tokens: line 2 does not load "
+                                              "into the scratch server: extra data after "
+                                              "last expected column"),
+], ids=["row-dropped", "value-changed", "unloadable", "extra-column"])
 def test_probe_section_changed_in_scratch_volume_fails_naming_it(
         docker_client: docker.DockerClient, wicked_kong_snapshot: TokenSnapshot,
         images: tuple[str, str], tmp_path: Path, script: str, expected: str) -> None:
@@ -205,9 +210,11 @@ def test_probe_section_changed_in_scratch_volume_fails_naming_it(
     result = _probe(docker_client, wicked_kong_snapshot, tmp_path,
                     before_check=_tamper(docker_client, images[0], script))
 
+    print(f"\n{result.problems}")
     assert not result.ok
     assert len(result.problems) == 1, result.problems
     assert expected in result.problems[0], result.problems
+    assert "at-" not in result.problems[0]  # no token of the rows in the record
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import tarfile
 import tempfile
 import time
@@ -150,7 +151,7 @@ def probe_tokens(reader: SnapshotReader, record: SourceRecord,
     with tempfile.TemporaryDirectory(prefix="token-probe-", dir=bench.spool_dir) as tmp:
         spool = Path(tmp)
         try:
-            sections, problems = _split(reader, record.stream, record.metadata, spool)
+            sections, problems = split_stream(reader, record.stream, record.metadata, spool)
         except IntegrityError as exc:
             return ProbeResult(NAME, (f"the token stream cannot be read: {exc.one_line()}",),
                                duration_s=_since(started))
@@ -171,7 +172,7 @@ def probe_tokens(reader: SnapshotReader, record: SourceRecord,
 # --- this side -----------------------------------------------------------------------------
 
 
-def _split(reader: SnapshotReader, stream: StreamRef, metadata: Mapping[str, Any],
+def split_stream(reader: SnapshotReader, stream: StreamRef, metadata: Mapping[str, Any],
            spool: Path) -> tuple[list[HostSection], list[str]]:
     """Read the stream once into ``spool/<section file>``; the sections and what is wrong
     with their counts (trailer against lines, manifest against trailer)."""
@@ -290,8 +291,7 @@ def _in_server(bench: ProbeBench, volume: str, sections: list[HostSection],
     load = step("load")
     figures["load_s"] = load.duration_s
     if load.exit_code != 0:
-        return [f"loading the sections into the scratch server failed (exit "
-                f"{load.exit_code}): {_last_lines(load.stderr)}"]
+        return [load_problem(load.exit_code, load.stderr, sections)]
     check = step("check")
     figures["check_s"] = check.duration_s
     if check.exit_code != 0:
@@ -321,6 +321,27 @@ def compare(sections: list[HostSection], output: str) -> list[str]:
             problems.append(f"section {section.name}: checksum differs (the rows read back "
                             "are not the snapshot's)")
     return problems
+
+
+_COPY_CONTEXT = re.compile(r"COPY (\w+), line (\d+)(?:, column (\w+))?")
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+def load_problem(exit_code: int, stderr: str, sections: list[HostSection]) -> str:
+    """A failed load as one line naming the section, line and column, when psql said so.
+    Quoted values are left out (a token's row would go into records and logs): only the
+    section's column names stay."""
+    columns = {c.name for s in sections for c in s.section.columns}
+    error = next((line.split("ERROR:", 1)[1].strip() for line in stderr.splitlines()
+                  if "ERROR:" in line), _last_lines(stderr))
+    error = _QUOTED.sub(lambda m: m.group(0) if m.group(1) in columns else '"..."', error)
+    where = _COPY_CONTEXT.search(stderr)
+    if where is None:
+        return f"loading the sections into the scratch server failed (exit {exit_code}): " \
+               f"{error}"
+    column = f", column {where.group(3)}" if where.group(3) else ""
+    return f"section {where.group(1)}: line {where.group(2)}{column} does not load into " \
+           f"the scratch server: {error}"
 
 
 def _last_lines(text: str, count: int = 3) -> str:
