@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 import yaml
 
@@ -174,6 +175,53 @@ def test_probe_snapshot_with_tokens_passes_with_row_counts(
     assert all(m["Type"] == "volume" for m in attrs[0]["Mounts"])
     assert attrs[0]["Config"]["User"] == "postgres"
     assert attrs[0]["Config"]["Image"] == token_snapshot.config.verify.postgres_image
+
+
+@pytest.fixture(scope="module")
+def official_like_image(docker_client: docker.DockerClient, images: tuple[str, str]) -> str:
+    """The postgres image shaped like the official one where it matters to the probe: an
+    entrypoint (here one that does not exist: the probe must not use it), a ``VOLUME`` for
+    the data directory, and the server binaries off PATH."""
+    tag = f"{images[1].replace('/postgres:', '/postgres-official-like:')}"
+    try:
+        docker_client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        container = docker_client.containers.create(images[1], ["true"],
+                                                    name=scratch_name("commit"),
+                                                    labels=owner_labels(), network_mode="none")
+        try:
+            repository, _, version = tag.rpartition(":")
+            container.commit(repository=repository, tag=version, changes=[
+                'ENTRYPOINT ["docker-entrypoint.sh"]', 'CMD ["postgres"]',
+                "VOLUME /var/lib/postgresql/data",
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+        finally:
+            container.remove(force=True)
+    return tag
+
+
+def test_probe_official_like_image_entrypoint_unused_and_no_volume_left(
+        docker_client: docker.DockerClient, wicked_kong_snapshot: TokenSnapshot,
+        official_like_image: str, tmp_path: Path) -> None:
+    """The server binaries are found without PATH and the image's entrypoint is never run;
+    the anonymous volume its ``VOLUME`` gives the service goes with the run."""
+    snap = TokenSnapshot(wicked_kong_snapshot.config.model_copy(update={
+        "verify": wicked_kong_snapshot.config.verify.model_copy(
+            update={"postgres_image": official_like_image})}),
+        wicked_kong_snapshot.generation, wicked_kong_snapshot.tokens,
+        wicked_kong_snapshot.sections)
+    attrs: list[dict[str, Any]] = []
+    result = _probe(docker_client, snap, tmp_path,
+                    inspect=_service_inspected(docker_client, attrs))
+
+    assert result.ok, result.problems
+    assert result.figures["rows_oauth2_tokens"] == snap.tokens
+    assert attrs[0]["Config"]["Image"] == official_like_image
+    anonymous = [m["Name"] for m in attrs[0]["Mounts"]
+                 if m["Destination"] == "/var/lib/postgresql/data"]
+    assert len(anonymous) == 1
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.volumes.get(anonymous[0])
 
 
 def _tamper(docker_client: docker.DockerClient, image: str,
