@@ -127,3 +127,24 @@ def test_load_problem_names_section_line_column_and_hides_values() -> None:
     assert kong_probe.load_problem(3, stderr, sections) == (
         "loading the sections into the scratch server failed (exit 3): invalid input syntax "
         'for type uuid: "..."')
+
+
+@pytest.mark.parametrize("run_bytes", [1, 40, 1 << 20])
+def test_sorted_lines_digest_in_runs_equals_sorting_in_memory(tmp_path: Path,
+                                                              run_bytes: int) -> None:
+    """Sorted in runs spilled to files and merged: the same digest as one in-memory sort,
+    duplicates and bytes above 0x7f included (``LC_ALL=C sort`` order)."""
+    lines = [f"{(i * 7919) % 101}\tvalue-{i % 13}\n".encode() for i in range(300)]
+    lines += [b"\xc3\xbc-umlaut\n", b"\xc3\xbc-umlaut\n", b"Z\n", b"\\N\t\\t\n"]
+    path = tmp_path / "section.copy"
+    path.write_bytes(b"".join(lines))
+    assert kong_probe.sorted_lines_digest(path, run_bytes) == (len(lines), _sorted_sha(lines))
+    assert sorted(tmp_path.iterdir()) == [path]  # the runs are gone
+
+
+def test_split_small_runs_same_result(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    small, _ = split_stream(Reader(_v3()), REF, {}, tmp_path / "a", run_bytes=8)
+    whole, _ = split_stream(Reader(_v3()), REF, {}, tmp_path / "b")
+    assert small == whole and small

@@ -15,19 +15,21 @@ the volume, one table per section with the header's columns and types is loaded 
 checksums come back (an exec's output is capped), and they must equal this side's.
 
 Section files and the cluster live in the volume, not on a tmpfs: a million tokens would not
-fit in the scratch container's memory limit. This side holds one section's lines at a time
-in memory to sort them.
+fit in the scratch container's memory limit. This side sorts in bounded runs spilled to
+``bench.spool_dir`` and merges them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import io
 import re
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -48,6 +50,8 @@ WORK_DIR = "work"  # the cluster, its socket and the read-back files (writable b
 SCRIPT = "probe.sh"
 LOAD_SQL = "load.sql"
 SECTION_LIST = "sections.list"
+# This side sorts a section's lines in runs of about this size (then merges them from files).
+SORT_RUN_BYTES = 64 * 1024 * 1024
 USER = "postgres"  # the server refuses root; both kinds of image have this user
 # The environment of every command in the server's container.
 ENVIRONMENT = {"LC_ALL": "C", "PGCLIENTENCODING": "UTF8", "PGTZ": "UTC",
@@ -173,14 +177,15 @@ def probe_tokens(reader: SnapshotReader, record: SourceRecord,
 
 
 def split_stream(reader: SnapshotReader, stream: StreamRef, metadata: Mapping[str, Any],
-           spool: Path) -> tuple[list[HostSection], list[str]]:
+                 spool: Path, run_bytes: int = SORT_RUN_BYTES,
+                 ) -> tuple[list[HostSection], list[str]]:
     """Read the stream once into ``spool/<section file>``; the sections and what is wrong
     with their counts (trailer against lines, manifest against trailer)."""
     header, data = kong_stream.split_header(reader.stream(stream))
     layout = kong_stream.parse_layout(header)
     sections_reader = kong_stream.SectionReader(data, marked=layout.version >= 2)
     (spool / SECTIONS_DIR).mkdir()
-    sections = [_spool_section(index, section, sections_reader.section(), spool)
+    sections = [_spool_section(index, section, sections_reader.section(), spool, run_bytes)
                 for index, section in enumerate(layout.sections)]
     declared = kong_stream.declared_rows(layout, sections_reader)  # reads the trailer
     problems = []
@@ -193,21 +198,39 @@ def split_stream(reader: SnapshotReader, stream: StreamRef, metadata: Mapping[st
 
 
 def _spool_section(index: int, section: kong_stream.Section, rows: Iterator[bytes],
-                   spool: Path) -> HostSection:
+                   spool: Path, run_bytes: int) -> HostSection:
     path = spool / section_file(index, section.name)
+    last = b"\n"
     with open(path, "wb") as out:
         for chunk in rows:
             out.write(chunk)
-    with open(path, "rb") as lines_in:
-        lines = lines_in.readlines()
-    if lines and not lines[-1].endswith(b"\n"):
+            last = chunk[-1:] or last
+    if last != b"\n":
         raise IntegrityError(f"the token stream's section {section.name} does not end with "
                              "a newline")
-    digest = hashlib.sha256()
-    lines.sort()
-    for line in lines:
-        digest.update(line)
-    return HostSection(index, section, len(lines), digest.hexdigest())
+    count, digest = sorted_lines_digest(path, run_bytes)
+    return HostSection(index, section, count, digest)
+
+
+def sorted_lines_digest(path: Path, run_bytes: int = SORT_RUN_BYTES) -> tuple[int, str]:
+    """How many lines ``path`` holds, and the SHA-256 of them sorted bytewise (what
+    ``LC_ALL=C sort | sha256sum`` prints). Sorted in runs of about ``run_bytes`` spilled
+    to unlinked files beside ``path`` and merged, so memory stays bounded."""
+    count = 0
+    with ExitStack() as stack:
+        runs: list[IO[bytes]] = []
+        with open(path, "rb") as source:
+            while lines := source.readlines(run_bytes):
+                count += len(lines)
+                lines.sort()
+                run = stack.enter_context(tempfile.TemporaryFile(dir=path.parent))
+                run.writelines(lines)
+                run.seek(0)
+                runs.append(run)
+        digest = hashlib.sha256()
+        for line in heapq.merge(*runs):
+            digest.update(line)
+        return count, digest.hexdigest()
 
 
 def _against_manifest(layout: kong_stream.Layout, declared: Mapping[str, int],
