@@ -30,6 +30,7 @@ from wicked_dr.actions.backup import run_backup
 from wicked_dr.actions.common import open_repository, snapshot_reader
 from wicked_dr.config import Config, load_config
 from wicked_dr.engine.catalog import resolve
+from wicked_dr.errors import DockerError
 from wicked_dr.portal import scratch
 from wicked_dr.portal.scratch import ScratchRun
 from wicked_dr.repository.verification import ProbeResult
@@ -222,6 +223,49 @@ def test_probe_official_like_image_entrypoint_unused_and_no_volume_left(
     assert len(anonymous) == 1
     with pytest.raises(docker.errors.NotFound):
         docker_client.volumes.get(anonymous[0])
+
+
+@pytest.fixture(scope="module")
+def no_server_image(docker_client: docker.DockerClient, images: tuple[str, str]) -> str:
+    """The base image plus a ``postgres`` user: everything but a PostgreSQL server."""
+    tag = images[0].replace("/base:", "/base-postgres-user:")
+    try:
+        docker_client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        container = docker_client.containers.create(
+            images[0], ["sh", "-ec", "echo 'postgres:x:999:999::/tmp:/bin/sh' >> /etc/passwd"],
+            name=scratch_name("commit"), labels=owner_labels(), network_mode="none")
+        try:
+            container.start()
+            assert container.wait(timeout=60)["StatusCode"] == 0
+            repository, _, version = tag.rpartition(":")
+            container.commit(repository=repository, tag=version)
+        finally:
+            container.remove(force=True)
+    return tag
+
+
+@pytest.mark.parametrize(("image", "reason"), [
+    ("base", "unable to find user postgres"),
+    ("no-server", "no PostgreSQL server binaries"),
+])
+def test_probe_image_without_postgres_raises_docker_error_not_a_verdict(
+        docker_client: docker.DockerClient, wicked_kong_snapshot: TokenSnapshot,
+        images: tuple[str, str], no_server_image: str, tmp_path: Path, image: str,
+        reason: str) -> None:
+    """An image without a PostgreSQL server (or its user) is the configuration's fault, not
+    the snapshot's: a DockerError naming the image and the reason, and no probe result that
+    would mark the snapshot failed."""
+    tag = images[0] if image == "base" else no_server_image
+    snap = TokenSnapshot(wicked_kong_snapshot.config.model_copy(update={
+        "verify": wicked_kong_snapshot.config.verify.model_copy(
+            update={"postgres_image": tag})}),
+        wicked_kong_snapshot.generation, wicked_kong_snapshot.tokens,
+        wicked_kong_snapshot.sections)
+    with pytest.raises(DockerError) as caught:
+        _probe(docker_client, snap, tmp_path)
+    message = caught.value.one_line()
+    assert tag in message and reason in message and "verify.postgres_image" in message
 
 
 def _tamper(docker_client: docker.DockerClient, image: str,

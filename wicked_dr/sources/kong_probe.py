@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from wicked_dr.errors import IntegrityError
+from wicked_dr.errors import DockerError, IntegrityError
 from wicked_dr.log import get_logger
 from wicked_dr.repository.snapshot import SourceRecord, StreamRef
 from wicked_dr.repository.verification import ProbeResult
@@ -296,8 +296,15 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
 
 def _in_server(bench: ProbeBench, volume: str, sections: list[HostSection],
                figures: dict[str, float], started: float) -> list[str]:
-    """Start the server, load the sections, read them back; the problems found."""
-    service = bench.scratch.service(bench.postgres_image, mounts={volume: MOUNT}, user=USER)
+    """Start the server, load the sections, read them back; the problems found. An image
+    whose server does not start, or a container that cannot read back what it loaded, says
+    nothing about the snapshot: ``DockerError``, and no verdict is recorded."""
+    try:
+        service = bench.scratch.service(bench.postgres_image, mounts={volume: MOUNT},
+                                        user=USER)
+    except DockerError as exc:
+        raise DockerError(f"the token probe's image {bench.postgres_image} cannot run its "
+                          f"server as {USER}: {exc.one_line()}; {_IMAGE_HINT}") from None
 
     def step(what: str) -> ScratchOutcome:
         remaining = max(1.0, bench.timeout_s - (time.monotonic() - started))
@@ -307,8 +314,10 @@ def _in_server(bench: ProbeBench, volume: str, sections: list[HostSection],
     start = step("start")
     figures["server_start_s"] = start.duration_s
     if start.exit_code != 0:
-        return [f"the scratch PostgreSQL server did not start (exit {start.exit_code}): "
-                f"{_last_lines(start.stderr)}"]
+        # The image's fault, not the snapshot's: no verdict on the snapshot.
+        raise DockerError(f"no PostgreSQL server could be started in {bench.postgres_image} "
+                          f"(exit {start.exit_code}): {_last_lines(start.stderr)}; "
+                          f"{_IMAGE_HINT}")
     log.info("token probe: scratch server up", server=start.stdout.strip(),
              seconds=start.duration_s)
     load = step("load")
@@ -318,8 +327,10 @@ def _in_server(bench: ProbeBench, volume: str, sections: list[HostSection],
     check = step("check")
     figures["check_s"] = check.duration_s
     if check.exit_code != 0:
-        return [f"reading the sections back from the scratch server failed (exit "
-                f"{check.exit_code}): {_last_lines(check.stderr)}"]
+        # Everything loaded: a failure now is the container's (its disk), not the data's.
+        raise DockerError(f"reading the token sections back from the scratch server in "
+                          f"{bench.postgres_image} failed (exit {check.exit_code}): "
+                          f"{_last_lines(check.stderr)}")
     return compare(sections, check.stdout)
 
 
@@ -346,6 +357,8 @@ def compare(sections: list[HostSection], output: str) -> list[str]:
     return problems
 
 
+_IMAGE_HINT = ("set verify.postgres_image to an official postgres image or a Debian image "
+               "with the postgresql package")
 _COPY_CONTEXT = re.compile(r"COPY (\w+), line (\d+)(?:, column (\w+))?")
 _QUOTED = re.compile(r'"([^"]*)"')
 
