@@ -268,6 +268,23 @@ def test_probe_image_without_postgres_raises_docker_error_not_a_verdict(
     assert tag in message and reason in message and "verify.postgres_image" in message
 
 
+def test_probe_absent_image_never_pulled_fails_before_reading(
+        docker_client: docker.DockerClient, wicked_kong_snapshot: TokenSnapshot,
+        tmp_path: Path) -> None:
+    """``verify.pull: never`` and an image the engine lacks: a DockerError naming it, before
+    anything is read or created."""
+    absent = f"wicked-dr-test/absent:{uuid.uuid4().hex[:12]}"
+    snap = TokenSnapshot(wicked_kong_snapshot.config.model_copy(update={
+        "verify": wicked_kong_snapshot.config.verify.model_copy(
+            update={"postgres_image": absent})}),
+        wicked_kong_snapshot.generation, wicked_kong_snapshot.tokens,
+        wicked_kong_snapshot.sections)
+    with pytest.raises(DockerError, match="is never pulled") as caught:
+        _probe(docker_client, snap, tmp_path)
+    assert absent in caught.value.one_line()
+    assert list(tmp_path.iterdir()) == []  # nothing spooled
+
+
 def _tamper(docker_client: docker.DockerClient, image: str,
             script: str) -> Callable[[str], None]:
     """A ``before_check`` that runs ``script`` on the filled volume (mounted at /v)."""

@@ -152,6 +152,8 @@ def probe_tokens(reader: SnapshotReader, record: SourceRecord,
     if record.stream is None:
         return ProbeResult(NAME, (f"the {record.name} record of the snapshot holds no "
                                   "stream",), duration_s=0.0)
+    # Before the stream is read: a missing image fails fast.
+    bench.scratch.ensure_image(bench.postgres_image, bench.pull)
     with tempfile.TemporaryDirectory(prefix="token-probe-", dir=bench.spool_dir) as tmp:
         spool = Path(tmp)
         try:
@@ -164,7 +166,6 @@ def probe_tokens(reader: SnapshotReader, record: SourceRecord,
         with tempfile.TemporaryFile(dir=spool) as tar:
             _write_tar(tar, sections, spool)
             tar.seek(0)
-            bench.scratch.ensure_image(bench.postgres_image, bench.pull)
             volume = bench.scratch.volume("tokens")
             bench.scratch.fill(volume, tar, bench.postgres_image, MOUNT)
     if bench.before_check is not None:
