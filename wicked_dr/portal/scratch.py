@@ -8,7 +8,9 @@ the container is removed.
 
 Every scratch container is locked down the same way (``_hardened``): no network
 (``network_mode="none"``), a read-only root file system, every capability dropped,
-``no-new-privileges``, memory and pids limits, volumes and tmpfs only. Containers and
+``no-new-privileges``, memory and pids limits, volumes and tmpfs only; the image's
+entrypoint is replaced by the command's first word, and the anonymous volumes an image's
+``VOLUME`` creates go with their container. Containers and
 volumes carry labels: a wicked-dr scratch resource, its run id and purpose, and the owning
 process (host, boot id, pid namespace, pid, process start time). ``ScratchRun.__exit__``
 removes everything of its run in every outcome; what a killed process left behind,
@@ -141,10 +143,14 @@ def sweep(client: Any) -> int:
 
 
 def _remove(resource: Any, kind: str) -> bool:
-    """Remove a container or volume (force); False, with a warning, when the engine refused.
-    Gone already counts as removed by someone else: False, silently."""
+    """Remove a container (with the anonymous volumes an image's ``VOLUME`` gave it, which
+    carry no label of ours) or a volume, by force; False, with a warning, when the engine
+    refused. Gone already counts as removed by someone else: False, silently."""
     try:
-        resource.remove(force=True)
+        if kind == "container":
+            resource.remove(force=True, v=True)
+        else:
+            resource.remove(force=True)
     except docker.errors.NotFound:
         return False
     except (docker.errors.DockerException, OSError) as exc:
@@ -318,6 +324,10 @@ class ScratchRun:
 
     # -- resources --
 
+    def ensure_image(self, image: str, pull: PullPolicy = "never") -> None:
+        """``ensure_image`` on this run's engine (a probe checks the image it needs)."""
+        ensure_image(self.client, image, pull)
+
     def _labels(self) -> dict[str, str]:
         return {LABEL_SCRATCH: "1", LABEL_RUN: self.run_id, LABEL_PURPOSE: self.purpose,
                 **owner_labels()}
@@ -410,8 +420,11 @@ class ScratchRun:
         self._open()
         name = self._name(hint)
         with engine_errors(f"creating the scratch container {name} from {image}"):
+            # The image's entrypoint is replaced, never used: an official postgres image's
+            # would start a server, the wicked-dr image's would run wicked-dr.
             return self.client.containers.create(
-                image, list(command), name=name, labels=self._labels(),
+                image, list(command[1:]), entrypoint=[command[0]], name=name,
+                labels=self._labels(),
                 environment=dict(environment or {}), user=user or "",
                 **self._hardened(mounts or {}, tmpfs))
 

@@ -95,9 +95,24 @@ class ScratchOutcome(Protocol):
     duration_s: float
 
 
+class ScratchServiceHandle(Protocol):
+    """A long-running scratch container a probe talks to (``portal/scratch.ScratchService``):
+    a server it runs commands in, still with no network."""
+
+    def exec(self, command: list[str], user: str | None = None, *, timeout_s: float = 300,
+             environment: Mapping[str, str] | None = None,
+             cancel: CancelToken = NOT_CANCELLED) -> ScratchOutcome:
+        """Run ``command`` in the service and wait for it, ``timeout_s`` at most."""
+        ...
+
+
 class ScratchRunner(Protocol):
     """Throwaway Docker resources a probe works in (``portal/scratch.ScratchRun``): volumes
     filled by streaming, commands run with no network and no host path mounted."""
+
+    def ensure_image(self, image: str, pull: Literal["missing", "never"] = "never") -> None:
+        """Make sure the engine has ``image`` (pulled when absent and ``pull="missing"``)."""
+        ...
 
     def volume(self, name_hint: str = "data") -> str:
         """A new, empty scratch volume; its name."""
@@ -113,6 +128,14 @@ class ScratchRunner(Protocol):
             timeout_s: float, environment: Mapping[str, str] | None = None,
             cancel: CancelToken = NOT_CANCELLED) -> ScratchOutcome:
         """Run ``command`` to its end in a new scratch container mounting ``mounts``."""
+        ...
+
+    def service(self, image: str, command: list[str] | None = None,
+                mounts: Mapping[str, str] | None = None, user: str | None = None,
+                tmpfs: Mapping[str, str] | None = None, *,
+                environment: Mapping[str, str] | None = None) -> ScratchServiceHandle:
+        """Start a long-running scratch container (``sleep infinity`` by default) mounting
+        ``mounts``; it lives until the run ends."""
         ...
 
 
@@ -198,10 +221,11 @@ class LiveReport(Protocol):
 @dataclass(frozen=True)
 class ProbeBench:
     """What a probe gets from ``verify``: scratch resources of this verification, the images
-    to run (``verify.image``, ``verify.postgres_image``), the owner restored files get, a
-    local directory for temporary files, limits, and ``before_check(volume)``, called once
-    a volume is filled and before it is checked (tests change a file there: a probe must
-    find what the host-side restore cannot)."""
+    to run (``verify.image``, ``verify.postgres_image``) and whether they may be pulled
+    (``verify.pull``), the owner restored files get, a local directory for temporary files,
+    limits, and ``before_check(volume)``, called once a volume is filled and before it is
+    checked (tests change a file there: a probe must find what the host-side restore
+    cannot)."""
 
     scratch: ScratchRunner
     image: str
@@ -211,6 +235,8 @@ class ProbeBench:
     timeout_s: float
     cancel: CancelToken = NOT_CANCELLED
     before_check: Callable[[str], None] | None = None
+    # ``verify.pull``: whether a probe may pull an image the engine lacks.
+    pull: Literal["missing", "never"] = "never"
 
 
 @runtime_checkable

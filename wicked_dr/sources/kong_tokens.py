@@ -24,6 +24,7 @@ from wicked_dr.repository.snapshot import SourceRecord, StreamRef
 from wicked_dr.sources.base import (
     BackupContext,
     DirRestore,
+    ProbeBench,
     SnapshotReader,
     SnapshotSink,
     SourceBackup,
@@ -32,6 +33,7 @@ from wicked_dr.sources.base import (
 )
 
 if TYPE_CHECKING:
+    from wicked_dr.repository.verification import ProbeResult
     from wicked_dr.sources.kong_restore import TokenRestoreReport
 
 STREAM_NAME = "kong_tokens"  # the source, and its stream in a snapshot
@@ -86,6 +88,14 @@ class KongTokensSource:
         metadata: dict[str, Any] = dict(record.metadata)
         return restore_tokens(self._config, reader.stream(_stream_of(record)),
                               metadata=metadata, dry_run=dry_run)
+
+    def probe(self, reader: TreeReader, record: SourceRecord,
+              bench: ProbeBench) -> ProbeResult:
+        """The stream loaded into a scratch PostgreSQL server and read back, section by
+        section (``kong_probe.py``)."""
+        from wicked_dr.sources.kong_probe import probe_tokens
+
+        return probe_tokens(reader, record, bench)
 
 
 def _stream_of(record: SourceRecord) -> StreamRef:
