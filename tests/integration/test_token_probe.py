@@ -334,3 +334,16 @@ def _no_leftovers(docker_client: docker.DockerClient) -> Iterator[None]:
     assert [c.name for c in docker_client.containers.list(all=True, filters=selector)
             if scratch.owner_labels()[scratch.LABEL_PID] == c.labels.get(scratch.LABEL_PID)
             ] == []
+
+
+def test_verify_of_a_snapshot_with_tokens_runs_both_probes(
+        wicked_kong_snapshot: TokenSnapshot) -> None:
+    """``verify`` end to end on a snapshot holding the volume and tokens: both probes run,
+    both pass, and the token rows read back equal what the snapshot holds."""
+    from wicked_dr.actions.verify import run_verify
+
+    result = run_verify(wicked_kong_snapshot.config, "latest")
+    assert result.ok
+    probes = {p["name"]: p for p in result.probes}
+    assert set(probes) == {"volume", "kong_tokens"} and all(p["ok"] for p in probes.values())
+    assert probes["kong_tokens"]["figures"]["rows_oauth2_tokens"] == wicked_kong_snapshot.tokens
