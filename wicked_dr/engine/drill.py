@@ -66,7 +66,7 @@ class DrillReport:
 
 def new_drill_id(now: datetime) -> str:
     """Sorts by time, like snapshot ids."""
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+    return now.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(4)
 
 
 def largest_gap_s(times: Sequence[datetime]) -> float:

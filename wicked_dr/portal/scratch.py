@@ -26,7 +26,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Literal
@@ -346,7 +346,7 @@ class ScratchRun:
             self.client.volumes.create(name=name, labels=self._labels())
         return name
 
-    def fill(self, volume: str, tar: bytes | IO[bytes], image: str,
+    def fill(self, volume: str, tar: bytes | IO[bytes] | Iterable[bytes], image: str,
              mount: str = "/data") -> None:
         """Stream ``tar`` into ``volume`` (its root is ``mount`` in the tar's view).
 

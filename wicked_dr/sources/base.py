@@ -118,7 +118,7 @@ class ScratchRunner(Protocol):
         """A new, empty scratch volume; its name."""
         ...
 
-    def fill(self, volume: str, tar: bytes | IO[bytes], image: str,
+    def fill(self, volume: str, tar: bytes | IO[bytes] | Iterable[bytes], image: str,
              mount: str = "/data") -> None:
         """Stream ``tar`` into ``volume``."""
         ...
