@@ -202,11 +202,6 @@ class VerifyConfig(Section):
         "missing", "missing: pull an image that is absent when a registry answers; never: "
         "use local images only.")
     timeout_s: int = _field(600, "Longest a verification may run.", bounds=(1, 86400))
-    scratch_memory_mib: int = _field(
-        0, "0: the scratch volume holding the restored files is on the Docker host's disk; "
-        "N: it is a tmpfs of at most N MiB (in RAM while the verification runs; a 20 000-user "
-        "volume needs about 300 MiB): markedly faster to fill and to remove.",
-        bounds=(0, 1024 * 1024))
 
 
 class RestoreConfig(Section):

@@ -114,8 +114,8 @@ class ScratchRunner(Protocol):
         """Make sure the engine has ``image`` (pulled when absent and ``pull="missing"``)."""
         ...
 
-    def volume(self, name_hint: str = "data", *, memory_mib: int = 0) -> str:
-        """A new, empty scratch volume (in memory, at most ``memory_mib``, when given)."""
+    def volume(self, name_hint: str = "data") -> str:
+        """A new, empty scratch volume; its name."""
         ...
 
     def fill(self, volume: str, tar: bytes | IO[bytes] | Iterable[bytes], image: str,
@@ -233,7 +233,6 @@ class ProbeBench:
     owner: tuple[int, int]
     spool_dir: Path
     timeout_s: float
-    memory_mib: int = 0  # scratch data volumes in memory, at most this size (0: on disk)
     cancel: CancelToken = NOT_CANCELLED
     before_check: Callable[[str], None] | None = None
     # ``verify.pull``: whether a probe may pull an image the engine lacks.

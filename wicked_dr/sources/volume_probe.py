@@ -38,7 +38,7 @@ CHUNK = 1 << 20
 def probe_volume(reader: TreeReader, record: SourceRecord, bench: ProbeBench) -> ProbeResult:
     """Restore ``record``'s file tree into a scratch volume and check it there."""
     started = time.monotonic()
-    data = bench.scratch.volume("data", memory_mib=bench.memory_mib)
+    data = bench.scratch.volume("data")
     entries = _fill_data(reader, record, bench, data)
     restored = time.monotonic()
     tools = bench.scratch.volume("tools")
