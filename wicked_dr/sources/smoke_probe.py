@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 
+from wicked_dr.errors import DockerError
 from wicked_dr.repository.verification import ProbeResult
 from wicked_dr.sources.base import ProbeBench, ScratchServiceHandle, SmokeSettings
 
@@ -88,9 +89,18 @@ def _wait_for_ping(bench: ProbeBench, smoke: SmokeSettings, service: ScratchServ
                     f"error: {last}); its last output: {_tail(service)}",), {}
         rounds += 1
         budget = min(ROUND_S, remaining)
-        outcome = bench.scratch.run(
-            bench.image, ["python3", "-I", "-c", PING_SCRIPT, str(smoke.port), f"{budget:.3f}"],
-            timeout_s=budget + 30, network_mode=f"container:{service.id}", cancel=bench.cancel)
+        try:
+            outcome = bench.scratch.run(
+                bench.image,
+                ["python3", "-I", "-c", PING_SCRIPT, str(smoke.port), f"{budget:.3f}"],
+                timeout_s=budget + 30, network_mode=f"container:{service.id}",
+                cancel=bench.cancel)
+        except DockerError:
+            # The service may have ended between its check and the poller's start (its
+            # network namespace went with it): that is the finding; anything else is not.
+            if service.state()[0] != "running":
+                continue
+            raise
         try:
             answer = json.loads(outcome.stdout)
         except ValueError:
