@@ -215,6 +215,10 @@ class VerifyConfig(Section):
         "directory, without the root start script (docker-start.sh chowns and drops to 888; "
         "the smoke probe runs as smoke_user from the start).")
     smoke_user: str = _field("888:888", "uid:gid portal-api runs as in the smoke probe.")
+    smoke_writable_dirs: list[str] = _field(
+        ["/usr/src/app/routes/internal_apis"], "Directories of the smoke image portal-api "
+        "writes into at start (the root file system is read-only): each gets a writable copy "
+        "owned by the restore owner, as the start script's chown would make it.")
     smoke_port: int = _field(3001, "Port portal-api listens on.", bounds=(1, 65535))
     smoke_timeout_s: int = _field(120, "Longest the smoke probe waits for GET /ping.",
                                   bounds=(1, 3600))

@@ -6,8 +6,10 @@ image plus a small python3 HTTP server at ``/usr/src/app/bin/api`` that honours 
 contract the probe relies on: it reads ``/var/portal-api/dynamic/meta.json`` and
 ``/var/portal-api/static/globals.json`` at start and exits non-zero when either does not
 parse, rewrites ``meta.json`` as portal-api does (so the volume's root must be writable by
-uid 888), and answers ``GET /ping`` with ``{"message": "OK", "version": "stand-in"}`` on
-3001. Everything runs on the real engine; nothing sleeps to synchronise."""
+uid 888), writes ``swagger.json`` into its image's root-owned ``routes/internal_apis/ping``
+as portal-api does (``verify.smoke_writable_dirs``), and answers ``GET /ping`` with
+``{"message": "OK", "version": "stand-in"}`` on 3001. Everything runs on the real engine;
+nothing sleeps to synchronise."""
 
 from __future__ import annotations
 
@@ -48,6 +50,9 @@ except (OSError, ValueError) as exc:
 with open(f"{dynamic}/meta.json.tmp", "w") as f:  # portal-api rewrites meta.json
     json.dump(meta, f)
 os.replace(f"{dynamic}/meta.json.tmp", f"{dynamic}/meta.json")
+# portal-api writes swagger.json files into its image at start (routes/internal_apis).
+with open("/usr/src/app/routes/internal_apis/ping/swagger.json", "w") as f:
+    json.dump({"swagger": "2.0"}, f)
 
 class Ping(BaseHTTPRequestHandler):
     def do_GET(self):
@@ -78,6 +83,14 @@ def stand_in_image(docker_client: docker.DockerClient, image_builder: ImageBuild
         info = tarfile.TarInfo("usr/src/app/bin/api")
         info.size, info.mode = len(script), 0o755
         tar.addfile(info, io.BytesIO(script))
+        for name in ("usr/src/app/routes/internal_apis", "usr/src/app/routes/internal_apis/ping"):
+            directory = tarfile.TarInfo(name)  # root-owned, as wicked's image has it
+            directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(directory)
+        swagger = b"swagger: '2.0'\n"
+        info = tarfile.TarInfo("usr/src/app/routes/internal_apis/ping/swagger.yaml")
+        info.size, info.mode = len(swagger), 0o644
+        tar.addfile(info, io.BytesIO(swagger))
     container = docker_client.containers.create(base, ["true"], name=scratch_name("commit"),
                                                 labels=owner_labels(), network_mode="none")
     try:
@@ -189,7 +202,8 @@ def test_ping_container_shares_only_the_services_loopback(
     _configure(setup, stand_in_image, _static(tmp_path / "static"))
     assert _verify(setup).ok
 
-    (service,) = [a for a in created if a["Config"]["Image"] == stand_in_image]
+    (service,) = [a for a in created if "-service-" in a["Name"]]
+    assert service["Config"]["Image"] == stand_in_image
     pollers = [a for a in created if a["HostConfig"]["NetworkMode"].startswith("container:")]
     assert pollers and all(a["HostConfig"]["NetworkMode"] == f"container:{service['Id']}"
                            for a in pollers)
@@ -199,6 +213,7 @@ def test_ping_container_shares_only_the_services_loopback(
     mounts = {m["Target"]: m for m in service["HostConfig"]["Mounts"]}
     assert mounts["/var/portal-api/static"]["ReadOnly"] is True
     assert not mounts["/var/portal-api/dynamic"].get("ReadOnly", False)
+    assert not mounts["/usr/src/app/routes/internal_apis"].get("ReadOnly", False)
     for attrs in [service, *pollers]:
         host = attrs["HostConfig"]
         assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"]

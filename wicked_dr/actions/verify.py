@@ -129,7 +129,8 @@ def _smoke(config: Config, owner: tuple[int, int]) -> SmokeSettings | None:
         environment["PORTAL_API_AESKEY"] = verify.smoke_aeskey.get_secret_value()
     return SmokeSettings(verify.smoke_image, _static_tar(verify.smoke_static_dir, owner),
                          tuple(verify.smoke_command), verify.smoke_user, verify.smoke_port,
-                         float(verify.smoke_timeout_s), environment)
+                         float(verify.smoke_timeout_s), environment,
+                         tuple(verify.smoke_writable_dirs))
 
 
 def _static_tar(root: Path, owner: tuple[int, int]) -> bytes:

@@ -66,6 +66,8 @@ SERVICE_COMMAND = ["sleep", "infinity"]
 MAX_OUTPUT_BYTES = 1024 * 1024
 # Where ``own_root`` mounts a volume: one level down, so the tar can name its root.
 OWN_ROOT_PARENT = "/wicked-dr-own"
+# Largest directory ``copy_from_image`` copies.
+MAX_COPY_BYTES = 64 * 1024 * 1024
 POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.2
 # How soon an exec notices a cancel; its end is noticed at once.
@@ -411,6 +413,38 @@ class ScratchRun:
         finally:
             self._discard(container)
             self._drop_volume(parent)
+
+    def copy_from_image(self, volume: str, image: str, path: str,
+                        owner: tuple[int, int]) -> None:
+        """Fill ``volume`` with the content of directory ``path`` of ``image``, every entry
+        (the volume's root too) owned by ``owner``: a writable copy of a directory the
+        image's program writes into at start (its root file system stays read-only). Read
+        from a created, never started container; at most ``MAX_COPY_BYTES``."""
+        source = self._create(image, ["true"], None, None, None, None, hint="copy")
+        what = f"copying {path} out of {image}"
+        try:
+            with engine_errors(what):
+                chunks, _ = source.get_archive(path)
+                data = b""
+                for chunk in chunks:
+                    data += chunk
+                    if len(data) > MAX_COPY_BYTES:
+                        raise DockerError(f"{what} failed: more than {MAX_COPY_BYTES} bytes")
+        finally:
+            self._discard(source)
+        out = io.BytesIO()
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar_in, \
+                tarfile.open(fileobj=out, mode="w") as tar_out:
+            for entry in tar_in:
+                # The archive's top entry is the directory itself: its content goes to the root.
+                _, _, rest = entry.name.partition("/")
+                if not rest:
+                    continue
+                entry.name, entry.uid, entry.gid = rest, owner[0], owner[1]
+                entry.uname = entry.gname = ""
+                tar_out.addfile(entry, tar_in.extractfile(entry) if entry.isreg() else None)
+        self.fill(volume, out.getvalue(), image, "/data")
+        self.own_root(volume, owner, image)
 
     def run(self, image: str, command: list[str], mounts: Mapping[str, str] | None = None,
             user: str | None = None, tmpfs: Mapping[str, str] | None = None, *,

@@ -141,6 +141,11 @@ class ScratchRunner(Protocol):
         """Give the root directory of ``volume`` to ``owner``."""
         ...
 
+    def copy_from_image(self, volume: str, image: str, path: str,
+                        owner: tuple[int, int]) -> None:
+        """Fill ``volume`` with a copy of ``image``'s directory ``path`` owned by ``owner``."""
+        ...
+
     def run(self, image: str, command: list[str], mounts: Mapping[str, str] | None = None,
             user: str | None = None, tmpfs: Mapping[str, str] | None = None, *,
             timeout_s: float, environment: Mapping[str, str] | None = None,
@@ -255,6 +260,8 @@ class SmokeSettings:
     port: int
     timeout_s: float
     environment: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Directories of the image the program writes into at start: each gets a writable copy.
+    writable_dirs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

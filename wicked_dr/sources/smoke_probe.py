@@ -6,7 +6,10 @@ is started as a scratch service on the very volume the check read: the data volu
 own, never bind-mounted) read-only at ``/var/portal-api/static``, as ``verify.smoke_user``
 (wicked's node user, 888:888) from the start: wicked's root start script, which would chown
 the volume and drop to 888, is not run (the volume's root is given to the restore owner
-instead). The service has no network. A second scratch container of ``verify.image``
+instead; directories of the image that portal-api writes into at start, such as
+``routes/internal_apis`` where it writes ``swagger.json`` files, get writable copies owned
+by the restore owner: ``verify.smoke_writable_dirs``). The service has no network. A second
+scratch container of ``verify.image``
 (python3) joins the service's network namespace, so it sees nothing but the service's own
 loopback, and polls ``GET http://127.0.0.1:<port>/ping`` until it answers 200 with
 ``{"message": "OK"}`` or ``verify.smoke_timeout_s`` passed. It polls in short rounds: between
@@ -64,8 +67,13 @@ def probe_smoke(bench: ProbeBench, data_volume: str) -> ProbeResult:
     static = run.volume("static")
     run.fill(static, smoke.static_tar, bench.image, STATIC_FILL)
     run.own_root(data_volume, bench.owner, bench.image)
+    mounts = {data_volume: DYNAMIC, static: STATIC}
+    for path in smoke.writable_dirs:
+        copy = run.volume("writable")
+        run.copy_from_image(copy, smoke.image, path, bench.owner)
+        mounts[copy] = path
     service = run.service(
-        smoke.image, list(smoke.command), {data_volume: DYNAMIC, static: STATIC},
+        smoke.image, list(smoke.command), mounts,
         user=smoke.user, environment=smoke.environment, readonly=[static],
         must_stay_up=False)
     problems, figures = _wait_for_ping(bench, smoke, service, started)
