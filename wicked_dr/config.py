@@ -202,6 +202,31 @@ class VerifyConfig(Section):
         "missing", "missing: pull an image that is absent when a registry answers; never: "
         "use local images only.")
     timeout_s: int = _field(600, "Longest a verification may run.", bounds=(1, 86400))
+    smoke_image: str | None = _field(
+        None, "portal-api image of the smoke probe, which starts it on the restored volume "
+        "and requires GET /ping to answer; empty turns the smoke probe off.",
+        example="haufelexware/wicked.portal-api:1.0.0")
+    smoke_static_dir: Path | None = _field(
+        None, "wicked's static configuration directory as wicked-dr sees it; copied into a "
+        "scratch volume (never mounted) at /var/portal-api/static for the smoke probe.",
+        example="/var/portal-api/static")
+    smoke_command: list[str] = _field(
+        ["node", "bin/api"], "Command starting portal-api in the smoke image, in its working "
+        "directory, without the root start script (docker-start.sh chowns and drops to 888; "
+        "the smoke probe runs as smoke_user from the start).")
+    smoke_user: str = _field("888:888", "uid:gid portal-api runs as in the smoke probe.")
+    smoke_writable_dirs: list[str] = _field(
+        ["/usr/src/app/routes/internal_apis"], "Directories of the smoke image portal-api "
+        "writes into at start (the root file system is read-only): each gets a writable copy "
+        "owned by the restore owner, as the start script's chown would make it.")
+    smoke_port: int = _field(3001, "Port portal-api listens on.", bounds=(1, 65535))
+    smoke_timeout_s: int = _field(120, "Longest the smoke probe waits for GET /ping.",
+                                  bounds=(1, 3600))
+    smoke_environment: dict[str, str] = _field(
+        {"PORTAL_STORAGE_TYPE": "json"}, "Environment of portal-api in the smoke probe (no "
+        "secrets here: see smoke_aeskey).", example={"NODE_ENV": "production"})
+    smoke_aeskey: SecretStr | None = _field(
+        None, "PORTAL_API_AESKEY given to portal-api in the smoke probe.", secret=True)
 
 
 class RestoreConfig(Section):

@@ -132,7 +132,7 @@ def _probe(docker_client: docker.DockerClient, snap: TokenSnapshot, tmp: Path,
                            owner=(config.restore.owner_uid, config.restore.owner_gid),
                            spool_dir=tmp, timeout_s=float(config.verify.timeout_s),
                            before_check=before_check, pull=config.verify.pull)
-        result = KongTokensSource(config.kong_tokens).probe(
+        (result,) = KongTokensSource(config.kong_tokens).probe(
             reader, snapshot.source("kong_tokens"), bench)
         if inspect is not None:
             inspect(run)

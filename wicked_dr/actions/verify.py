@@ -10,10 +10,13 @@ repository lock is held, so no prune removes the snapshot meanwhile.
 
 from __future__ import annotations
 
+import io
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from wicked_dr import __version__
@@ -21,7 +24,7 @@ from wicked_dr.actions.common import Result, RunOptions, open_repository, snapsh
 from wicked_dr.actions.common import state_dir as local_state
 from wicked_dr.config import Config
 from wicked_dr.engine.catalog import resolve
-from wicked_dr.errors import IntegrityError
+from wicked_dr.errors import ConfigError, IntegrityError
 from wicked_dr.log import get_logger
 from wicked_dr.repository.locks import locked
 from wicked_dr.repository.repo import Repository
@@ -32,7 +35,7 @@ from wicked_dr.repository.verification import (
     save_verification,
 )
 from wicked_dr.sources import source_named
-from wicked_dr.sources.base import ProbeBench, ProbedSource, TreeReader
+from wicked_dr.sources.base import ProbeBench, ProbedSource, SmokeSettings, TreeReader
 
 log = get_logger(__name__)
 
@@ -101,12 +104,51 @@ def run_verify(config: Config, snapshot_ref: str = "latest", *,
 def _bench(config: Config, run: Any, options: RunOptions,
            before_check: Callable[[str], None] | None) -> ProbeBench:
     restore = config.restore
+    owner = (restore.owner_uid, restore.owner_gid)
     return ProbeBench(scratch=run, image=config.verify.image,
                       postgres_image=config.verify.postgres_image,
                       owner=(restore.owner_uid, restore.owner_gid),
                       spool_dir=local_state(config).restore_scratch(),
                       timeout_s=float(config.verify.timeout_s), cancel=options.cancel,
-                      before_check=before_check, pull=config.verify.pull)
+                      before_check=before_check, pull=config.verify.pull,
+                      smoke=_smoke(config, owner))
+
+
+def _smoke(config: Config, owner: tuple[int, int]) -> SmokeSettings | None:
+    """The smoke probe's settings (``verify.smoke_*``); None when ``smoke_image`` is unset.
+    The static configuration is read here, once: a directory that is not there is a
+    configuration error, not a verdict on the snapshot."""
+    verify = config.verify
+    if not verify.smoke_image:
+        return None
+    if verify.smoke_static_dir is None or not verify.smoke_static_dir.is_dir():
+        raise ConfigError([f"verify.smoke_static_dir ({verify.smoke_static_dir}) is not a "
+                          "directory; the smoke probe needs wicked's static configuration"])
+    environment = dict(verify.smoke_environment)
+    if verify.smoke_aeskey is not None:
+        environment["PORTAL_API_AESKEY"] = verify.smoke_aeskey.get_secret_value()
+    return SmokeSettings(verify.smoke_image, _static_tar(verify.smoke_static_dir, owner),
+                         tuple(verify.smoke_command), verify.smoke_user, verify.smoke_port,
+                         float(verify.smoke_timeout_s), environment,
+                         tuple(verify.smoke_writable_dirs))
+
+
+def _static_tar(root: Path, owner: tuple[int, int]) -> bytes:
+    """wicked's static configuration as a tar, every entry owned by ``owner``."""
+    def own(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid, info.gid = owner
+        info.uname = info.gname = ""
+        return info
+
+    out = io.BytesIO()
+    try:
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for entry in sorted(root.iterdir()):
+                tar.add(entry, arcname=entry.name, filter=own)
+    except OSError as exc:
+        raise ConfigError([f"verify.smoke_static_dir ({root}) cannot be read: "
+                          f"{exc.strerror}"]) from None
+    return out.getvalue()
 
 
 def _probe_all(repo: Repository, config: Config, snapshot: Snapshot, bench: ProbeBench,
@@ -118,23 +160,23 @@ def _probe_all(repo: Repository, config: Config, snapshot: Snapshot, bench: Prob
         source = source_named(name, config)
         if isinstance(source, ProbedSource):
             options.cancel.check()
-            probes.append(_probe(source, reader, record, bench))
+            probes.extend(_probe(source, reader, record, bench))
         else:
             log.info("source has no probe; not verified in containers", source=name)
     return probes
 
 
 def _probe(source: ProbedSource, reader: TreeReader, record: SourceRecord,
-           bench: ProbeBench) -> ProbeResult:
-    """The source's probe; data the repository cannot give back (a damaged pack found while
+           bench: ProbeBench) -> list[ProbeResult]:
+    """The source's probes; data the repository cannot give back (a damaged pack found while
     filling the scratch volume) fails the probe, it does not end the verification. Docker
     or I/O trouble does: then nothing was proven either way, and no record is written."""
     started = time.monotonic()
     try:
         return source.probe(reader, record, bench)
     except IntegrityError as exc:
-        return ProbeResult(source.name, (exc.one_line(),),
-                           duration_s=round(time.monotonic() - started, 3))
+        return [ProbeResult(source.name, (exc.one_line(),),
+                            duration_s=round(time.monotonic() - started, 3))]
 
 
 def _now() -> str:

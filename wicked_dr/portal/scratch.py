@@ -8,7 +8,9 @@ the container is removed.
 
 Every scratch container is locked down the same way (``_hardened``): no network
 (``network_mode="none"``), a read-only root file system, every capability dropped,
-``no-new-privileges``, memory and pids limits, volumes and tmpfs only; the image's
+``no-new-privileges``, memory and pids limits, volumes (some read-only) and tmpfs only;
+a ``run`` may instead join the network namespace of a service of the same run
+(``network_mode="container:<id>"``: the service's own loopback, nothing more); the image's
 entrypoint is replaced by the command's first word, and the anonymous volumes an image's
 ``VOLUME`` creates go with their container. Containers and
 volumes carry labels: a wicked-dr scratch resource, its run id and purpose, and the owning
@@ -20,13 +22,15 @@ host (a recycled pid has another start time), never a concurrent verify's or dri
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
 import socket
+import tarfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Literal
@@ -60,6 +64,10 @@ DEFAULT_TMPFS = {"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"}
 SERVICE_COMMAND = ["sleep", "infinity"]
 # Output kept per stream: the tail, so a runaway command cannot fill our memory.
 MAX_OUTPUT_BYTES = 1024 * 1024
+# Where ``own_root`` mounts a volume: one level down, so the tar can name its root.
+OWN_ROOT_PARENT = "/wicked-dr-own"
+# Largest directory ``copy_from_image`` copies.
+MAX_COPY_BYTES = 64 * 1024 * 1024
 POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.2
 # How soon an exec notices a cancel; its end is noticed at once.
@@ -216,6 +224,22 @@ class ScratchService:
     def id(self) -> str:
         return str(self._container.id)
 
+    def state(self) -> tuple[str, int | None]:
+        """The container's status (``running``, ``exited``...) and its exit code once ended."""
+        with engine_errors(f"inspecting the scratch service {self.name}"):
+            self._container.reload()
+        state = self._container.attrs.get("State", {})
+        status = str(state.get("Status", "unknown"))
+        code = state.get("ExitCode")
+        return status, (int(code) if status in ("exited", "dead") and code is not None
+                        else None)
+
+    def logs(self, max_bytes: int = 4096) -> str:
+        """The tail (``max_bytes`` at most) of the service's stdout and stderr, interleaved."""
+        with engine_errors(f"reading the output of the scratch service {self.name}"):
+            data = self._container.logs(stdout=True, stderr=True, tail=200)
+        return (data or b"")[-max_bytes:].decode(errors="replace")
+
     def exec(self, command: list[str], user: str | None = None, *, timeout_s: float = 300,
              environment: Mapping[str, str] | None = None,
              cancel: CancelToken = NOT_CANCELLED) -> ScratchResult:
@@ -280,6 +304,8 @@ class ScratchRun:
         self.memory_bytes = memory_bytes
         self.pids_limit = pids_limit
         self._volumes: list[str] = []
+        # Containers of ``service``: the only network namespaces a ``run`` may join.
+        self._services: set[str] = set()
         self._counter = 0
         self._closed = False
 
@@ -363,18 +389,78 @@ class ScratchRun:
         finally:
             self._discard(container)
 
+    def own_root(self, volume: str, owner: tuple[int, int], image: str,
+                 mode: int = 0o755) -> None:
+        """Give the root directory of ``volume`` to ``owner`` (the engine creates it owned by
+        root, and a tar entry for the mount itself is ignored): the volume is mounted one
+        level down, below a throwaway volume (the root file system is read-only), and a
+        tar holding just that directory entry is put into the parent."""
+        parent = self.volume("own")
+        container = self._create(image, ["true"], {parent: OWN_ROOT_PARENT,
+                                                   volume: f"{OWN_ROOT_PARENT}/v"},
+                                 None, None, None, hint="own")
+        entry = tarfile.TarInfo("v")
+        entry.type, entry.mode = tarfile.DIRTYPE, mode
+        entry.uid, entry.gid = owner
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            tar.addfile(entry)
+        try:
+            with engine_errors(f"setting the owner of the scratch volume {volume}"):
+                if not container.put_archive(OWN_ROOT_PARENT, out.getvalue()):
+                    raise DockerError(f"setting the owner of the scratch volume {volume} "
+                                      "failed: the engine refused the archive")
+        finally:
+            self._discard(container)
+            self._drop_volume(parent)
+
+    def copy_from_image(self, volume: str, image: str, path: str,
+                        owner: tuple[int, int]) -> None:
+        """Fill ``volume`` with the content of directory ``path`` of ``image``, every entry
+        (the volume's root too) owned by ``owner``: a writable copy of a directory the
+        image's program writes into at start (its root file system stays read-only). Read
+        from a created, never started container; at most ``MAX_COPY_BYTES``."""
+        source = self._create(image, ["true"], None, None, None, None, hint="copy")
+        what = f"copying {path} out of {image}"
+        try:
+            with engine_errors(what):
+                chunks, _ = source.get_archive(path)
+                data = b""
+                for chunk in chunks:
+                    data += chunk
+                    if len(data) > MAX_COPY_BYTES:
+                        raise DockerError(f"{what} failed: more than {MAX_COPY_BYTES} bytes")
+        finally:
+            self._discard(source)
+        out = io.BytesIO()
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar_in, \
+                tarfile.open(fileobj=out, mode="w") as tar_out:
+            for entry in tar_in:
+                # The archive's top entry is the directory itself: its content goes to the root.
+                _, _, rest = entry.name.partition("/")
+                if not rest:
+                    continue
+                entry.name, entry.uid, entry.gid = rest, owner[0], owner[1]
+                entry.uname = entry.gname = ""
+                tar_out.addfile(entry, tar_in.extractfile(entry) if entry.isreg() else None)
+        self.fill(volume, out.getvalue(), image, "/data")
+        self.own_root(volume, owner, image)
+
     def run(self, image: str, command: list[str], mounts: Mapping[str, str] | None = None,
             user: str | None = None, tmpfs: Mapping[str, str] | None = None, *,
             timeout_s: float, environment: Mapping[str, str] | None = None,
-            cancel: CancelToken = NOT_CANCELLED) -> ScratchResult:
+            cancel: CancelToken = NOT_CANCELLED, network_mode: str | None = None,
+            readonly: Collection[str] = ()) -> ScratchResult:
         """Run ``command`` in a new scratch container to its end; ``mounts`` maps volumes of
-        this run to paths. The container is removed before this returns or raises.
+        this run to paths (those named in ``readonly`` mounted read-only). The container is
+        removed before this returns or raises. ``network_mode="container:<id>"`` joins the
+        network namespace of a service of this run (its loopback only); default: none.
 
         Longer than ``timeout_s``: killed, removed, ``DockerError``. Cancelled: killed,
         removed, ``Interrupted``. A non-zero exit is a result, not an error."""
         cancel.check()
         container = self._create(image, command, mounts, user, tmpfs, environment,
-                                 hint="run")
+                                 hint="run", network_mode=network_mode, readonly=readonly)
         what = f"the scratch command {command[0]!r} in {image}"
         try:
             began = time.monotonic()
@@ -393,15 +479,20 @@ class ScratchRun:
     def service(self, image: str, command: list[str] | None = None,
                 mounts: Mapping[str, str] | None = None, user: str | None = None,
                 tmpfs: Mapping[str, str] | None = None, *,
-                environment: Mapping[str, str] | None = None) -> ScratchService:
+                environment: Mapping[str, str] | None = None,
+                readonly: Collection[str] = (), must_stay_up: bool = True) -> ScratchService:
         """Start a long-running scratch container (default command ``sleep infinity``) and
-        return its handle; it lives until the run ends (or a timed-out ``exec``)."""
+        return its handle; it lives until the run ends (or a timed-out ``exec``). Volumes
+        named in ``readonly`` are mounted read-only. A service that ended at once is a
+        ``DockerError`` unless ``must_stay_up`` is False (the caller then reads its state
+        and logs: a server under test that cannot start is a finding, not a failure)."""
         container = self._create(image, command or SERVICE_COMMAND, mounts, user, tmpfs,
-                                 environment, hint="service")
+                                 environment, hint="service", readonly=readonly)
+        self._services.add(str(container.id))
         with engine_errors(f"starting the scratch service {container.name}"):
             container.start()
             container.reload()
-        if container.status != "running":
+        if must_stay_up and container.status != "running":
             state = container.attrs.get("State", {})
             self._discard(container)
             raise DockerError(f"the scratch service in {image} did not stay up (state "
@@ -416,7 +507,8 @@ class ScratchRun:
 
     def _create(self, image: str, command: list[str], mounts: Mapping[str, str] | None,
                 user: str | None, tmpfs: Mapping[str, str] | None,
-                environment: Mapping[str, str] | None, *, hint: str) -> Any:
+                environment: Mapping[str, str] | None, *, hint: str,
+                network_mode: str | None = None, readonly: Collection[str] = ()) -> Any:
         self._open()
         name = self._name(hint)
         with engine_errors(f"creating the scratch container {name} from {image}"):
@@ -426,25 +518,35 @@ class ScratchRun:
                 image, list(command[1:]), entrypoint=[command[0]], name=name,
                 labels=self._labels(),
                 environment=dict(environment or {}), user=user or "",
-                **self._hardened(mounts or {}, tmpfs))
+                **self._hardened(mounts or {}, tmpfs, network_mode, readonly))
 
-    def _hardened(self, mounts: Mapping[str, str],
-                  tmpfs: Mapping[str, str] | None) -> dict[str, Any]:
-        """The host configuration of every scratch container: no network, nothing of the
-        host, no privileges, bounded memory and processes."""
+    def _hardened(self, mounts: Mapping[str, str], tmpfs: Mapping[str, str] | None,
+                  network_mode: str | None = None,
+                  readonly: Collection[str] = ()) -> dict[str, Any]:
+        """The host configuration of every scratch container: no network (or the loopback
+        of a service of this run), nothing of the host, no privileges, bounded memory and
+        processes."""
         unknown = sorted(set(mounts) - set(self._volumes))
         if unknown:
             # A name that is not ours might be a host path in disguise: refuse, never bind.
             raise ValueError(f"not volumes of scratch run {self.run_id}: {unknown}")
+        if set(readonly) - set(mounts):
+            raise ValueError(f"read-only volumes not mounted: {sorted(set(readonly))}")
+        if network_mode is not None and (
+                not network_mode.startswith("container:")
+                or network_mode.removeprefix("container:") not in self._services):
+            raise ValueError(f"network mode {network_mode!r}: only 'container:<id>' of a "
+                             f"service of scratch run {self.run_id}")
         return {
-            "network_mode": "none",
+            "network_mode": network_mode or "none",
             "read_only": True,
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "mem_limit": self.memory_bytes,
             "memswap_limit": self.memory_bytes,
             "pids_limit": self.pids_limit,
-            "mounts": [docker.types.Mount(target=path, source=volume, type="volume")
+            "mounts": [docker.types.Mount(target=path, source=volume, type="volume",
+                                          read_only=volume in readonly)
                        for volume, path in mounts.items()],
             "tmpfs": dict(DEFAULT_TMPFS if tmpfs is None else tmpfs),
         }
@@ -469,6 +571,14 @@ class ScratchRun:
                 raise Interrupted(f"interrupted; {what} was killed and removed",
                                   reason=cancel.reason)
             pause = min(pause * 2, POLL_MAX_S)
+
+    def _drop_volume(self, name: str) -> None:
+        """Remove one volume of this run now (``close`` would otherwise)."""
+        try:
+            if _remove(self.client.volumes.get(name), "volume"):
+                self._volumes.remove(name)
+        except (docker.errors.DockerException, OSError, ValueError):
+            pass
 
     def _discard(self, container: Any) -> None:
         """Kill and remove one container now (force removal kills it)."""

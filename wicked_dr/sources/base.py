@@ -10,7 +10,7 @@ reading). The actions never name a concrete source: they loop over the registry
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, runtime_checkable
@@ -99,6 +99,19 @@ class ScratchServiceHandle(Protocol):
     """A long-running scratch container a probe talks to (``portal/scratch.ScratchService``):
     a server it runs commands in, still with no network."""
 
+    @property
+    def id(self) -> str:
+        """The container's id (for ``run(network_mode="container:<id>")``)."""
+        ...
+
+    def state(self) -> tuple[str, int | None]:
+        """Its status (``running``, ``exited``...) and exit code once ended."""
+        ...
+
+    def logs(self, max_bytes: int = 4096) -> str:
+        """The tail of its stdout and stderr."""
+        ...
+
     def exec(self, command: list[str], user: str | None = None, *, timeout_s: float = 300,
              environment: Mapping[str, str] | None = None,
              cancel: CancelToken = NOT_CANCELLED) -> ScratchOutcome:
@@ -123,17 +136,32 @@ class ScratchRunner(Protocol):
         """Stream ``tar`` into ``volume``."""
         ...
 
+    def own_root(self, volume: str, owner: tuple[int, int], image: str,
+                 mode: int = 0o755) -> None:
+        """Give the root directory of ``volume`` to ``owner``."""
+        ...
+
+    def copy_from_image(self, volume: str, image: str, path: str,
+                        owner: tuple[int, int]) -> None:
+        """Fill ``volume`` with a copy of ``image``'s directory ``path`` owned by ``owner``."""
+        ...
+
     def run(self, image: str, command: list[str], mounts: Mapping[str, str] | None = None,
             user: str | None = None, tmpfs: Mapping[str, str] | None = None, *,
             timeout_s: float, environment: Mapping[str, str] | None = None,
-            cancel: CancelToken = NOT_CANCELLED) -> ScratchOutcome:
-        """Run ``command`` to its end in a new scratch container mounting ``mounts``."""
+            cancel: CancelToken = NOT_CANCELLED, network_mode: str | None = None,
+            readonly: Collection[str] = ()) -> ScratchOutcome:
+        """Run ``command`` to its end in a new scratch container mounting ``mounts``
+        (``readonly`` ones read-only), with no network or the loopback of a service of the
+        same run (``network_mode="container:<id>"``)."""
         ...
 
     def service(self, image: str, command: list[str] | None = None,
                 mounts: Mapping[str, str] | None = None, user: str | None = None,
                 tmpfs: Mapping[str, str] | None = None, *,
-                environment: Mapping[str, str] | None = None) -> ScratchServiceHandle:
+                environment: Mapping[str, str] | None = None,
+                readonly: Collection[str] = (),
+                must_stay_up: bool = True) -> ScratchServiceHandle:
         """Start a long-running scratch container (``sleep infinity`` by default) mounting
         ``mounts``; it lives until the run ends."""
         ...
@@ -219,6 +247,24 @@ class LiveReport(Protocol):
 
 
 @dataclass(frozen=True)
+class SmokeSettings:
+    """The smoke probe (``verify.smoke_*``): portal-api's image started on the restored
+    volume with the static configuration (a tar of it), as ``user``, until ``GET /ping``
+    answers on ``port`` or ``timeout_s`` passed. ``environment`` may hold the AES key:
+    never logged, never in a problem."""
+
+    image: str
+    static_tar: bytes
+    command: tuple[str, ...]
+    user: str
+    port: int
+    timeout_s: float
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Directories of the image the program writes into at start: each gets a writable copy.
+    writable_dirs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ProbeBench:
     """What a probe gets from ``verify``: scratch resources of this verification, the images
     to run (``verify.image``, ``verify.postgres_image``) and whether they may be pulled
@@ -237,6 +283,8 @@ class ProbeBench:
     before_check: Callable[[str], None] | None = None
     # ``verify.pull``: whether a probe may pull an image the engine lacks.
     pull: Literal["missing", "never"] = "never"
+    # The smoke probe after the volume's check; None: off.
+    smoke: SmokeSettings | None = None
 
 
 @runtime_checkable
@@ -244,8 +292,9 @@ class ProbedSource(Source, Protocol):
     """A source that can prove its data restorable in scratch containers."""
 
     def probe(self, reader: TreeReader, record: SourceRecord,
-              bench: ProbeBench) -> ProbeResult:
-        """Restore the data of ``record`` into scratch resources and check it there."""
+              bench: ProbeBench) -> list[ProbeResult]:
+        """Restore the data of ``record`` into scratch resources and check it there; one
+        result per probe run (the volume's may be followed by the smoke probe's)."""
         ...
 
 

@@ -90,12 +90,12 @@ class KongTokensSource:
                               metadata=metadata, dry_run=dry_run)
 
     def probe(self, reader: TreeReader, record: SourceRecord,
-              bench: ProbeBench) -> ProbeResult:
+              bench: ProbeBench) -> list[ProbeResult]:
         """The stream loaded into a scratch PostgreSQL server and read back, section by
         section (``kong_probe.py``)."""
         from wicked_dr.sources.kong_probe import probe_tokens
 
-        return probe_tokens(reader, record, bench)
+        return [probe_tokens(reader, record, bench)]
 
 
 def _stream_of(record: SourceRecord) -> StreamRef:

@@ -104,8 +104,9 @@ class VolumeSource:
         return DirRestore(self.name, written, str(target))
 
     def probe(self, reader: TreeReader, record: SourceRecord,
-              bench: ProbeBench) -> ProbeResult:
-        """The files in a scratch volume, checked from inside (``volume_probe.py``)."""
+              bench: ProbeBench) -> list[ProbeResult]:
+        """The files in a scratch volume, checked from inside (``volume_probe.py``); then
+        portal-api started on them when the smoke probe is configured (``smoke_probe.py``)."""
         from wicked_dr.sources.volume_probe import probe_volume
 
         return probe_volume(reader, record, bench)

@@ -35,8 +35,10 @@ _CHECKER_SOURCE = Path(verify_data.__file__)
 CHUNK = 1 << 20
 
 
-def probe_volume(reader: TreeReader, record: SourceRecord, bench: ProbeBench) -> ProbeResult:
-    """Restore ``record``'s file tree into a scratch volume and check it there."""
+def probe_volume(reader: TreeReader, record: SourceRecord,
+                 bench: ProbeBench) -> list[ProbeResult]:
+    """Restore ``record``'s file tree into a scratch volume and check it there; then, when
+    configured, the smoke probe starts portal-api on that volume (``smoke_probe.py``)."""
     started = time.monotonic()
     data = bench.scratch.volume("data")
     entries = _fill_data(reader, record, bench, data)
@@ -51,7 +53,12 @@ def probe_volume(reader: TreeReader, record: SourceRecord, bench: ProbeBench) ->
         cancel=bench.cancel)
     figures = {"entries": float(entries), "restore_s": round(restored - started, 3),
                "check_s": outcome.duration_s}
-    return _result(outcome, figures, round(time.monotonic() - started, 3))
+    results = [_result(outcome, figures, round(time.monotonic() - started, 3))]
+    if bench.smoke is not None:
+        from wicked_dr.sources.smoke_probe import probe_smoke
+
+        results.append(probe_smoke(bench, data))
+    return results
 
 
 def _fill_data(reader: TreeReader, record: SourceRecord, bench: ProbeBench,
