@@ -26,11 +26,10 @@ import pytest
 import yaml
 
 from tests.fixtures.images import ImageBuilder, owner_labels, scratch_name
-from tests.fixtures.repos import RepoTarget, Setup, backdate, cli, make_setup
+from tests.fixtures.repos import Setup, verify_setup
 from wicked_dr.actions.verify import VerifyFailed, VerifyResult, run_verify
 from wicked_dr.config import load_config
 from wicked_dr.portal import scratch
-from wicked_dr.testing.sample_volume import generate
 
 pytestmark = pytest.mark.integration
 
@@ -115,14 +114,7 @@ def _static(root: Path, *, globals_json: bool = True) -> Path:
 @pytest.fixture
 def setup(tmp_path: Path, image_builder: ImageBuilder) -> Setup:
     """One snapshot of a small sample volume; verify runs the ``base`` image, never pulls."""
-    s = make_setup(tmp_path, RepoTarget("local", {"url": str(tmp_path / "repo")}))
-    generate(s.volume, users=5, seed=3)
-    backdate(s.volume)
-    doc = yaml.safe_load(s.config_path.read_text())
-    doc["verify"] = {"image": image_builder.base(), "pull": "never", "timeout_s": 300}
-    s.config_path.write_text(yaml.safe_dump(doc))
-    assert cli(s.config_path, "backup").code == 0
-    return s
+    return verify_setup(tmp_path, image_builder.base(), users=5, seed=3)
 
 
 def _configure(s: Setup, image: str, static: Path, timeout_s: int = 30) -> None:

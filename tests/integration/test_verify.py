@@ -17,10 +17,15 @@ from typing import Any
 
 import docker
 import pytest
-import yaml
 
 from tests.fixtures.images import ImageBuilder
-from tests.fixtures.repos import RepoTarget, Setup, backdate, cli, flip_byte, make_setup
+from tests.fixtures.repos import (
+    Setup,
+    backdate,
+    cli,
+    flip_byte,
+    verify_setup,
+)
 from wicked_dr.actions.drill import DrillFailed, run_drill
 from wicked_dr.actions.verify import VerifyFailed, run_verify
 from wicked_dr.config import load_config
@@ -29,7 +34,6 @@ from wicked_dr.portal.scratch import LABEL_PID, LABEL_SCRATCH
 from wicked_dr.repository.index import read_index
 from wicked_dr.repository.layout import object_name
 from wicked_dr.repository.verification import load_verification
-from wicked_dr.testing.sample_volume import generate
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +42,7 @@ pytestmark = pytest.mark.integration
 def setup(tmp_path: Path, image_builder: ImageBuilder) -> Setup:
     """A local repository with one snapshot of a small sample volume; verify runs the
     ``base`` test image and never pulls."""
-    s = make_setup(tmp_path, RepoTarget("local", {"url": str(tmp_path / "repo")}))
-    generate(s.volume, users=15, seed=12)
-    backdate(s.volume)
-    doc = yaml.safe_load(s.config_path.read_text())
-    doc["verify"] = {"image": image_builder.base(), "pull": "never", "timeout_s": 300}
-    s.config_path.write_text(yaml.safe_dump(doc))
-    assert cli(s.config_path, "backup").code == 0
-    return s
+    return verify_setup(tmp_path, image_builder.base(), users=15, seed=12)
 
 
 def _scratch_left(client: docker.DockerClient) -> list[str]:
