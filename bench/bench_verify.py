@@ -40,7 +40,7 @@ def main() -> None:
     volume = work / "volume"
     stats = generate(volume, args.users, seed=1)
     image = ImageBuilder(docker.from_env()).base()
-    config = _config(work, volume, image)
+    config = _config(work, volume, image, args.memory_mib)
     _cli(config, "backup")
     restores, verifies = [], []
     for n in range(args.repeats):
@@ -61,15 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--users", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default="/var/tmp/wdr-verify")
+    parser.add_argument("--memory-mib", type=int, default=0,
+                        help="verify.scratch_memory_mib (0: scratch volume on disk)")
     return parser
 
 
-def _config(work: Path, volume: Path, image: str) -> Path:
+def _config(work: Path, volume: Path, image: str, memory_mib: int) -> Path:
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump({
         "state_dir": str(work / "state"), "repository": {"url": str(work / "repo")},
         "volume": {"path": str(volume)}, "log": {"level": "warning"},
-        "verify": {"image": image, "pull": "never"}}))
+        "verify": {"image": image, "pull": "never", "scratch_memory_mib": memory_mib}}))
     return path
 
 

@@ -202,6 +202,10 @@ class VerifyConfig(Section):
         "missing", "missing: pull an image that is absent when a registry answers; never: "
         "use local images only.")
     timeout_s: int = _field(600, "Longest a verification may run.", bounds=(1, 86400))
+    scratch_memory_mib: int = _field(
+        0, "0: the restored files' scratch volume is on the Docker host's disk; N: it is a "
+        "tmpfs of at most N MiB, in the host's RAM while verify runs (a 20 000-user volume "
+        "needs about 300 MiB): much faster to fill and to remove.", bounds=(0, 1024 * 1024))
     smoke_image: str | None = _field(
         None, "portal-api image of the smoke probe, which starts it on the restored volume "
         "and requires GET /ping to answer; empty turns the smoke probe off.",

@@ -17,6 +17,7 @@ from typing import Any
 
 import docker
 import pytest
+import yaml
 
 from tests.fixtures.images import ImageBuilder
 from tests.fixtures.repos import (
@@ -205,3 +206,22 @@ def test_verify_sweeps_what_a_killed_verification_left(
     assert run.code == 0, run.err
     assert json.loads(run.out)["swept"] >= 1
     assert leftover.name not in [v.name for v in docker_client.volumes.list()]
+
+
+def test_scratch_data_volume_in_memory_when_configured(
+        setup: Setup, docker_client: docker.DockerClient) -> None:
+    """verify.scratch_memory_mib puts the restored files on a tmpfs volume of that size, held
+    mounted for the whole verification: the checker finds every file there (a volume filled
+    while nothing held it mounted would look empty), and nothing is left afterwards."""
+    doc = yaml.safe_load(setup.config_path.read_text())
+    doc["verify"]["scratch_memory_mib"] = 256
+    setup.config_path.write_text(yaml.safe_dump(doc))
+    seen: list[dict[str, str]] = []
+
+    def inspect(volume: str) -> None:
+        seen.append(docker_client.volumes.get(volume).attrs["Options"] or {})
+
+    ok, problems, _ = _verify(setup, before_check=inspect)
+    assert ok, problems[:3]
+    assert seen == [{"type": "tmpfs", "device": "tmpfs", "o": "size=256m"}]
+    assert _scratch_left(docker_client) == []

@@ -110,6 +110,7 @@ def _bench(config: Config, run: Any, options: RunOptions,
                       owner=(restore.owner_uid, restore.owner_gid),
                       spool_dir=local_state(config).restore_scratch(),
                       timeout_s=float(config.verify.timeout_s), cancel=options.cancel,
+                      memory_mib=config.verify.scratch_memory_mib,
                       before_check=before_check, pull=config.verify.pull,
                       smoke=_smoke(config, owner))
 

@@ -127,7 +127,8 @@ class ScratchRunner(Protocol):
         """Make sure the engine has ``image`` (pulled when absent and ``pull="missing"``)."""
         ...
 
-    def volume(self, name_hint: str = "data") -> str:
+    def volume(self, name_hint: str = "data", *, memory_mib: int = 0,
+               holder_image: str | None = None) -> str:
         """A new, empty scratch volume; its name."""
         ...
 
@@ -279,6 +280,7 @@ class ProbeBench:
     owner: tuple[int, int]
     spool_dir: Path
     timeout_s: float
+    memory_mib: int = 0  # the restored files' scratch volume in memory, at most this size
     cancel: CancelToken = NOT_CANCELLED
     before_check: Callable[[str], None] | None = None
     # ``verify.pull``: whether a probe may pull an image the engine lacks.

@@ -40,7 +40,7 @@ def probe_volume(reader: TreeReader, record: SourceRecord,
     """Restore ``record``'s file tree into a scratch volume and check it there; then, when
     configured, the smoke probe starts portal-api on that volume (``smoke_probe.py``)."""
     started = time.monotonic()
-    data = bench.scratch.volume("data")
+    data = bench.scratch.volume("data", memory_mib=bench.memory_mib, holder_image=bench.image)
     entries = _fill_data(reader, record, bench, data)
     restored = time.monotonic()
     tools = bench.scratch.volume("tools")
