@@ -208,13 +208,17 @@ def test_verify_sweeps_what_a_killed_verification_left(
     assert leftover.name not in [v.name for v in docker_client.volumes.list()]
 
 
-def test_scratch_data_volume_in_memory_when_configured(
-        setup: Setup, docker_client: docker.DockerClient) -> None:
+@pytest.mark.parametrize(("memory_mib", "options"), [
+    (256, {"type": "tmpfs", "device": "tmpfs", "o": "size=256m"}), (0, {})],
+    ids=["in-memory", "on-disk"])
+def test_scratch_data_volume_in_memory_or_on_disk(
+        setup: Setup, docker_client: docker.DockerClient, memory_mib: int,
+        options: dict[str, str]) -> None:
     """verify.scratch_memory_mib puts the restored files on a tmpfs volume of that size, held
     mounted for the whole verification: the checker finds every file there (a volume filled
-    while nothing held it mounted would look empty), and nothing is left afterwards."""
+    while nothing held it mounted would look empty); 0 puts them on the host's disk."""
     doc = yaml.safe_load(setup.config_path.read_text())
-    doc["verify"]["scratch_memory_mib"] = 256
+    doc["verify"]["scratch_memory_mib"] = memory_mib
     setup.config_path.write_text(yaml.safe_dump(doc))
     seen: list[dict[str, str]] = []
 
@@ -223,5 +227,22 @@ def test_scratch_data_volume_in_memory_when_configured(
 
     ok, problems, _ = _verify(setup, before_check=inspect)
     assert ok, problems[:3]
-    assert seen == [{"type": "tmpfs", "device": "tmpfs", "o": "size=256m"}]
+    assert seen == [options]
+    assert _scratch_left(docker_client) == []
+
+
+def test_a_full_in_memory_scratch_volume_says_which_key_to_raise(
+        setup: Setup, docker_client: docker.DockerClient) -> None:
+    """Files larger than verify.scratch_memory_mib: exit 1 (nothing proven either way, no
+    record), one line naming the key; nothing left behind."""
+    (setup.volume / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    backdate(setup.volume)
+    assert cli(setup.config_path, "backup").code == 0
+    doc = yaml.safe_load(setup.config_path.read_text())
+    doc["verify"]["scratch_memory_mib"] = 1
+    setup.config_path.write_text(yaml.safe_dump(doc))
+    run = cli(setup.config_path, "verify")
+    assert run.code == 1, run.err
+    assert "verify.scratch_memory_mib" in run.err and len(run.err.strip().splitlines()) == 1
+    assert load_verification(setup.repo(), snapshot_ids(setup.repo())[-1]) is None
     assert _scratch_left(docker_client) == []

@@ -382,7 +382,7 @@ class ScratchRun:
         if memory_mib:
             if holder_image is None:
                 raise ValueError("an in-memory scratch volume needs a holder image")
-            self.service(holder_image, mounts={name: "/held"})
+            self.service(holder_image, mounts={name: "/held"}, hint="holder")
         return name
 
     def fill(self, volume: str, tar: bytes | IO[bytes] | Iterable[bytes], image: str,
@@ -493,14 +493,15 @@ class ScratchRun:
                 mounts: Mapping[str, str] | None = None, user: str | None = None,
                 tmpfs: Mapping[str, str] | None = None, *,
                 environment: Mapping[str, str] | None = None,
-                readonly: Collection[str] = (), must_stay_up: bool = True) -> ScratchService:
+                readonly: Collection[str] = (), must_stay_up: bool = True,
+                hint: str = "service") -> ScratchService:
         """Start a long-running scratch container (default command ``sleep infinity``) and
         return its handle; it lives until the run ends (or a timed-out ``exec``). Volumes
         named in ``readonly`` are mounted read-only. A service that ended at once is a
         ``DockerError`` unless ``must_stay_up`` is False (the caller then reads its state
         and logs: a server under test that cannot start is a finding, not a failure)."""
         container = self._create(image, command or SERVICE_COMMAND, mounts, user, tmpfs,
-                                 environment, hint="service", readonly=readonly)
+                                 environment, hint=hint, readonly=readonly)
         self._services.add(str(container.id))
         with engine_errors(f"starting the scratch service {container.name}"):
             container.start()

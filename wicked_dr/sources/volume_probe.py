@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import wicked_dr.verify_data as verify_data
+from wicked_dr.errors import DockerError
 from wicked_dr.repository.snapshot import SourceRecord
 from wicked_dr.repository.verification import ProbeResult
 from wicked_dr.sources.base import ProbeBench, ScratchOutcome, TreeReader
@@ -70,7 +71,15 @@ def _fill_data(reader: TreeReader, record: SourceRecord, bench: ProbeBench,
     stream = _TarStream(reader, record.trees, bench.owner)
     try:
         bench.scratch.fill(volume, stream.chunks(), bench.image, DATA_MOUNT)
-    except Exception:
+    except DockerError as exc:
+        stream.close()
+        stream.raise_error()
+        if bench.memory_mib:
+            raise DockerError(f"{exc.one_line()} (the restored files go into a tmpfs of "
+                              f"verify.scratch_memory_mib = {bench.memory_mib} MiB: raise it, "
+                              "or set 0 to use the Docker host's disk)") from exc
+        raise
+    except BaseException:
         stream.close()
         stream.raise_error()
         raise
