@@ -107,7 +107,7 @@ def _bench(config: Config, run: Any, options: RunOptions,
     owner = (restore.owner_uid, restore.owner_gid)
     return ProbeBench(scratch=run, image=config.verify.image,
                       postgres_image=config.verify.postgres_image,
-                      owner=(restore.owner_uid, restore.owner_gid),
+                      owner=owner,
                       spool_dir=local_state(config).restore_scratch(),
                       timeout_s=float(config.verify.timeout_s), cancel=options.cancel,
                       memory_mib=config.verify.scratch_memory_mib,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.repository.index import IndexCache
 from wicked_dr.repository.layout import MAX_PACK, object_name
-from wicked_dr.repository.packs import decode_pack
+from wicked_dr.repository.packs import PackRecord, decode_pack
 from wicked_dr.repository.repo import Repository
 
 PACKS_IN_MEMORY = 4
@@ -96,7 +96,12 @@ class BlobReader:
 
 
 def load_pack(repo: Repository, pack_id: str, raw_size: int | None) -> dict[str, bytes]:
-    """Fetch, open and verify one pack.
+    """Fetch, open and verify one pack: its blobs by id."""
+    return decode_pack(pack_id, open_pack(repo, pack_id, raw_size))
+
+
+def open_pack(repo: Repository, pack_id: str, raw_size: int | None) -> bytes:
+    """Fetch and open one pack: its plaintext, not verified yet.
 
     Decompression is bounded by the reader, never by the repository: ``raw_size`` (the
     index's word, which whoever can write the repository controls) may only lower the
@@ -108,7 +113,7 @@ def load_pack(repo: Repository, pack_id: str, raw_size: int | None) -> dict[str,
     if raw_size is not None and len(plaintext) != raw_size:
         raise IntegrityError(f"pack {pack_id}: holds {len(plaintext)} bytes, its index says "
                              f"{raw_size}")
-    return decode_pack(pack_id, plaintext)
+    return plaintext
 
 
 def pack_bound(pack_id: str, raw_size: int | None) -> int:
@@ -122,3 +127,13 @@ def pack_bound(pack_id: str, raw_size: int | None) -> int:
     if raw_size <= 0:
         raise IntegrityError(f"pack {pack_id}: its index gives it {raw_size} bytes")
     return raw_size
+
+
+def size_possible(record: PackRecord) -> bool:
+    """Whether the index gives the pack a size it may have (``pack_bound``): one that does
+    not is never read."""
+    try:
+        pack_bound(record.pack_id, record.raw_size)
+    except IntegrityError:
+        return False
+    return True

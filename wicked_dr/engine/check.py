@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
-from wicked_dr.engine.blobs import DamageHook, load_pack, pack_bound
+from wicked_dr.engine.blobs import DamageHook, load_pack, pack_bound, size_possible
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.progress import Progress
@@ -192,19 +192,10 @@ def _references(repo: Repository, snapshot: Snapshot, blobs: dict[str, tuple[str
     return missing, packs
 
 
-def _readable_size(pack: PackRecord) -> bool:
-    """Whether the index gives the pack a size it may have (else reported, never read)."""
-    try:
-        pack_bound(pack.pack_id, pack.raw_size)
-    except IntegrityError:
-        return False
-    return True
-
-
 def _read_packs(repo: Repository, packs: dict[str, PackRecord], stored: dict[str, int],
                 fraction: float, report: CheckReport, progress: Progress | None,
                 seed: int | None, cancel: CancelToken) -> None:
-    candidates = sorted(p for p in packs if p in stored and _readable_size(packs[p]))
+    candidates = sorted(p for p in packs if p in stored and size_possible(packs[p]))
     count = len(candidates) if fraction >= 1 else max(1, round(len(candidates) * fraction))
     chosen = random.Random(seed).sample(candidates, min(count, len(candidates)))
     for pack_id in sorted(chosen):

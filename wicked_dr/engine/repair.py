@@ -11,12 +11,11 @@ The caller holds the exclusive repository lock. With ``dry_run`` nothing is writ
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
-from wicked_dr.engine.blobs import pack_bound
+from wicked_dr.engine.blobs import open_pack, size_possible
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
 from wicked_dr.engine.snapshot_writer import INDEX_BLOBS_PER_OBJECT
 from wicked_dr.errors import IntegrityError, NotFoundError, RefusedError
@@ -24,9 +23,9 @@ from wicked_dr.log import get_logger
 from wicked_dr.progress import Progress
 from wicked_dr.repository.damage import damaged_pack_ids, forget_damage
 from wicked_dr.repository.index import index_document, read_index
-from wicked_dr.repository.layout import MAX_PACK, object_name
+from wicked_dr.repository.layout import object_name
 from wicked_dr.repository.manifest import iter_entries
-from wicked_dr.repository.packs import PackRecord, iter_pack
+from wicked_dr.repository.packs import PackRecord, iter_verified
 from wicked_dr.repository.repo import Repository, content_id
 from wicked_dr.repository.snapshot import Snapshot
 
@@ -42,6 +41,7 @@ class IndexState:
     packs: dict[str, PackRecord] = field(default_factory=dict)
     index_ids: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    by_index: dict[str, list[PackRecord]] = field(default_factory=dict)  # readable ones
 
     @classmethod
     def load(cls, repo: Repository) -> IndexState:
@@ -49,11 +49,13 @@ class IndexState:
         for index_id in repo.list_ids("index"):
             state.index_ids.append(index_id)
             try:
-                for record in read_index(repo, index_id):
-                    state.packs.setdefault(record.pack_id, record)
+                state.by_index[index_id] = read_index(repo, index_id)
             except (IntegrityError, NotFoundError) as exc:
                 log.warning("index object unreadable", index=index_id, error=exc.one_line())
                 state.unreadable.append(index_id)
+                continue
+            for record in state.by_index[index_id]:
+                state.packs.setdefault(record.pack_id, record)
         return state
 
     def blob_packs(self, excluding: Iterable[str] = ()) -> dict[str, str]:
@@ -113,13 +115,7 @@ def repair_index(repo: Repository, *, dry_run: bool, read_all: bool = False,
 
 
 def _listed_as_stored(record: PackRecord, stored_size: int) -> bool:
-    if record.stored_size != stored_size:
-        return False
-    try:
-        pack_bound(record.pack_id, record.raw_size)
-    except IntegrityError:
-        return False
-    return True
+    return record.stored_size == stored_size and size_possible(record)
 
 
 def _differs(state: IndexState, kept: list[PackRecord]) -> bool:
@@ -145,15 +141,8 @@ def _read_pack(repo: Repository, pack_id: str, stored_size: int, report: IndexRe
 
 def read_pack_record(repo: Repository, pack_id: str, stored_size: int) -> PackRecord:
     """Fetch and verify a pack, and describe it as an index does."""
-    name = object_name("data", pack_id)
-    plaintext = repo.sealer.open("data", name, repo.backend.get(name), max_size=MAX_PACK)
-    if hashlib.sha256(plaintext).hexdigest() != pack_id:
-        raise IntegrityError(f"pack {pack_id}: content does not match its id")
-    locations = []
-    for location, data in iter_pack(pack_id, plaintext):
-        if hashlib.sha256(data).hexdigest() != location.blob_id:
-            raise IntegrityError(f"pack {pack_id}: blob {location.blob_id} is corrupt")
-        locations.append(location)
+    plaintext = open_pack(repo, pack_id, None)
+    locations = [location for location, _ in iter_verified(pack_id, plaintext)]
     return PackRecord.of(pack_id, len(plaintext), stored_size, locations)
 
 
@@ -210,11 +199,12 @@ class SnapshotDamage:
 
 
 def damaged_snapshots(repo: Repository, *, unusable_packs: Iterable[str] = (),
-                      cancel: CancelToken = NOT_CANCELLED) -> list[SnapshotDamage]:
+                      cancel: CancelToken = NOT_CANCELLED,
+                      state: IndexState | None = None) -> list[SnapshotDamage]:
     """Every snapshot whose data is not all there: unreadable, a tree gone, a blob in no
     index, in a missing pack, or only in one of ``unusable_packs`` (damaged, or about to be
-    dropped). Intact snapshots are not listed."""
-    state = IndexState.load(repo)
+    dropped). Intact snapshots are not listed. ``state``: the index, if loaded already."""
+    state = state or IndexState.load(repo)
     stored = {pack_id for pack_id, _ in repo.list_objects("data")}
     unusable = set(unusable_packs) | (set(state.packs) - stored)
     where = state.blob_packs(excluding=unusable)
@@ -333,12 +323,13 @@ def repair_packs(repo: Repository, choice: PackChoice, *, dry_run: bool,
             log.warning("damage record removed: the pack reads intact", pack=pack_id)
     if not pack_ids:
         return report
+    state = IndexState.load(repo)
     report.snapshots_losing_data = damaged_snapshots(repo, unusable_packs=pack_ids,
-                                                     cancel=cancel)
+                                                     cancel=cancel, state=state)
     if dry_run:
         return report
     dropped = set(pack_ids)
-    report.index_objects_rewritten = _drop_from_index(repo, dropped)
+    report.index_objects_rewritten = _drop_from_index(repo, state, dropped)
     for pack_id in sorted(dropped):
         cancel.check()
         repo.backend.delete(object_name("data", pack_id))
@@ -347,15 +338,11 @@ def repair_packs(repo: Repository, choice: PackChoice, *, dry_run: bool,
     return report
 
 
-def _drop_from_index(repo: Repository, dropped: set[str]) -> int:
+def _drop_from_index(repo: Repository, state: IndexState, dropped: set[str]) -> int:
     """Replace every index object listing a dropped pack; how many were replaced. An
     unreadable index object is left for ``repair index``."""
     rewritten = 0
-    for index_id in repo.list_ids("index"):
-        try:
-            records = read_index(repo, index_id)
-        except (IntegrityError, NotFoundError):
-            continue
+    for index_id, records in state.by_index.items():
         if not dropped & {r.pack_id for r in records}:
             continue
         left = [r for r in records if r.pack_id not in dropped]

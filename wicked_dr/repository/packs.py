@@ -219,14 +219,19 @@ def blob_rows_json(blob_ids: Sequence[str], offsets: Sequence[int],
 
 def decode_pack(pack_id: str, plaintext: bytes, *, verify: bool = True) -> dict[str, bytes]:
     """Every blob in a pack by id, each checked against its SHA-256 when ``verify``."""
-    if verify and hashlib.sha256(plaintext).hexdigest() != pack_id:
+    blobs = iter_verified(pack_id, plaintext) if verify else iter_pack(pack_id, plaintext)
+    return {location.blob_id: data for location, data in blobs}
+
+
+def iter_verified(pack_id: str, plaintext: bytes) -> Iterator[tuple[BlobLocation, bytes]]:
+    """``iter_pack``, with the pack checked against its id first and every blob against its
+    own before it is handed out: IntegrityError otherwise."""
+    if hashlib.sha256(plaintext).hexdigest() != pack_id:
         raise IntegrityError(f"pack {pack_id}: content does not match its id")
-    blobs: dict[str, bytes] = {}
     for location, data in iter_pack(pack_id, plaintext):
-        if verify and hashlib.sha256(data).hexdigest() != location.blob_id:
+        if hashlib.sha256(data).hexdigest() != location.blob_id:
             raise IntegrityError(f"pack {pack_id}: blob {location.blob_id} is corrupt")
-        blobs[location.blob_id] = data
-    return blobs
+        yield location, data
 
 
 def iter_pack(pack_id: str, plaintext: bytes) -> Iterator[tuple[BlobLocation, bytes]]:
