@@ -63,6 +63,8 @@ exit codes:
   6    refused by a safety guard; nothing changed
   7    restore failed and was rolled back (live state as before)
   8    restore failed and the rollback failed too: manual action needed
+  9    restore --live put the data back and portal-api is healthy, but a later step (Kong
+       Adapter rebuild, tokens, Kong restart) failed: the report names the command to run
   130  interrupted
 
 signals:
@@ -90,7 +92,30 @@ RESTORE_MODES = """\
 restore needs exactly one mode:
   --target DIR    write the snapshot's files into DIR (safe: nothing live is touched)
   --live          replace the live volume (portal-api stopped, rollback on failure)
-  --tokens-only   put Kong's OAuth2 tokens back after the Kong Adapter rebuilt Kong"""
+  --tokens-only   put Kong's OAuth2 tokens back after the Kong Adapter rebuilt Kong
+  --resume        finish or roll back a live restore whose process died (its journal)"""
+
+RESTORE_DESCRIPTION = RESTORE_MODES + """
+
+restore --live, step by step (each logged and timed; the report is stored in state_dir):
+  1 preflight  exclusive repository lock; Docker and the containers.* reachable; without
+               containers.portal_api, refuse while portal-api answers GET /ping
+  2 choose     SNAPSHOT (default latest-verified), --before; guards: free space on the
+               volume's file system, meta.json dynamicVersion not newer than the live one
+               (--allow-newer-data); the plan is shown; --dry-run stops here
+  3 stage      restore beside the live data (hidden .wicked-dr-restore folder), check every
+               hash and wicked's data model, empty the mailer/chatbot queues
+  4 stop       chatbot, mailer, Kong Adapter, portal-api (without containers.*: printed as
+               instructions; the command waits for /ping as the signal)
+  5 swap       live data kept as the pre-restore copy (path in the report), staged data in
+  6 start      portal-api, until GET /ping answers OK
+  7 rebuild    Kong Adapter: start-up sync, POST /resync when allowed; wait for healthy: 1
+  8 tokens     Kong's tokens re-attached (--no-tokens skips), every Kong node restarted
+  9 listeners  mailer and chatbot started
+A failure or SIGINT/SIGTERM before step 6 succeeded rolls back: exit 7 (8 if the rollback
+failed). Later failures leave the restored data live: exit 9, the report names the command
+that finishes the step (kong-resync, restore --tokens-only). While a journal exists every
+other command refuses (exit 6); 'restore --resume' finishes or rolls back."""
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -257,13 +282,15 @@ def _add_repair_command(sub: Any) -> None:
 
 
 def _add_restore_command(sub: Any) -> None:
-    restore = _command(sub, "restore", "bring a snapshot back", RESTORE_MODES)
+    restore = _command(sub, "restore", "bring a snapshot back", RESTORE_DESCRIPTION)
     restore.add_argument("snapshot", nargs="?", default="latest-verified", metavar="SNAPSHOT",
                          help="id, id prefix, 'latest' or 'latest-verified' (default)")
     mode = restore.add_mutually_exclusive_group()
     mode.add_argument("--target", type=Path, metavar="DIR", help="restore into DIR")
     mode.add_argument("--live", action="store_true", help="restore the live volume")
     mode.add_argument("--tokens-only", action="store_true", help="restore Kong's tokens only")
+    mode.add_argument("--resume", action="store_true",
+                      help="finish or roll back an interrupted restore --live")
     restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     restore.add_argument("--dry-run", action="store_true", help="report, change nothing")
     restore.add_argument("--tokens", action=argparse.BooleanOptionalAction, default=True,
@@ -273,6 +300,9 @@ def _add_restore_command(sub: Any) -> None:
                          "(ISO 8601, e.g. 2026-11-26T03:00)")
     restore.add_argument("--force", action="store_true",
                          help="with --target: write into a non-empty directory")
+    restore.add_argument("--allow-newer-data", action="store_true",
+                         help="with --live: restore data written by a newer portal-api "
+                         "(meta.json dynamicVersion) than the live one")
     restore.add_argument("--source", action="append", metavar="NAME",
                          help="with --target: restore only this source's data (repeatable; "
                          "default: the volume's files; e.g. kong_tokens writes "
@@ -307,7 +337,12 @@ def _add_operations_commands(sub: Any) -> None:
                      "snapshots according to the retention section.")
     prune.add_argument("--dry-run", action="store_true", help="report, delete nothing")
     _command(sub, "kong-resync", "make the Kong Adapter rebuild Kong",
-             "Ask the Kong Adapter for a full resync (POST /resync).")
+             "Make the Kong Adapter rebuild Kong's consumers and credentials from wicked's "
+             "data (e.g. after Kong's database was lost): POST /resync when the adapter "
+             "allows it (ALLOW_RESYNC), else restart containers.kong_adapter (it syncs at "
+             "every start; without it, you are asked to restart the adapter); then wait "
+             "until its /ping reports healthy: 1. Tokens are not touched: restore them "
+             "afterwards with 'restore --tokens-only'.")
     _command(sub, "daemon", "run scheduled backups as a sidecar",
              "Run backups, verifications and prunes on the configured schedule.")
     _add_verify_data_command(sub)
@@ -416,6 +451,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         _emit(args, _data(_verify_data(args)))
         return 0
     config = _load(args)
+    if not _may_run_during_live_restore(args):
+        from wicked_dr.engine.live_journal import refuse_while_restoring
+
+        refuse_while_restoring(config.volume.path)
     handler = _HANDLERS[args.command]
     result = _data(handler(config, args))
     _emit(args, result)
@@ -426,6 +465,11 @@ def _dispatch(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return int(ExitCode.FAILED)
     return 0
+
+
+def _may_run_during_live_restore(args: argparse.Namespace) -> bool:
+    """While a live restore's journal exists only its --resume (and config) may run."""
+    return args.command == "config" or (args.command == "restore" and bool(args.resume))
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -572,14 +616,57 @@ def _restore(config: Config, args: argparse.Namespace) -> Any:
         return _with_progress(args, "restore", lambda o: restore.run_restore_to_dir(
             config, ref, args.target, force=args.force, dry_run=args.dry_run,
             before=args.before, sources=args.source, options=o))
-    if not (args.live or args.tokens_only):
+    if args.live or args.resume:
+        return _restore_live(config, args, ref)
+    if not args.tokens_only:
         raise _ModeRequired(RESTORE_MODES)
     if not args.dry_run:
-        _confirm(args, "--live" if args.live else "--tokens-only")
-    if args.tokens_only:
-        return restore.run_restore_tokens(config, ref, dry_run=args.dry_run,
-                                          before=args.before)
-    return restore.run_restore_live(config, ref)
+        _confirm(args, "--tokens-only")
+    return restore.run_restore_tokens(config, ref, dry_run=args.dry_run, before=args.before)
+
+
+class _Operator:
+    """The person at the terminal: sees steps and instructions on stderr, confirms."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    def show(self, line: str) -> None:
+        if self.args.quiet <= 0 or "ACTION" in line:
+            sys.stderr.write(f"wicked-dr: {line}\n")
+            sys.stderr.flush()
+
+    def confirm(self, plan: dict[str, Any]) -> bool:
+        from wicked_dr.report import render_plan
+
+        sys.stderr.write(render_plan(plan) + "\n")
+        _confirm(self.args, "--live")
+        return True
+
+
+def _restore_live(config: Config, args: argparse.Namespace, ref: str) -> Any:
+    from wicked_dr.actions.restore_live import (
+        LiveRestoreEnded,
+        run_restore_live,
+        run_restore_resume,
+    )
+
+    operator = _Operator(args)
+    try:
+        if args.resume:
+            return run_restore_resume(config, operator=operator, options=_options(args))
+        return _with_progress(args, "stage", lambda o: run_restore_live(
+            config, ref, before=args.before, dry_run=args.dry_run, tokens=args.tokens,
+            allow_newer=args.allow_newer_data, operator=operator, options=o))
+    except LiveRestoreEnded as exc:
+        _emit(args, _data(exc.report))  # the report, then exit 7, 8 or 9
+        raise _AlreadyReported(exc) from exc
+
+
+def _kong_resync(config: Config, args: argparse.Namespace) -> Any:
+    from wicked_dr.actions.kong_resync import run_kong_resync
+
+    return run_kong_resync(config, show=_Operator(args).show, options=_options(args))
 
 
 def _confirm(args: argparse.Namespace, mode: str) -> None:
@@ -628,7 +715,7 @@ _HANDLERS: dict[str, Callable[[Config, argparse.Namespace], Any]] = {
     "verify": _verify,
     "drill": _drill,
     "prune": _not_yet("prune"),
-    "kong-resync": _not_yet("kong-resync"),
+    "kong-resync": _kong_resync,
     "daemon": _not_yet("daemon"),
 }
 

@@ -246,6 +246,19 @@ class RestoreConfig(Section):
         ["mailer", "chatbot"],
         "Webhook listeners whose pending events are emptied on a live restore, so mails "
         "and chat messages are not sent twice.")
+    swap: Literal["auto", "rename", "contents"] = _field(
+        "auto", "How restore --live swaps the volume: rename the folder volume.path (it sits "
+        "inside a mount), or move its contents (volume.path is itself the mount point); auto "
+        "decides by whether volume.path is a mount point.")
+    portal_api_timeout_s: int = _field(
+        300, "Longest restore --live waits for portal-api's GET /ping after starting it.",
+        bounds=(1, 86400))
+    kong_adapter_timeout_s: int = _field(
+        900, "Longest restore --live and kong-resync wait for the Kong Adapter to report "
+        "healthy: 1 (its sync runs first).", bounds=(1, 86400))
+    operator_timeout_s: int = _field(
+        1800, "Without containers.*: longest restore --live waits for the operator to do a "
+        "step it printed (start portal-api, restart the adapter).", bounds=(1, 86400))
 
 
 class WickedDbConfig(Section):

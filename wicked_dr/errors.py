@@ -20,6 +20,8 @@ exit code. Catch at the level you need::
     ├── RefusedError                  (6) a safety guard refused; nothing was changed
     ├── RolledBackError               (7) restore failed; live state is as before
     ├── RollbackFailedError           (8) restore failed and so did the rollback
+    ├── FollowUpNeededError           (9) data restored, portal-api healthy, a later step
+    │                                     failed: the message names the command finishing it
     ├── NotImplementedYetError        (1) the command exists in the contract, not in the code
     └── Interrupted                   (130) stopped from outside (SIGTERM/SIGINT, a cancel)
 
@@ -49,6 +51,7 @@ class ExitCode(IntEnum):
     REFUSED = 6
     ROLLED_BACK = 7
     ROLLBACK_FAILED = 8
+    FOLLOW_UP_NEEDED = 9
     INTERRUPTED = 130
 
 
@@ -150,6 +153,14 @@ class RollbackFailedError(WickedDRError):
     """A restore failed and the rollback failed too: manual action is needed."""
 
     exit_code = ExitCode.ROLLBACK_FAILED
+
+
+class FollowUpNeededError(WickedDRError):
+    """The live restore put the data back and portal-api is healthy, but a later step (the
+    Kong Adapter's rebuild, the tokens, a Kong restart) failed; the message names the
+    command that finishes it (``kong-resync``, ``restore --tokens-only``)."""
+
+    exit_code = ExitCode.FOLLOW_UP_NEEDED
 
 
 class NotImplementedYetError(WickedDRError):

@@ -38,9 +38,66 @@ def render(command: str, result: Any) -> str:
         return _REPAIRS[result["action"]](result)
     if command == "restore" and isinstance(result, dict) and result.get("mode") == "target":
         return _restore_target(result)
+    if command == "restore" and isinstance(result, dict) and result.get("mode") == "live":
+        return render_live(result)
+    if command == "kong-resync":
+        detail = result["detail"]
+        changes = f", {detail['changes']} change(s) to Kong" if "changes" in detail else ""
+        return (f"Kong Adapter at {result['adapter']}: {result['method']}{changes}, healthy "
+                f"after {result['duration_s']} s (seen: {', '.join(detail.get('ping', []))})")
     if command == "restore" and isinstance(result, dict) and "kong_restarts" in result:
         return _restore_with_restarts(dict(result))
     return _mapping(result)
+
+
+def render_plan(plan: dict[str, Any]) -> str:
+    """What restore --live is about to do (shown before the confirmation)."""
+    lines = [f"restore --live of snapshot {plan['snapshot']}",
+             f"  taken     {plan['taken']} UTC ({_age(plan['age_s'])} ago)",
+             f"  content   {plan['files']} files, {_size(plan['bytes'])}; verification: "
+             f"{plan['verification']}",
+             f"  tokens    {'restored after the rebuild' if plan['tokens'] else 'not restored'}"]
+    for name, guard in plan["sources"].items():
+        lines.append(f"  {name:<9} {guard.get('volume', '')} (swap: {guard.get('swap')}, "
+                     f"staged in {guard.get('workspace')})")
+    lines += [f"  {key:<9} {how}" for key, how in plan["containers"].items()]
+    return "\n".join(lines)
+
+
+def render_live(result: dict[str, Any]) -> str:
+    """The restore --live report."""
+    if result["dry_run"]:
+        return render_plan(result["plan"]) + "\n(dry run: nothing changed)"
+    lines = [f"restore {result['restore_id']} of snapshot {result['snapshot']}: "
+             f"{result['outcome']} in {result['total_s']} s (data age "
+             f"{_age(result['data_age_s'])})"]
+    for step in result["steps"]:
+        state = "ok" if step.get("ok") else f"FAILED: {step.get('error')}"
+        lines.append(f"  {step['step']:<26} {step.get('seconds', 0):>8.1f} s  {state}")
+    if result.get("portal_api_healthy_after_s") is not None:
+        lines.append(f"portal-api healthy after {result['portal_api_healthy_after_s']} s")
+    if result.get("tokens"):
+        lines.append(f"tokens: {_brief(result['tokens'])}")
+    if result.get("pre_restore_copy"):
+        lines.append(f"pre-restore copy: {result['pre_restore_copy']}")
+    lines += [f"TO DO: {f}" for f in result["follow_up"]]
+    lines += [f"check: {c}" for c in result["next_checks"]]
+    if result.get("report_file"):
+        lines.append(f"report: {result['report_file']}")
+    return "\n".join(lines)
+
+
+def _brief(tokens: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in tokens.items()
+                     if isinstance(v, (int, str)) and k != "next_step")
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    hours = minutes // 60
+    return f"{hours} h {minutes % 60} min" if hours < 48 else f"{hours // 24} d {hours % 24} h"
 
 
 def _verify_data(result: dict[str, Any]) -> str:

@@ -50,6 +50,10 @@ class StateDir:
         """Where a restore spills blobs that wait for files further on (created)."""
         return _directory(self.root / "restore-scratch")
 
+    def reports(self) -> Path:
+        """Where restore reports are kept (created)."""
+        return _directory(self.root / "reports")
+
     def known_repository_ids(self) -> list[str]:
         """Ids of the repositories whose caches this machine keeps, newest use first."""
         cache_root = self.root / "cache"

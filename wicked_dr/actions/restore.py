@@ -11,8 +11,9 @@ from wicked_dr.actions.common import Result, RunOptions, open_repository, snapsh
 from wicked_dr.config import Config
 from wicked_dr.engine.catalog import resolve
 from wicked_dr.engine.restore import check_target
-from wicked_dr.errors import ConfigError, NotFoundError, NotImplementedYetError, UsageError
-from wicked_dr.repository.snapshot import Snapshot
+from wicked_dr.errors import ConfigError, NotFoundError, OperationError, UsageError
+from wicked_dr.repository.repo import Repository
+from wicked_dr.repository.snapshot import Snapshot, SourceRecord
 from wicked_dr.sources import source_named
 from wicked_dr.sources.base import AfterRebuildSource, DirRestore, Source
 
@@ -133,6 +134,21 @@ def run_restore_tokens(config: Config, snapshot_ref: str, *, dry_run: bool,
     return replace(result, kong_restarts=_restart_kong(config, report.to_dict()))
 
 
+def run_restore_tokens_into(config: Config, repo: Repository, snapshot: Snapshot,
+                            source: AfterRebuildSource, record: SourceRecord,
+                            options: RunOptions) -> dict[str, Any]:
+    """The live restore's token step: the tokens re-attached, then every Kong node
+    restarted (or the hint to do it); OperationError when not every token is in place."""
+    report = source.restore_live(snapshot_reader(repo, config, snapshot, options), record,
+                                 dry_run=False)
+    done = report.to_dict()
+    if not report.ok:
+        raise OperationError(f"not every token could be put back: {done}")
+    if not config.containers.kong:
+        return {**done, "next_step": KONG_RESTART_HINT}
+    return {**done, "kong_restarts": _restart_kong(config, done)}
+
+
 def _tokens_source(config: Config) -> AfterRebuildSource:
     """The token source, refused before any I/O when Kong's database is not configured."""
     source = source_named(TOKENS_SOURCE, config)
@@ -152,9 +168,3 @@ def _restart_kong(config: Config, tokens: dict[str, Any]) -> list[dict[str, Any]
         # The tokens are committed: say so, so that nobody restores them again in a panic.
         raise type(exc)(f"tokens restored ({tokens.get('restored', 0)} new), but restarting "
                         f"Kong failed: {exc.one_line()}") from exc
-
-
-def run_restore_live(config: Config, snapshot_ref: str) -> dict[str, Any]:
-    """The incident restore of the live volume: part of a later milestone."""
-    raise NotImplementedYetError("restore --live is not implemented yet; restore into a "
-                                 "directory with --target and follow runbooks/restore.md")

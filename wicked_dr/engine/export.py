@@ -91,6 +91,14 @@ class _BlobStream(io.RawIOBase):
         self._finished = True
 
 
+def read_entry(reader: BlobReader, entry: Entry) -> bytes:
+    """A (small) file's whole content, every blob and the whole SHA-256 verified."""
+    stream = _BlobStream(reader, entry)
+    data = stream.read()
+    stream.finish()
+    return bytes(data or b"")
+
+
 class ReaderClosedError(OperationError):
     """The reader of the tar stream closed it before the end of the archive."""
 

@@ -11,7 +11,7 @@ from typing import IO
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.blobs import BlobReader, DamageHook
-from wicked_dr.engine.export import export_tar
+from wicked_dr.engine.export import export_tar, read_entry
 from wicked_dr.engine.restore import Ownership, restore_tree
 from wicked_dr.engine.restore_plan import PlanLimits
 from wicked_dr.errors import IntegrityError
@@ -69,6 +69,15 @@ class SnapshotReader:
         for entry in iter_entries(self._repo, self._snapshot):
             if entry.type == "file":
                 yield entry.path, entry.size, entry.sha256 or ""
+
+    def read_file(self, trees: tuple[str, ...], path: str) -> bytes | None:
+        """The content of the regular file ``path`` (verified), None when the tree lacks it.
+        Walks the manifest to find it: meant for a file or two (``meta.json``)."""
+        self._own(trees)
+        for entry in iter_entries(self._repo, self._snapshot):
+            if entry.path == path and entry.type == "file":
+                return read_entry(self.blobs, entry)
+        return None
 
     def _own(self, trees: tuple[str, ...]) -> None:
         if trees != self._snapshot.trees:

@@ -1,4 +1,10 @@
-"""Restarting every Kong node, one at a time, through the Docker engine.
+"""Container control for the product: the portal's singletons and Kong, through Docker.
+
+``ContainerControl`` stops and starts the containers a ``containers.*`` key names (a
+container name, or ``label=key=value`` for every match), waiting until each really stopped
+or runs; the live restore and ``kong-resync`` use it, and so do the tests.
+
+Restarting every Kong node, one at a time:
 
 Kong caches database lookups with no expiry by default (``db_cache_ttl = 0``), "not found"
 included, and rows written by SQL bypass its cache invalidation: tokens restored into Kong's
@@ -60,7 +66,7 @@ def restart_kong_nodes(config: ContainersConfig, *, timeout_s: float = 120,
                            "label selector label=key=value"])
     client = _client(config.docker_url)
     try:
-        nodes = _select(client, config.kong)
+        nodes = _select(client, config.kong, "containers.kong")
         log.info("kong restart plan", selector=config.kong, nodes=[n.name for n in nodes])
         report: list[dict[str, Any]] = []
         for index, node in enumerate(nodes):
@@ -82,27 +88,28 @@ def _client(docker_url: str | None) -> Any:
     return connect(docker_url)
 
 
-def _select(client: Any, selector: str) -> list[Any]:
-    """The containers ``selector`` names: one by name, or every match of a label filter."""
+def _select(client: Any, selector: str, key: str) -> list[Any]:
+    """The containers ``selector`` (config key ``key``) names: one by name, or every match
+    of a label filter."""
     try:
         if selector.startswith(LABEL_PREFIX):
             label = selector[len(LABEL_PREFIX):]
             if not label:
-                raise ConfigError([f"containers.kong {selector!r}: the label selector is empty; "
+                raise ConfigError([f"{key} {selector!r}: the label selector is empty; "
                                    "use label=key=value"])
             found = client.containers.list(all=True, filters={"label": label},
                                            ignore_removed=True)
             if not found:
                 raise NotFoundError(f"no container carries the label {label!r} "
-                                    "(containers.kong): check the labels of the Kong containers")
+                                    f"({key}): check the containers' labels")
         else:
             try:
                 found = [client.containers.get(selector)]
             except docker.errors.NotFound:
-                raise NotFoundError(f"no container named {selector!r} (containers.kong): check "
+                raise NotFoundError(f"no container named {selector!r} ({key}): check "
                                     "the name with 'docker ps'") from None
     except docker.errors.APIError as exc:
-        raise DockerError(f"listing the Kong containers ({selector!r}) failed: "
+        raise DockerError(f"listing the containers of {key} ({selector!r}) failed: "
                           f"{exc.explanation or exc}") from None
     # A stable order, so that operators know which node goes first.
     return sorted(found, key=lambda container: str(container.name))
@@ -195,3 +202,85 @@ def _parse_time(text: str) -> datetime:
     except ValueError:
         # An unreadable time proves nothing: treat it as older than any start.
         return datetime.min.replace(tzinfo=UTC)
+
+
+# --- stop and start the portal's containers ----------------------------------------------------
+
+
+class ContainerControl:
+    """Stop, start and inspect the containers ``containers.*`` keys select. Every call
+    waits until the engine reports the new state (bounded) and raises DockerError naming
+    the container otherwise; a selector matching nothing is NotFoundError."""
+
+    def __init__(self, docker_url: str | None) -> None:
+        self._client = _client(docker_url)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ContainerControl:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def select(self, selector: str, key: str) -> list[Any]:
+        """The containers ``selector`` (the value of config key ``key``) matches."""
+        return _select(self._client, selector, key)
+
+    def running(self, selector: str, key: str) -> list[str]:
+        """The names of the matching containers that run now."""
+        return [str(c.name) for c in self.select(selector, key) if c.status == "running"]
+
+    def stop(self, selector: str, key: str) -> list[str]:
+        """Stop every matching container that runs (within its own stop timeout) and wait
+        until it has exited; the names of those stopped."""
+        stopped = []
+        for container in self.select(selector, key):
+            if container.status != "running":
+                continue
+            timeout = int(container.attrs["Config"].get("StopTimeout") or
+                          DEFAULT_STOP_TIMEOUT_S)
+            log.info("stopping container", container=container.name, key=key)
+            self._engine(f"stopping {container.name}", container.stop, timeout=timeout)
+            self._engine(f"waiting for {container.name} to exit", container.wait,
+                         timeout=timeout + 30)
+            stopped.append(str(container.name))
+        return stopped
+
+    def start(self, names: list[str]) -> None:
+        """Start the named containers (running ones are left alone)."""
+        for name in names:
+            container = self._get(name)
+            if container.status == "running":
+                continue
+            log.info("starting container", container=name)
+            self._engine(f"starting {name}", container.start)
+
+    def restart(self, name: str) -> None:
+        """Restart one container (its own stop timeout)."""
+        container = self._get(name)
+        timeout = int(container.attrs["Config"].get("StopTimeout") or DEFAULT_STOP_TIMEOUT_S)
+        log.info("restarting container", container=name)
+        self._engine(f"restarting {name}", container.restart, timeout=timeout)
+
+    def state(self, name: str) -> str:
+        """The container's status (running, exited, ...)."""
+        return str(self._get(name).status)
+
+    def _get(self, name: str) -> Any:
+        try:
+            return self._client.containers.get(name)
+        except docker.errors.NotFound:
+            raise NotFoundError(f"container {name!r} is gone: check 'docker ps -a'") from None
+        except (docker.errors.DockerException, OSError) as exc:
+            raise DockerError(f"the Docker engine failed looking up {name}: {exc}") from None
+
+    @staticmethod
+    def _engine(what: str, call: Any, **kwargs: Any) -> Any:
+        try:
+            return call(**kwargs)
+        except docker.errors.APIError as exc:
+            raise DockerError(f"{what} failed: {exc.explanation or exc}") from None
+        except (docker.errors.DockerException, OSError) as exc:
+            raise DockerError(f"{what} failed: {exc}") from None

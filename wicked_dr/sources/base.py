@@ -85,6 +85,10 @@ class TreeReader(SnapshotReader, Protocol):
         """(path, size, SHA-256) of every regular file of the file tree ``trees``."""
         ...
 
+    def read_file(self, trees: tuple[str, ...], path: str) -> bytes | None:
+        """One small file's content (verified), None when the tree lacks it."""
+        ...
+
 
 class ScratchOutcome(Protocol):
     """How a command in a scratch container ended (``portal/scratch.ScratchResult``)."""
@@ -308,4 +312,67 @@ class AfterRebuildSource(Source, Protocol):
     def restore_live(self, reader: SnapshotReader, record: SourceRecord, *,
                      dry_run: bool) -> LiveReport:
         """Put the data in ``record`` back into the live system (a dry run rolls back)."""
+        ...
+
+
+# --- the live restore: data swapped in while portal-api is stopped -----------------------------
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """What a live restore tells every source: the owner restored data gets (None: leave
+    it the restoring user's), the webhook listeners whose pending events are emptied,
+    ``restore.swap``, whether data newer than the live data may come back, and an id that
+    names this restore's files."""
+
+    restore_id: str
+    owner: tuple[int, int] | None
+    empty_queues: tuple[str, ...] = ()
+    swap: str = "auto"
+    allow_newer: bool = False
+    progress: Progress | None = None
+    cancel: CancelToken = NOT_CANCELLED
+
+
+class LiveState(Protocol):
+    """A source's part of the live restore's journal: what it needs to finish or undo its
+    swap after a crash. ``put`` persists before it returns."""
+
+    def get(self) -> dict[str, Any]:
+        """The source's recorded fields."""
+        ...
+
+    def put(self, **fields: Any) -> None:
+        """Record ``fields`` (durably)."""
+        ...
+
+
+@runtime_checkable
+class SwappedSource(Source, Protocol):
+    """A source whose data goes back while portal-api is stopped: guarded and staged first
+    (nothing live changes), then swapped in; the swap can be undone until portal-api runs
+    healthy on the restored data."""
+
+    def live_guard(self, reader: TreeReader, record: SourceRecord, settings: LiveSettings,
+                   state: LiveState) -> dict[str, Any]:
+        """Refuse (RefusedError) what must not be restored here, before anything is
+        written: no room to stage it, data newer than the live data."""
+        ...
+
+    def stage_live(self, reader: TreeReader, record: SourceRecord, settings: LiveSettings,
+                   state: LiveState) -> dict[str, Any]:
+        """Restore ``record`` beside the live data and check it there; RefusedError when it
+        fails the check (nothing live touched)."""
+        ...
+
+    def swap_live(self, state: LiveState) -> dict[str, Any]:
+        """Put the staged data in place of the live data, keeping the live data aside."""
+        ...
+
+    def undo_live(self, state: LiveState) -> dict[str, Any]:
+        """Put the data kept aside back (from whatever point the swap reached)."""
+        ...
+
+    def finish_live(self, state: LiveState) -> dict[str, Any]:
+        """Remove what staging left; report where the pre-restore copy is kept."""
         ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wicked_dr.config import VolumeConfig
 from wicked_dr.errors import RefusedError, SourceError
@@ -13,6 +14,8 @@ from wicked_dr.repository.verification import ProbeResult
 from wicked_dr.sources.base import (
     BackupContext,
     DirRestore,
+    LiveSettings,
+    LiveState,
     ProbeBench,
     SourceBackup,
     SourceKind,
@@ -20,6 +23,9 @@ from wicked_dr.sources.base import (
     TreeReader,
     TreeSink,
 )
+
+if TYPE_CHECKING:
+    from wicked_dr.sources.volume_live import VolumePaths
 
 WICKED_MARKERS = ("meta.json", "users/_index.json")
 
@@ -111,6 +117,83 @@ class VolumeSource:
 
         return probe_volume(reader, record, bench)
 
+    # --- the live restore (sources/volume_live.py) ---------------------------------------
+
+    def live_guard(self, reader: TreeReader, record: SourceRecord, settings: LiveSettings,
+                   state: LiveState) -> dict[str, Any]:
+        """Room to stage the snapshot on the volume's file system; a snapshot not written
+        by a newer portal-api than the live data's (``meta.json`` ``dynamicVersion``)."""
+        from wicked_dr.sources import volume_live as live
+
+        mode = live.swap_mode(self.path, settings.swap)
+        paths = live.VolumePaths(self.path, mode, live.workspace_of(self.path, mode),
+                                 settings.restore_id)
+        if not paths.workspace.parent.is_dir():
+            raise SourceError(f"{paths.workspace.parent} does not exist: volume.path "
+                              f"{self.path} must be inside a mounted folder")
+        summary = reader.files(record.trees)
+        files = total = 0
+        for _path, size, _sha in summary:
+            files += 1
+            total += size
+        space = live.guard_free_space(paths, total, files)
+        versions = live.guard_dynamic_version(reader.read_file(record.trees, "meta.json"),
+                                              self.path, allow_newer=settings.allow_newer)
+        state.put(paths=paths.to_json())
+        return {"volume": str(self.path), "swap": mode, "workspace": str(paths.workspace),
+                "files": files, "bytes": total, **space, **versions}
+
+    def stage_live(self, reader: TreeReader, record: SourceRecord, settings: LiveSettings,
+                   state: LiveState) -> dict[str, Any]:
+        """The snapshot restored into the workspace's staging folder (every file verified),
+        checked against the snapshot's manifest and wicked's data model
+        (``verify_data.py``), then tidied: locks removed, mailer/chatbot queues emptied."""
+        from wicked_dr import verify_data
+        from wicked_dr.sources import volume_live as live
+
+        paths = _paths(state)
+        live.make_workspace(paths)
+        live.remove_staging(paths)
+        written = reader.restore_tree(record.trees, paths.staging)
+        with paths.manifest.open("w") as out:
+            for path, size, sha256 in reader.files(record.trees):
+                out.write(verify_data.manifest_line(path, size, sha256) + "\n")
+        findings = verify_data.check_volume(paths.staging, paths.manifest)
+        if not findings.ok:
+            raise RefusedError(
+                f"the staged snapshot failed the check ({len(findings.problems)} problem(s), "
+                f"first: {findings.problems[0]}); nothing live was touched; choose another "
+                "snapshot")
+        tidied = live.tidy_staged(paths.staging, list(settings.empty_queues), settings.owner)
+        live.own_staged_root(paths, settings.owner)
+        state.put(phase="staged")
+        return {"written": written, "checked": findings.to_json(), **tidied}
+
+    def swap_live(self, state: LiveState) -> dict[str, Any]:
+        """The live folder (or its contents) into the pre-restore copy, the staged data in."""
+        from wicked_dr.sources import volume_live as live
+
+        paths = _paths(state)
+        live.swap(paths, lambda phase: state.put(phase=phase), state.get())
+        return {"pre_restore_copy": str(paths.pre_restore), "swap": paths.mode}
+
+    def undo_live(self, state: LiveState) -> dict[str, Any]:
+        """The pre-restore copy back in place; what was restored is removed."""
+        from wicked_dr.sources import volume_live as live
+
+        paths = _paths(state)
+        live.undo_swap(paths, lambda phase: state.put(phase=phase), state.get())
+        return {"restored": str(paths.volume)}
+
+    def finish_live(self, state: LiveState) -> dict[str, Any]:
+        """Staging leftovers removed; the pre-restore copy is kept (and named)."""
+        from wicked_dr.sources import volume_live as live
+
+        paths = _paths(state)
+        live.remove_staging(paths)
+        kept = paths.pre_restore if paths.pre_restore.exists() else None
+        return {"pre_restore_copy": str(kept) if kept else None}
+
 
 def _largest(recent: tuple[Snapshot, ...], what: str) -> Snapshot | None:
     """The snapshot with the most ``what`` since (and including) the newest forced one: a
@@ -130,3 +213,9 @@ def _count(snapshot: Snapshot | None, what: str) -> int:
 def _forced(snapshot: Snapshot) -> bool:
     record = snapshot.sources.get(TREE_SOURCE)
     return bool(record is not None and record.metadata.get("forced"))
+
+
+def _paths(state: LiveState) -> VolumePaths:
+    from wicked_dr.sources.volume_live import VolumePaths
+
+    return VolumePaths.from_json(state.get()["paths"])

@@ -1,0 +1,30 @@
+"""portal-api seen from outside: does ``GET /ping`` answer ``{"message": "OK"}``?"""
+
+from __future__ import annotations
+
+from wicked_dr.portal.http import Answer, call
+
+
+class PortalApiClient:
+    """portal-api at ``base_url`` (``wicked.portal_api_url``)."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    @property
+    def ping_url(self) -> str:
+        return f"{self.base_url}/ping"
+
+    def ping(self) -> Answer:
+        return call("GET", self.ping_url, timeout_s=self.timeout_s)
+
+    def healthy(self) -> bool:
+        """Whether portal-api answers /ping with OK."""
+        answer = self.ping()
+        return answer.status == 200 and isinstance(answer.body, dict) \
+            and answer.body.get("message") == "OK"
+
+    def answers(self) -> bool:
+        """Whether anything answers at portal-api's address (a running instance writes)."""
+        return self.ping().answered
