@@ -53,14 +53,14 @@ def render(command: str, result: Any) -> str:
 def render_plan(plan: dict[str, Any]) -> str:
     """What restore --live is about to do (shown before the confirmation)."""
     lines = [f"restore --live of snapshot {plan['snapshot']}",
-             f"  taken     {plan['taken']} UTC ({_age(plan['age_s'])} ago)",
-             f"  content   {plan['files']} files, {_size(plan['bytes'])}; verification: "
+             f"  taken        {plan['taken']} UTC ({_age(plan['age_s'])} ago)",
+             f"  content      {plan['files']} files, {_size(plan['bytes'])}; verification: "
              f"{plan['verification']}",
-             f"  tokens    {'restored after the rebuild' if plan['tokens'] else 'not restored'}"]
+             f"  tokens       {'restored after the rebuild' if plan['tokens'] else 'not restored'}"]
     for name, guard in plan["sources"].items():
-        lines.append(f"  {name:<9} {guard.get('volume', '')} (swap: {guard.get('swap')}, "
+        lines.append(f"  {name:<12} {guard.get('volume', '')} (swap: {guard.get('swap')}, "
                      f"staged in {guard.get('workspace')})")
-    lines += [f"  {key:<9} {how}" for key, how in plan["containers"].items()]
+    lines += [f"  {key:<12} {how}" for key, how in plan["containers"].items()]
     return "\n".join(lines)
 
 

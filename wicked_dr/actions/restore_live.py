@@ -280,7 +280,24 @@ class _LiveRun:
 
     def _after_healthy(self, repo: Repository, snapshot: Snapshot,
                        journal: Journal) -> LiveRestoreReport:
-        """Steps 6 to 8: failures here leave the restored data live (exit 9)."""
+        """Steps 7 to 9: failures here leave the restored data live (exit 9); an interrupt
+        leaves the journal, so that --resume finishes them."""
+        try:
+            return self._finish_steps(repo, snapshot, journal)
+        except Interrupted:
+            self.report.interrupted = True
+            self.report.outcome = "restored-follow-up"
+            self.report.exit_code = int(ExitCode.FOLLOW_UP_NEEDED)
+            self._follow_up(f"interrupted at step '{journal.step}' after portal-api ran "
+                            "healthy on the restored data: run 'wicked-dr restore --resume' "
+                            "to finish")
+            report = self._finish_report(write=True)
+            raise LiveRestoreEnded(report, FollowUpNeededError(
+                "interrupted after the data was restored; "
+                + "; ".join(self.report.follow_up)).one_line()) from None
+
+    def _finish_steps(self, repo: Repository, snapshot: Snapshot,
+                      journal: Journal) -> LiveRestoreReport:
         rebuilt = self._rebuild(journal)
         if rebuilt and journal.doc.get("tokens", True):
             self._tokens(repo, snapshot, journal)
@@ -307,9 +324,9 @@ class _LiveRun:
                 journal.advance("rebuilding")
                 self.report.kong_adapter = self.singletons.rebuild(self.adapter)
             return True
+        except Interrupted:
+            raise
         except (WickedDRError, OSError) as exc:
-            if isinstance(exc, Interrupted):
-                self.report.interrupted = True
             self._follow_up(f"the Kong Adapter's rebuild failed ({_one_line(exc)}): run "
                             "'wicked-dr kong-resync'")
             return False
@@ -329,6 +346,8 @@ class _LiveRun:
                 journal.advance("tokens")
                 self.report.tokens = run_restore_tokens_into(
                     self.config, repo, snapshot, tokens, record, self.options)
+        except Interrupted:
+            raise
         except (WickedDRError, OSError) as exc:
             self._follow_up(f"putting Kong's tokens back failed ({_one_line(exc)}): run "
                             f"'wicked-dr restore {snapshot.id} --tokens-only --yes'")

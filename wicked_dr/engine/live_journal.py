@@ -41,6 +41,8 @@ class Journal:
 
     @classmethod
     def create(cls, workspace: Path, **fields: Any) -> Journal:
+        workspace.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(workspace, 0o700)  # staging and pre-restore copies: their owner only
         journal = cls(workspace / JOURNAL_NAME,
                       {"format": FORMAT, "holder": current_holder().to_json(),
                        "created": time.time(), "step": "staged", **fields})
