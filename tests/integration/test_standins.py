@@ -161,3 +161,23 @@ def test_invalid_volume_keeps_portal_api_unhealthy(portal_deployment: Deployment
     status, body = http_json("GET", d.portal_api_url + "/ping")
     assert status == 503 and body["message"].startswith("invalid dynamic data: ")
     assert expected in body["message"]
+
+
+@pytest.mark.parametrize("generation", ["0.11", "0.14", "2.x"])
+def test_adapter_syncs_every_generation(portal_deployment: DeploymentFactory,
+                                        generation: str) -> None:
+    d = portal_deployment("subdir", generation=generation, users=10)
+    d.container("portal_api").start()
+    d.wait_portal_api()
+    d.container("kong_adapter").start()
+    seen = d.wait_kong_adapter()
+    assert [body["healthy"] for _, body in seen] == [2, 1], seen
+    consumers = d.consumers()
+    assert consumers and all(c["credential_id"] for c in consumers)
+    status, stats = http_json("POST", d.kong_adapter_url + "/resync")
+    assert status == 200 and stats["DELETE"] == len(consumers), stats
+    table = "apis" if generation == "0.11" else "services"
+    with connect(d.kong_dsn) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    assert row is not None and 0 < row[0] == len({c["username"].split("$")[1]
+                                                  for c in consumers})

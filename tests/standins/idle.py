@@ -11,7 +11,7 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _records import record, stop_on_sigterm
+from _records import record, stop_on_sigterm  # type: ignore[import-not-found]
 
 NAME = os.environ.get("NAME", "idle")
 

@@ -39,10 +39,10 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import psycopg2
+import psycopg2  # type: ignore[import-untyped]
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _records import record, stop_on_sigterm
+from _records import record, stop_on_sigterm  # type: ignore[import-not-found]
 
 COMPONENT = "kong-adapter"
 PORT = int(os.environ.get("PORT", "3002"))

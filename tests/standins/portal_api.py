@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _records import STATE, record, stop_on_sigterm
+from _records import STATE, record, stop_on_sigterm  # type: ignore[import-not-found]
 
 COMPONENT = "portal-api"
 PORT = int(os.environ.get("PORT", "3001"))
