@@ -170,6 +170,10 @@ class _Read:
     data: bytes | None
 
 
+# Names wicked-dr reserves inside the volume (backup skips them too).
+RESERVED_PREFIX = ".wicked-dr-"
+
+
 def _walk(root: Path, findings: Findings) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """Every non-directory entry under root as (relative path, entry), names sorted per
     directory; a directory that cannot be listed is a problem (its files are unchecked)."""
@@ -183,6 +187,8 @@ def _walk(root: Path, findings: Findings) -> Iterator[tuple[str, os.DirEntry[str
             findings.problems.append(f"{prefix or './'}: cannot list directory: {exc.strerror}")
             continue
         for entry in entries:
+            if entry.name.startswith(RESERVED_PREFIX):
+                continue  # wicked-dr's own (a live restore's workspace): not wicked's data
             rel = prefix + entry.name
             if entry.is_dir(follow_symlinks=False):
                 stack.append((rel + "/", entry.path))

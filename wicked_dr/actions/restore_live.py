@@ -46,6 +46,7 @@ from wicked_dr.engine.restore import Ownership
 from wicked_dr.errors import (
     ExitCode,
     FollowUpNeededError,
+    IntegrityError,
     Interrupted,
     NotFoundError,
     RefusedError,
@@ -223,8 +224,9 @@ class _LiveRun:
             reader = snapshot_reader(repo, self.config, snapshot, self.options)
             self.swapped = self._swapped_sources(snapshot)
             settings = self._settings(allow_newer)
-            guards = {s.name: s.live_guard(reader, snapshot.source(s.name), settings,
-                                           self._state(s.name)) for s in self.swapped}
+            with _damage_refused(snapshot):
+                guards = {s.name: s.live_guard(reader, snapshot.source(s.name), settings,
+                                               self._state(s.name)) for s in self.swapped}
             self.report.plan = self._plan(repo, snapshot, guards, tokens)
         if dry_run:
             self.report.dry_run, self.report.outcome = True, "dry-run"
@@ -238,7 +240,7 @@ class _LiveRun:
         for state in self.states.values():
             state.attach(self.journal)
         try:
-            with self._step(3, "stage"):
+            with self._step(3, "stage"), _damage_refused(snapshot):
                 for source in self.swapped:
                     detail = source.stage_live(reader, snapshot.source(source.name),
                                                settings, self._state(source.name))
@@ -520,6 +522,17 @@ class _LiveRun:
         checks.append("take a backup now: wicked-dr backup (if it refuses because the "
                       "volume shrank, that is this restore: wicked-dr backup --force)")
         return checks
+
+
+@contextmanager
+def _damage_refused(snapshot: Snapshot) -> Iterator[None]:
+    """A snapshot found damaged before anything live changed: refused (exit 6)."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise RefusedError(f"snapshot {snapshot.id} is damaged ({exc.one_line()}); nothing "
+                           "live was touched; choose another snapshot ('wicked-dr "
+                           "snapshots') and run 'wicked-dr check --read-data'") from None
 
 
 def _age_s(snapshot: Snapshot) -> float:
