@@ -652,6 +652,8 @@ def _restore_live(config: Config, args: argparse.Namespace, ref: str) -> Any:
     )
 
     operator = _Operator(args)
+    if args.live and not args.dry_run and not args.yes and not sys.stdin.isatty():
+        _confirm(args, "--live")  # refuses before any I/O: nobody can answer
     try:
         if args.resume:
             return run_restore_resume(config, operator=operator, options=_options(args))

@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ERROR_PREFIX = "wicked-dr: error: "
 COMMANDS = ["init", "backup", "snapshots", "check", "export", "restore", "verify", "drill", "prune",
             "kong-resync", "daemon", "config", "verify-data"]
-STUBS = ["prune", "kong-resync", "daemon"]
+STUBS = ["prune", "daemon"]
 
 
 def _tree(root: Path) -> dict[str, str]:

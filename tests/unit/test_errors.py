@@ -43,12 +43,13 @@ SPEC: dict[str, ExitCode] = {
     "RefusedError": ExitCode.REFUSED,
     "RolledBackError": ExitCode.ROLLED_BACK,
     "RollbackFailedError": ExitCode.ROLLBACK_FAILED,
+    "FollowUpNeededError": ExitCode.FOLLOW_UP_NEEDED,
     "NotImplementedYetError": ExitCode.FAILED,
     "Interrupted": ExitCode.INTERRUPTED,
 }
 SPEC_CODES = {0: "success", 1: "operation failed", 2: "usage or configuration error",
               3: "integrity problem", 4: "locked", 5: "not found", 6: "refused",
-              7: "rolled back", 8: "rollback failed", 130: "interrupted"}
+              7: "rolled back", 8: "rollback failed", 9: "follow-up", 130: "interrupted"}
 
 
 def _error_classes() -> dict[str, type[BaseException]]:
