@@ -308,3 +308,47 @@ def test_without_container_control_an_answering_portal_api_is_refused(
     assert run.code == 6
     assert "portal-api answers" in " ".join(error_lines(run))
     assert _live_state(d.volume_path) == before
+
+
+def test_interrupt_while_staging_rolls_back_with_nothing_live_touched(tmp_path: Path) -> None:
+    """SIGTERM/SIGINT (the run's cancel token) in the middle of staging: exit 7, the report
+    says interrupted, the live volume and the workspace as before (no journal, no staging).
+    No container control and nothing answering at portal-api's address (a closed port)."""
+    from wicked_dr.actions.common import RunOptions
+    from wicked_dr.actions.restore_live import LiveRestoreEnded, run_restore_live
+    from wicked_dr.cancel import CancelToken
+    from wicked_dr.config import load_config
+    from wicked_dr.testing.sample_volume import generate
+
+    volume = tmp_path / "portal-api" / "dynamic"
+    generate(volume, 40, seed=2)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "state_dir": str(tmp_path / "state"), "repository": {"url": str(tmp_path / "repo")},
+        "volume": {"path": str(volume)},
+        "wicked": {"portal_api_url": "http://127.0.0.1:9", "kong_adapter_url":
+                   "http://127.0.0.1:9"},
+        "log": {"level": "warning"}}))
+    assert cli(config_path, "backup").code == 0
+    mutate(volume, 0.3, seed=4)
+    before = _live_state(volume)
+    token = CancelToken()
+    seen: list[str] = []
+
+    def progress(kind: str, amount: int) -> None:
+        seen.append(kind)
+        token.cancel("SIGTERM")  # the first file written: the operator presses Ctrl-C
+
+    with pytest.raises(LiveRestoreEnded) as ended:
+        run_restore_live(load_config(config_path, {}), "latest",
+                         options=RunOptions(progress=progress, cancel=token))
+
+    report = ended.value.report
+    assert seen and ended.value.exit_code == 7
+    assert report.outcome == "rolled-back" and report.interrupted
+    assert [s["step"] for s in report.steps][-2:] == ["stage", "roll back"]
+    assert _live_state(volume) == before
+    workspace = volume.parent / WORKSPACE
+    assert not (workspace / "journal.json").exists()
+    assert not list(workspace.glob("staging-*")) and not list(workspace.glob("pre-restore-*"))
+    assert cli(config_path, "backup").code == 0  # nothing left that refuses

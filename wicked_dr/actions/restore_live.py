@@ -39,6 +39,7 @@ from wicked_dr.actions.common import (
     snapshot_reader,
     state_dir,
 )
+from wicked_dr.cancel import CancelToken
 from wicked_dr.config import Config
 from wicked_dr.engine.catalog import resolve, snapshot_time
 from wicked_dr.engine.live_journal import HEALTHY, Journal, find_journal, refuse_while_restoring
@@ -365,6 +366,8 @@ class _LiveRun:
         journal = self._journal()
         self.report.error = _one_line(cause)
         self.report.interrupted = isinstance(cause, Interrupted)
+        # The rollback runs to its end: a (further) signal must not leave half a swap.
+        self.cancel = self.singletons.cancel = CancelToken()
         self.operator.show(f"rolling back: {self.report.error}")
         try:
             with self._step(0, "roll back", count=False):
@@ -387,8 +390,9 @@ class _LiveRun:
                 source.undo_live(self._state(source.name))
         else:
             self._discard_staging()
-        self.singletons.restart_original(journal.doc.get("running_before") or {},
-                                         self.portal)
+        if journal.past("stopping"):
+            self.singletons.restart_original(journal.doc.get("running_before") or {},
+                                             self.portal)
         journal.remove()
 
     def _rollback_failed(self, journal: Journal, exc: BaseException) -> LiveRestoreReport:

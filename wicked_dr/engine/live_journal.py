@@ -27,7 +27,7 @@ FORMAT = 1
 
 # The steps in order; a restore stopped before HEALTHY is rolled back by --resume, one
 # stopped at or after it is finished (the restored data is live and portal-api ran on it).
-STEPS = ("staged", "stopping", "swapping", "starting", "healthy", "rebuilding", "tokens",
+STEPS = ("staging", "stopping", "swapping", "starting", "healthy", "rebuilding", "tokens",
          "listeners", "done")
 HEALTHY = "healthy"
 
@@ -45,7 +45,7 @@ class Journal:
         os.chmod(workspace, 0o700)  # staging and pre-restore copies: their owner only
         journal = cls(workspace / JOURNAL_NAME,
                       {"format": FORMAT, "holder": current_holder().to_json(),
-                       "created": time.time(), "step": "staged", **fields})
+                       "created": time.time(), "step": "staging", **fields})
         journal.save()
         return journal
 
@@ -62,7 +62,7 @@ class Journal:
 
     @property
     def step(self) -> str:
-        return str(self.doc.get("step", "staged"))
+        return str(self.doc.get("step", "staging"))
 
     def past(self, step: str) -> bool:
         """Whether the restore reached ``step`` (or a later one)."""
