@@ -33,3 +33,13 @@ def stop_on_sigterm(component: str) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def send_json(handler: Any, status: int, body: Any) -> None:
+    """Answer an HTTP request (a BaseHTTPRequestHandler) with ``body`` as JSON."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

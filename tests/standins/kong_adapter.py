@@ -42,7 +42,7 @@ from typing import Any
 import psycopg2  # type: ignore[import-untyped]
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _records import record, stop_on_sigterm  # type: ignore[import-not-found]
+from _records import record, send_json, stop_on_sigterm  # type: ignore[import-not-found]
 
 COMPONENT = "kong-adapter"
 PORT = int(os.environ.get("PORT", "3002"))
@@ -205,12 +205,7 @@ def _startup() -> None:
 
 class Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def do_GET(self) -> None:
         if self.path != "/ping":

@@ -38,7 +38,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _records import STATE, record, stop_on_sigterm  # type: ignore[import-not-found]
+from _records import (  # type: ignore[import-not-found]
+    STATE,
+    record,
+    send_json,
+    stop_on_sigterm,
+)
 
 COMPONENT = "portal-api"
 PORT = int(os.environ.get("PORT", "3001"))
@@ -114,12 +119,7 @@ def _subscriptions() -> list[Any]:
 def _handler(problem: str | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, body)
 
         def do_GET(self) -> None:
             if self.path == "/ping":

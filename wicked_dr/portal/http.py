@@ -24,6 +24,18 @@ class Answer:
         return self.status != 0
 
 
+class Peer:
+    """A wicked component at ``base_url`` that answers ``GET /ping``."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    @property
+    def ping_url(self) -> str:
+        return f"{self.base_url}/ping"
+
+
 def call(method: str, url: str, *, timeout_s: float = 5.0) -> Answer:
     """One request; never raises for a connection failure or an HTTP error status."""
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wicked_dr.errors import HTTPError
-from wicked_dr.portal.http import call
+from wicked_dr.portal.http import Peer, call
 
 RESYNC_TIMEOUT_S = 1800.0  # a full resync of a large portal takes minutes
 
@@ -52,16 +52,8 @@ class ResyncOutcome:
                 "failed_comparisons": len(self.statistics.get("failedComparisons") or [])}
 
 
-class KongAdapterClient:
+class KongAdapterClient(Peer):
     """The Kong Adapter at ``base_url`` (``wicked.kong_adapter_url``)."""
-
-    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout_s = timeout_s
-
-    @property
-    def ping_url(self) -> str:
-        return f"{self.base_url}/ping"
 
     def ping(self) -> AdapterHealth:
         answer = call("GET", self.ping_url, timeout_s=self.timeout_s)

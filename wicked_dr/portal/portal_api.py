@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from wicked_dr.portal.http import Answer, call
+from wicked_dr.portal.http import Answer, Peer, call
 
 
-class PortalApiClient:
+class PortalApiClient(Peer):
     """portal-api at ``base_url`` (``wicked.portal_api_url``)."""
-
-    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout_s = timeout_s
-
-    @property
-    def ping_url(self) -> str:
-        return f"{self.base_url}/ping"
 
     def ping(self) -> Answer:
         return call("GET", self.ping_url, timeout_s=self.timeout_s)

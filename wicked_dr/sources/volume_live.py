@@ -259,12 +259,7 @@ def undo_swap(paths: VolumePaths, record: Recorder, done: MutableMapping[str, An
 
 
 def _move_aside(paths: VolumePaths) -> None:
-    if paths.mode == "rename":
-        if paths.volume.exists() and not paths.pre_restore.exists():
-            os.rename(paths.volume, paths.pre_restore)
-        return
-    paths.pre_restore.mkdir(mode=0o700, exist_ok=True)
-    _move_entries(paths.volume, paths.pre_restore)
+    _move_volume(paths, paths.pre_restore)
 
 
 def _move_in(paths: VolumePaths) -> None:
@@ -278,12 +273,17 @@ def _move_in(paths: VolumePaths) -> None:
 
 
 def _move_out(paths: VolumePaths) -> None:
+    _move_volume(paths, paths.discard)
+
+
+def _move_volume(paths: VolumePaths, dest: Path) -> None:
+    """The volume's data into ``dest``: the folder renamed, or its entries moved."""
     if paths.mode == "rename":
-        if paths.volume.exists() and not paths.discard.exists():
-            os.rename(paths.volume, paths.discard)
+        if paths.volume.exists() and not dest.exists():
+            os.rename(paths.volume, dest)
         return
-    paths.discard.mkdir(mode=0o700, exist_ok=True)
-    _move_entries(paths.volume, paths.discard)
+    dest.mkdir(mode=0o700, exist_ok=True)
+    _move_entries(paths.volume, dest)
 
 
 def _move_back(paths: VolumePaths) -> None:
