@@ -97,6 +97,7 @@ def _runs(args: argparse.Namespace, work: Path, config: Path, d: Deployment) -> 
         seconds, report = _timed(config, "restore", "latest", "--live", "--yes", "--json")
         lives.append(seconds)
         reports.append(report)
+        (work / f"report-{n}.json").write_text(json.dumps(report, indent=1))
         pre = report.get("pre_restore_copy")
         if pre:
             shutil.rmtree(pre, ignore_errors=True)
@@ -104,6 +105,10 @@ def _runs(args: argparse.Namespace, work: Path, config: Path, d: Deployment) -> 
               f"{seconds:.2f} s (report total_s {report['total_s']:.2f}, portal-api healthy "
               f"after {report['portal_api_healthy_after_s']:.2f} s, outcome "
               f"{report.get('outcome')}, {_tokens(report)})", flush=True)
+        checked = _find(report, "checked")
+        if checked:
+            print(f"   stage: checker over the staged volume {checked.get('duration_s')} s "
+                  f"({checked.get('files_checked')} files)", flush=True)
         print("   " + ", ".join(f"{s['step']} {s['seconds']:.2f}"
                                 + ("" if s["ok"] else " (FAILED)") for s in report["steps"]),
               flush=True)
@@ -119,6 +124,20 @@ def _runs(args: argparse.Namespace, work: Path, config: Path, d: Deployment) -> 
     verdict = "met" if live_m <= target_m + TARGET_SLACK_S else "NOT met"
     print(f"target live <= target-restore + {TARGET_SLACK_S:.0f} s: {verdict} "
           f"(live - target = {live_m - target_m:.2f} s)")
+
+
+def _find(doc: Any, key: str) -> Any:
+    """The first value under ``key`` anywhere in a JSON document."""
+    if isinstance(doc, dict):
+        if key in doc:
+            return doc[key]
+        doc = list(doc.values())
+    if isinstance(doc, list):
+        for item in doc:
+            found = _find(item, key)
+            if found is not None:
+                return found
+    return None
 
 
 def _tokens(report: dict[str, Any]) -> str:
