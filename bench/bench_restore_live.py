@@ -1,4 +1,4 @@
-"""Benchmark ``wicked-dr restore --live`` next to ``restore --target`` of the same snapshot (by hand).
+"""Benchmark ``wicked-dr restore --live`` next to ``restore --target`` of one snapshot (by hand).
 
     python bench/bench_restore_live.py --users 20000 --repeats 3 --workdir /var/tmp/wdr-live
 
@@ -42,8 +42,14 @@ from tests.fixtures.images import ImageBuilder
 from tests.fixtures.kong_data import Subscription, TokenSpec
 from tests.fixtures.portal_standins import Deployment
 from tests.fixtures.postgres import OS_USER, PgServer, _free_port, _newest_bin
-from tests.fixtures.s3 import (DUMMY_KEY_ID, DUMMY_SECRET, REGION, s3_test_client,
-                               start_moto_server, stop_server)
+from tests.fixtures.s3 import (
+    DUMMY_KEY_ID,
+    DUMMY_SECRET,
+    REGION,
+    s3_test_client,
+    start_moto_server,
+    stop_server,
+)
 from wicked_dr.testing.sample_volume import mutate
 
 TARGET_SLACK_S = 30.0
