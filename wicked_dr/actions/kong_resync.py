@@ -38,12 +38,13 @@ def run_kong_resync(config: Config, *, show: Callable[[str], None],
     started = time.monotonic()
     adapter = KongAdapterClient(config.wicked.kong_adapter_url)
     singletons = Singletons(config, show, options.cancel)
-    if not adapter.ping().status and not singletons.controlled("kong_adapter"):
+    answering = adapter.ping().status != 0  # 0: nothing answered
+    if not answering and not singletons.controlled("kong_adapter"):
         raise HTTPError(f"the Kong Adapter does not answer at {adapter.ping_url} "
                         "(wicked.kong_adapter_url): start it (it syncs at start), or set "
                         "the URL the adapter is reachable at from here")
     seen: list[str] = []
-    if adapter.ping().status:
+    if answering:
         singletons.wait_adapter(adapter, seen)
         outcome = adapter.resync()
         if outcome is not None:

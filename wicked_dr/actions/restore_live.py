@@ -23,6 +23,7 @@ whose process died, as its journal says is safe.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -550,6 +551,4 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _json(doc: Any) -> str:
-    import json
-
     return json.dumps(doc, indent=2, sort_keys=True, default=str)

@@ -74,10 +74,6 @@ class Journal:
         self.doc.update(fields)
         self.save()
 
-    def update(self, **fields: Any) -> None:
-        self.doc.update(fields)
-        self.save()
-
     def save(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         data = json.dumps(self.doc, indent=1, sort_keys=True).encode()

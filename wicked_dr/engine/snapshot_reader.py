@@ -20,6 +20,7 @@ from wicked_dr.repository.index import IndexCache
 from wicked_dr.repository.manifest import iter_entries
 from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.snapshot import Snapshot, StreamRef
+from wicked_dr.sources.base import TreeCounts
 
 
 class SnapshotReader:
@@ -69,6 +70,12 @@ class SnapshotReader:
         for entry in iter_entries(self._repo, self._snapshot):
             if entry.type == "file":
                 yield entry.path, entry.size, entry.sha256 or ""
+
+    def tree_counts(self, trees: tuple[str, ...]) -> TreeCounts:
+        """The file tree's files and bytes, as the snapshot's summary records them."""
+        self._own(trees)
+        summary = self._snapshot.summary
+        return TreeCounts(summary.files, summary.bytes)
 
     def read_file(self, trees: tuple[str, ...], path: str) -> bytes | None:
         """The content of the regular file ``path`` (verified), None when the tree lacks it.

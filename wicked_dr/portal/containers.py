@@ -264,10 +264,6 @@ class ContainerControl:
         log.info("restarting container", container=name)
         self._engine(f"restarting {name}", container.restart, timeout=timeout)
 
-    def state(self, name: str) -> str:
-        """The container's status (running, exited, ...)."""
-        return str(self._get(name).status)
-
     def _get(self, name: str) -> Any:
         try:
             return self._client.containers.get(name)

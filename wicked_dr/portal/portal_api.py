@@ -16,7 +16,3 @@ class PortalApiClient(Peer):
         answer = self.ping()
         return answer.status == 200 and isinstance(answer.body, dict) \
             and answer.body.get("message") == "OK"
-
-    def answers(self) -> bool:
-        """Whether anything answers at portal-api's address (a running instance writes)."""
-        return self.ping().answered

@@ -85,6 +85,11 @@ class TreeReader(SnapshotReader, Protocol):
         """(path, size, SHA-256) of every regular file of the file tree ``trees``."""
         ...
 
+    def tree_counts(self, trees: tuple[str, ...]) -> TreeCounts:
+        """How many files and bytes the file tree ``trees`` holds (from the snapshot's
+        summary: no manifest is read)."""
+        ...
+
     def read_file(self, trees: tuple[str, ...], path: str) -> bytes | None:
         """One small file's content (verified), None when the tree lacks it."""
         ...

@@ -131,17 +131,13 @@ class VolumeSource:
         if not paths.workspace.parent.is_dir():
             raise SourceError(f"{paths.workspace.parent} does not exist: volume.path "
                               f"{self.path} must be inside a mounted folder")
-        summary = reader.files(record.trees)
-        files = total = 0
-        for _path, size, _sha in summary:
-            files += 1
-            total += size
-        space = live.guard_free_space(paths, total, files)
+        counts = reader.tree_counts(record.trees)
+        space = live.guard_free_space(paths, counts.bytes, counts.files)
         versions = live.guard_dynamic_version(reader.read_file(record.trees, "meta.json"),
                                               self.path, allow_newer=settings.allow_newer)
         state.put(paths=paths.to_json())
         return {"volume": str(self.path), "swap": mode, "workspace": str(paths.workspace),
-                "files": files, "bytes": total, **space, **versions}
+                "files": counts.files, "bytes": counts.bytes, **space, **versions}
 
     def stage_live(self, reader: TreeReader, record: SourceRecord, settings: LiveSettings,
                    state: LiveState) -> dict[str, Any]:

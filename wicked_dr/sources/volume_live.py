@@ -25,7 +25,6 @@ costs no space: the free-space guard needs room for the staged snapshot only.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -36,7 +35,6 @@ from typing import Any, Literal
 
 from wicked_dr.errors import OperationError, RefusedError
 from wicked_dr.log import get_logger
-from wicked_dr.repository.snapshot import SourceRecord
 
 log = get_logger(__name__)
 
@@ -321,17 +319,3 @@ def _free_name(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}.{n}")
     return candidate
-
-
-def pre_restore_copies(volume: Path) -> list[Path]:
-    """The pre-restore copies kept for ``volume`` (never pruned by wicked-dr itself)."""
-    found: list[Path] = []
-    for workspace in workspace_candidates(volume):
-        with contextlib.suppress(OSError):
-            found.extend(sorted(workspace.glob("pre-restore-*")))
-    return found
-
-
-def has_tree(record: SourceRecord) -> bool:
-    """Whether ``record`` holds a file tree (the volume's live restore needs one)."""
-    return bool(record.trees)
