@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +36,8 @@ import yaml
 
 from tests.fixtures import kong_data
 from tests.fixtures.images import ImageBuilder
-from tests.fixtures.kong_data import Subscription, TokenSpec
 from tests.fixtures.portal_standins import Deployment
-from tests.fixtures.postgres import OS_USER, PgServer, _free_port, _newest_bin
+from tests.fixtures.postgres import NoPostgres, PgServer, start_pg_server
 from tests.fixtures.s3 import (
     DUMMY_KEY_ID,
     DUMMY_SECRET,
@@ -165,35 +161,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _start_pg() -> PgServer:
-    bin_dir = _newest_bin()
-    if bin_dir is None:
-        sys.exit("PostgreSQL is not installed (scripts/test-env.sh)")
-    base = Path(tempfile.mkdtemp(prefix="wdr-pg-"))
-    server = PgServer(bin_dir, base, _free_port(), uuid.uuid4().hex)
-    if os.geteuid() == 0:
-        shutil.chown(base, OS_USER, OS_USER)
-    server.socket_dir.mkdir()
-    server._chown(server.socket_dir)
     try:
-        server.init_and_start()
-    except BaseException:
-        shutil.rmtree(base, ignore_errors=True)
-        raise
-    return server
-
-
-def _token(sub: Subscription) -> TokenSpec:
-    now = datetime.now(UTC)
-    token_id = str(uuid.uuid4())
-    return TokenSpec(id=token_id, access_token=f"at-{token_id}", refresh_token=f"rt-{token_id}",
-                     client_id=sub.client_id, api_id=sub.api_id,
-                     created_at=now - timedelta(seconds=30), expires_at=now + timedelta(hours=2))
+        return start_pg_server()
+    except NoPostgres as exc:
+        sys.exit(f"PostgreSQL is not available: {exc}")
 
 
 def _add_tokens(d: Deployment, count: int) -> int:
     subs = kong_data.subscriptions_from_volume(d.volume_path)[:count]
     with kong_data.connect(d.kong_dsn) as conn:
-        kong_data.add_tokens(conn, d.generation, [_token(s) for s in subs])
+        tokens = [kong_data.live_token(s.client_id, s.api_id) for s in subs]
+        kong_data.add_tokens(conn, d.generation, tokens)
     return len(subs)
 
 

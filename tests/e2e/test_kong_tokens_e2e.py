@@ -10,7 +10,6 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +55,7 @@ class KongWorld:
 
 
 def _token(sub: Subscription, api_id: str | None, expires_in_s: int) -> TokenSpec:
-    now = datetime.now(UTC)
-    token_id = str(uuid.uuid4())
-    return TokenSpec(id=token_id, access_token=f"at-{token_id}", refresh_token=f"rt-{token_id}",
-                     client_id=sub.client_id, api_id=api_id,
-                     created_at=now - timedelta(seconds=30),
-                     expires_at=now + timedelta(seconds=expires_in_s))
+    return kong_data.live_token(sub.client_id, api_id, expires_in_s=expires_in_s)
 
 
 def _kong_world(pg_server: PgServer, dbname: str, generation: str,

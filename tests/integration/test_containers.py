@@ -13,10 +13,9 @@ import io
 import secrets
 import tarfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ import pytest
 
 from tests.fixtures import kong_data
 from tests.fixtures.images import ImageBuilder, owner_labels, scratch_name
-from tests.fixtures.kong_data import TokenSpec
 from tests.fixtures.repos import backdate
 from wicked_dr.actions.backup import run_backup
 from wicked_dr.actions.restore import run_restore_tokens
@@ -254,14 +252,6 @@ def test_restart_kong_nodes_never_healthy_again_times_out_with_docker_error(
 # --- through restore --tokens-only ---------------------------------------------------------
 
 
-def _token(client_id: str, api_id: str) -> TokenSpec:
-    now = datetime.now(UTC)
-    token_id = str(uuid.uuid4())
-    return TokenSpec(id=token_id, access_token=f"at-{token_id}", refresh_token=f"rt-{token_id}",
-                     client_id=client_id, api_id=api_id, created_at=now - timedelta(seconds=30),
-                     expires_at=now + timedelta(hours=2))
-
-
 def test_restore_tokens_with_kong_configured_restarts_nodes_after_writing(
         tmp_path: Path, pg_database: str, make_node: MakeNode, group: str) -> None:
     """restore --tokens-only restarts every configured Kong node once after a real restore,
@@ -270,7 +260,7 @@ def test_restore_tokens_with_kong_configured_restarts_nodes_after_writing(
     generate(volume, 20, seed=5, untidy=False)
     backdate(volume)
     subs = kong_data.subscriptions_from_volume(volume)
-    tokens = [_token(s.client_id, s.api_id) for s in subs[:5]]
+    tokens = [kong_data.live_token(s.client_id, s.api_id) for s in subs[:5]]
     with kong_data.connect(pg_database) as conn:
         kong_data.load_ddl(conn, "3.x")
         kong_data.sync_like_adapter(conn, "3.x", subs)

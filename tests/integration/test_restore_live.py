@@ -17,9 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +25,12 @@ import pytest
 import yaml
 
 from tests.fixtures import kong_data
-from tests.fixtures.kong_data import Subscription, TokenSpec
 from tests.fixtures.portal_standins import Deployment
 from tests.fixtures.repos import REPO_ROOT, Run, cli, error_lines, tree_state
 from wicked_dr.testing.sample_volume import mutate
 
 pytestmark = pytest.mark.integration
 WORKSPACE = ".wicked-dr-restore"
-
-
-def _token(sub: Subscription) -> TokenSpec:
-    now = datetime.now(UTC)
-    token_id = str(uuid.uuid4())
-    return TokenSpec(id=token_id, access_token=f"at-{token_id}", refresh_token=f"rt-{token_id}",
-                     client_id=sub.client_id, api_id=sub.api_id,
-                     created_at=now - timedelta(seconds=30), expires_at=now + timedelta(hours=2))
 
 
 def _config(tmp: Path, d: Deployment, **restore: Any) -> Path:
@@ -87,7 +76,7 @@ def test_live_restore_end_to_end(tmp_path: Path, portal_deployment: Any, layout:
     d: Deployment = portal_deployment(layout)
     d.start_all()
     subs = kong_data.subscriptions_from_volume(d.volume_path)
-    tokens = [_token(s) for s in subs[:4]]
+    tokens = [kong_data.live_token(s.client_id, s.api_id) for s in subs[:4]]
     with kong_data.connect(d.kong_dsn) as conn:
         kong_data.add_tokens(conn, d.generation, tokens)
     config = _config(tmp_path, d)
