@@ -168,25 +168,88 @@ class KongTokensConfig(Section):
 
 
 class ScheduleConfig(Section):
-    """When the daemon works (cron expressions, UTC)."""
+    """When the daemon works (cron: minute hour day month weekday; empty turns a job off)."""
 
+    timezone: str = _field("UTC", "Time zone of the cron expressions and of retention's "
+                           "calendar buckets (an IANA name).", example="Europe/Berlin")
     backup: str = _field("*/15 * * * *", "When to take a snapshot.")
     verify: str | None = _field("30 3 * * *", "When to verify the newest snapshot.")
     prune: str | None = _field("0 4 * * *", "When to apply the retention policy.")
+    drill: str | None = _field("0 5 1 * *", "When to run the restore drill (monthly).")
+    jitter_s: int = _field(
+        30, "Start each run up to this many seconds late, at random (several deployments "
+        "sharing one S3 store do not all start at :00).", bounds=(0, 3600))
+    misfire_grace_s: int = _field(
+        600, "A run that could not start on time (the daemon was busy or down) still starts "
+        "within this many seconds; later, it is skipped (missed runs coalesce into one).",
+        bounds=(1, 86400))
+
+    @field_validator("backup", "verify", "prune", "drill")
+    @classmethod
+    def _is_cron(cls, value: str | None) -> str | None:
+        if value:
+            from wicked_dr.cron import cron_trigger
+
+            try:
+                cron_trigger(value, "UTC")
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a cron expression ({exc}); expected five "
+                                 "fields, e.g. '*/15 * * * *'") from None
+        return value or None
+
+    @field_validator("timezone")
+    @classmethod
+    def _is_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; expected an IANA name such as "
+                             "UTC or Europe/Berlin") from None
+        return value
 
 
 class RetentionConfig(Section):
-    """How many snapshots prune keeps."""
+    """Which snapshots prune keeps (GFS: kept by any rule stays; the newest verified always)."""
 
     keep_last: int = _field(10, "Keep the newest N snapshots.", bounds=(0, 10000))
     keep_hourly: int = _field(48, "Keep the newest snapshot of each of the last N hours.",
                               bounds=(0, 10000))
     keep_daily: int = _field(14, "Keep the newest snapshot of each of the last N days.",
                              bounds=(0, 10000))
-    keep_weekly: int = _field(8, "Keep the newest snapshot of each of the last N weeks.",
-                              bounds=(0, 10000))
+    keep_weekly: int = _field(8, "Keep the newest snapshot of each of the last N weeks "
+                              "(ISO weeks, Monday first).", bounds=(0, 10000))
     keep_monthly: int = _field(12, "Keep the newest snapshot of each of the last N months.",
                                bounds=(0, 10000))
+    keep_yearly: int = _field(3, "Keep the newest snapshot of each of the last N years.",
+                              bounds=(0, 10000))
+    keep_within: str | None = _field(
+        None, "Keep every snapshot taken within this long before the newest one (e.g. 2d, "
+        "12h, 1w3d).", example="2d")
+    repack_below_percent: float = _field(
+        50.0, "Repack a pack whose share still used by kept snapshots fell below this; "
+        "packs nobody uses are always deleted.", bounds=(0, 100))
+
+    @field_validator("keep_within")
+    @classmethod
+    def _is_duration(cls, value: str | None) -> str | None:
+        if value:
+            parse_duration(value)
+        return value or None
+
+
+_DURATION_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"(\d+)([wdhms])")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as ``2d``, ``12h`` or ``1w3d``; ValueError otherwise."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration; expected e.g. 2d, 12h, 1w3d "
+                         "(units w, d, h, m, s)")
+    return sum(int(number) * _DURATION_UNITS[unit] for number, unit in parts)
 
 
 class VerifyConfig(Section):
@@ -294,15 +357,40 @@ class WickedConfig(Section):
 class DaemonConfig(Section):
     """The long-running sidecar."""
 
-    listen: str = _field("127.0.0.1:9464", "Health and metrics endpoint (host:port).")
+    listen: str = _field("127.0.0.1:9464", "Health and metrics endpoint (host:port): "
+                         "/healthz, /readyz, /metrics.")
+    replicas: int | None = _field(
+        None, "How many daemons of this deployment run against the repository. Empty: "
+        "maybe several, so the lease must work (the store must honour conditional writes); "
+        "1 acknowledges a store without them.", example=1, bounds=(1, 1000))
+    lease_expiry_s: int = _field(
+        120, "The daemon lease (one job runner per repository) expires this many seconds "
+        "after its holder's last renewal; a standby takes over then.", bounds=(5, 86400))
+    lock_wait_s: int = _field(
+        900, "Longest a job waits for a repository lock (a live restore's exclusive lock) "
+        "or a foreign global.lock before it fails.", bounds=(0, 86400))
+    stop_grace_s: int = _field(
+        30, "On SIGTERM/SIGINT, a running job may finish within this many seconds; then it "
+        "is cancelled at its next safe point.", bounds=(0, 3600))
+    max_backup_age_s: int = _field(
+        3600, "/readyz fails when the newest snapshot is older than this.",
+        bounds=(60, 365 * 86400))
 
 
 class NotifyConfig(Section):
-    """Where failures are reported."""
+    """Where the daemon reports: webhooks (Slack-compatible JSON) and healthchecks pings."""
 
     webhook_url: SecretStr | None = _field(None, "POST a JSON event here on failure.",
                                            secret=True,
                                            example="https://hooks.example.com/T000/B000")
+    webhook_urls: list[SecretStr] = _field(
+        [], "More webhook URLs, each sent the same events.", secret=True)
+    on_success: bool = _field(False, "Also send an event when a job succeeds.")
+    healthchecks: dict[Literal["backup", "verify", "prune", "drill"], SecretStr] = _field(
+        {}, "Per job, a healthchecks-style URL: <url>/start when the job starts, <url> on "
+        "success, <url>/fail on failure.", secret=True,
+        example={"backup": "https://hc-ping.com/<uuid>"})
+    timeout_s: float = _field(10.0, "Longest one notification may take.", bounds=(1, 300))
 
 
 class LogConfig(Section):
@@ -354,10 +442,19 @@ def secret_values(config: Config) -> list[str]:
     for section_name in SECTIONS:
         section = getattr(config, section_name)
         for key in type(section).model_fields:
-            value = getattr(section, key)
-            if isinstance(value, SecretStr) and value.get_secret_value():
-                values.append(value.get_secret_value())
+            values.extend(_secrets_in(getattr(section, key)))
     return values
+
+
+def _secrets_in(value: Any) -> list[str]:
+    """The secret strings in a value: itself, or the items of a list or mapping."""
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()] if value.get_secret_value() else []
+    if isinstance(value, list):
+        return [secret for item in value for secret in _secrets_in(item)]
+    if isinstance(value, dict):
+        return [secret for item in value.values() for secret in _secrets_in(item)]
+    return []
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -479,7 +576,10 @@ def _parse_env(name: str, value: str) -> tuple[str | None, str, Any]:
         key = key[: -len(SECRET_FILE_SUFFIX)]
         if not is_secret(section_or_none, key):
             raise ValueError(f"only secret keys take the {SECRET_FILE_SUFFIX} suffix")
-        return section_or_none, key, _read_secret_file(value)
+        content = _read_secret_file(value)
+        if _is_text(_model(section_or_none).model_fields[key].annotation):
+            return section_or_none, key, content
+        return section_or_none, key, _yaml_value(content)
     if not _is_key(section_or_none, key):
         raise ValueError("unknown key; check the spelling against 'wicked-dr config example'")
     if not value:
@@ -487,8 +587,13 @@ def _parse_env(name: str, value: str) -> tuple[str | None, str, Any]:
     if _is_text(_model(section_or_none).model_fields[key].annotation):
         # Verbatim: YAML would turn a password '0123' into 83 and choke on '*/15 * * * *'.
         return section_or_none, key, value
+    return section_or_none, key, _yaml_value(value)
+
+
+def _yaml_value(value: str) -> Any:
+    """A variable's (or secret file's) value read as YAML: numbers, lists, mappings."""
     try:
-        return section_or_none, key, yaml.safe_load(value)
+        return yaml.safe_load(value)
     except yaml.YAMLError:
         raise ValueError(f"{value!r} is not a valid value for this key") from None
 
@@ -578,9 +683,19 @@ def masked_dict(config: Config) -> dict[str, Any]:
     for section_name in SECTIONS:
         section = getattr(config, section_name)
         for key in type(section).model_fields:
-            if isinstance(getattr(section, key), SecretStr):
-                data[section_name][key] = "***"
+            if _secrets_in(getattr(section, key)):
+                data[section_name][key] = _masked(getattr(section, key))
     return data
+
+
+def _masked(value: Any) -> Any:
+    """A secret value with every secret string replaced by '***' (lists and mappings keep
+    their shape, so the reader sees how many are set)."""
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    return "***"
 
 
 def example_yaml() -> str:

@@ -458,11 +458,11 @@ def test_env_text_value_is_taken_verbatim(tmp_path: Path, value: str) -> None:
     """Text keys keep the variable as written, even when it would be a YAML number or error."""
     config = load_config(_write(tmp_path, ""), {
         "WICKED_DR_REPOSITORY__SECRET_ACCESS_KEY": value,
-        "WICKED_DR_SCHEDULE__BACKUP": value,
+        "WICKED_DR_VERIFY__IMAGE": value,
     })
     assert config.repository.secret_access_key is not None
     assert config.repository.secret_access_key.get_secret_value() == value
-    assert config.schedule.backup == value
+    assert config.verify.image == value
 
 
 def test_env_unparsable_number_is_a_problem_not_a_crash(tmp_path: Path) -> None:
@@ -638,14 +638,25 @@ def test_masked_dict_masks_every_secret_key() -> None:
     for section, model in SECTIONS.items():
         for key in model.model_fields:
             if is_secret(section, key):
-                values.setdefault(section, {})[key] = f"secret-{section}-{key}"
+                values.setdefault(section, {})[key] = _shaped(
+                    model.model_fields[key].annotation, f"secret-{section}-{key}")
     assert values, "the schema has no secret keys"
     config = Config.model_validate(values)
     dumped = json.dumps(masked_dict(config))
     for section, keys in values.items():
         for key, value in keys.items():
-            assert value not in dumped
-            assert masked_dict(config)[section][key] == "***"
+            assert f"secret-{section}-{key}" not in dumped
+            assert json.dumps(masked_dict(config)[section][key]) == json.dumps(
+                _shaped(SECTIONS[section].model_fields[key].annotation, "***"))
+
+
+def _shaped(annotation: Any, text: str) -> Any:
+    """``text`` in the shape of a secret key: a list of one, a mapping of one job, or itself."""
+    if str(annotation).startswith("list["):
+        return [text]
+    if str(annotation).startswith("dict["):
+        return {"backup": text}
+    return text
 
 
 def test_schema_secret_keys_are_secret_strings() -> None:
