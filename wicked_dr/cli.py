@@ -343,9 +343,32 @@ def _add_operations_commands(sub: Any) -> None:
              "every start; without it, you are asked to restart the adapter); then wait "
              "until its /ping reports healthy: 1. Tokens are not touched: restore them "
              "afterwards with 'restore --tokens-only'.")
-    _command(sub, "daemon", "run scheduled backups as a sidecar",
-             "Run backups, verifications and prunes on the configured schedule.")
+    _command(sub, "daemon", "run scheduled backups as a sidecar", DAEMON_DESCRIPTION)
     _add_verify_data_command(sub)
+
+
+DAEMON_DESCRIPTION = """\
+Run next to wicked for months: backup, verify, prune and drill on the cron schedules of
+the schedule section (in schedule.timezone), one job at a time. A backup missed while the
+daemon was down runs at start-up when the schedule fired since the newest snapshot.
+
+Several replicas may run: the daemon lease in the repository (leases/daemon) lets one run
+jobs while the others stand by, and a standby takes over when the holder stops renewing it
+for daemon.lease_expiry_s (a store without conditional writes needs daemon.replicas: 1).
+Jobs take their repository locks inside the lease, so a live restore makes them wait.
+
+At start-up and while it holds the lease, a global.lock left by a crashed wicked-dr of this
+deployment is removed. While a live restore's journal exists every job refuses (and
+alerts) until 'wicked-dr restore --resume' ran.
+
+HTTP on daemon.listen: /healthz (the scheduler is alive), /readyz (repository reachable,
+newest snapshot younger than daemon.max_backup_age_s), /metrics (Prometheus). Failures,
+repository damage and optionally successes are POSTed to notify.webhook_url(s); per job,
+notify.healthchecks URLs are pinged at start, success (/) and failure (/fail).
+
+SIGTERM/SIGINT: no new job starts; a running job gets daemon.stop_grace_s to finish, then is
+cancelled at its next safe point (global.lock and locks released, no partial snapshot);
+exit 0. Logs are JSON lines with a run id per job."""
 
 
 VERIFY_DATA_DESCRIPTION = """\
@@ -469,7 +492,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _may_run_during_live_restore(args: argparse.Namespace) -> bool:
     """While a live restore's journal exists only its --resume (and config) may run."""
-    return args.command == "config" or (args.command == "restore" and bool(args.resume))
+    return (args.command in ("config", "daemon")  # the daemon's jobs refuse one by one
+            or (args.command == "restore" and bool(args.resume)))
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -671,6 +695,15 @@ def _kong_resync(config: Config, args: argparse.Namespace) -> Any:
     return run_kong_resync(config, show=_Operator(args).show, options=_options(args))
 
 
+def _daemon(config: Config, args: argparse.Namespace) -> Any:
+    from wicked_dr.daemon.service import run_daemon
+
+    signals: SignalBridge = args.signals
+    signals.defer()  # a first SIGTERM stops the daemon cleanly; a second one at once
+    run_daemon(config, signals.token)
+    return None
+
+
 def _confirm(args: argparse.Namespace, mode: str) -> None:
     if args.yes:
         return
@@ -718,7 +751,7 @@ _HANDLERS: dict[str, Callable[[Config, argparse.Namespace], Any]] = {
     "drill": _drill,
     "prune": _not_yet("prune"),
     "kong-resync": _kong_resync,
-    "daemon": _not_yet("daemon"),
+    "daemon": _daemon,
 }
 
 __all__ = ["ConfigError", "build_parser", "main"]

@@ -20,7 +20,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,22 +179,62 @@ def _owner_of(lock: Path) -> str | None:
     return str(holder.get("instance")) if isinstance(holder, dict) else None
 
 
-def _remove_our_stale_lock(lock: Path) -> bool:
-    """Remove a global.lock a crashed wicked-dr left behind; never anybody else's."""
-    try:
-        doc = json.loads(lock.read_bytes())
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError):
-        return False  # not ours (wicked writes an empty or foreign file): _create refuses
-    if not isinstance(doc, dict) or doc.get("created_by") != MARKER:
-        return False
-    holder = Holder.from_json(doc.get("holder") or {})
+StillRunning = Callable[[Holder, float], str | None]
+"""Whether the wicked-dr that created a ``global.lock`` (its holder, the lock's creation
+time) may still be running: a one-line reason when it may, None when it is gone."""
+
+
+def _still_running_by_age(holder: Holder, created: float) -> str | None:
+    """The one-shot rule: alive on this host, or on another host less than an hour ago
+    (nothing here can tell whether a process on another host still runs)."""
     if holder.is_alive_here():
-        raise LockedError(f"{lock} is held by a running wicked-dr ({holder.describe()})")
-    if holder.host != socket.gethostname() and time.time() - float(doc.get("created", 0)) < 3600:
-        raise LockedError(f"{lock} was created by wicked-dr on host {holder.host} less than "
-                          "an hour ago; if that run is dead, remove the file")
+        return f"held by a running wicked-dr ({holder.describe()})"
+    if holder.host != socket.gethostname() and time.time() - created < 3600:
+        return (f"created by wicked-dr on host {holder.host} less than an hour ago; if that "
+                "run is dead, remove the file")
+    return None
+
+
+def remove_stale_global_lock(volume: Path, still_running: StillRunning) -> Holder | None:
+    """Remove a ``global.lock`` that a crashed wicked-dr left in ``volume``, when
+    ``still_running`` says its creator is gone; the creator, or None when nothing was
+    removed. Somebody else's ``global.lock`` (portal-api's, an operator's) is never touched.
+    The daemon calls this at start-up with a sharper judgement than the one-shot rule: a
+    wicked-dr holding ``global.lock`` always holds a repository lock, so a creator whose
+    repository lock is gone (expired) is gone too, on whatever host it ran."""
+    lock = volume / GLOBAL_LOCK
+    found = _our_lock(lock)
+    if found is None:
+        return None
+    holder, created = found
+    if still_running(holder, created) is not None:
+        return None
     lock.unlink(missing_ok=True)
     log.warning("removed global.lock left by a crashed wicked-dr run", holder=holder.describe())
+    return holder
+
+
+def _remove_our_stale_lock(lock: Path) -> bool:
+    """Remove a global.lock a crashed wicked-dr left behind; never anybody else's."""
+    found = _our_lock(lock)
+    if found is None:
+        return False  # absent, or not ours (wicked writes an empty or foreign file)
+    reason = _still_running_by_age(*found)
+    if reason is not None:
+        raise LockedError(f"{lock} was {reason}" if reason.startswith("created")
+                          else f"{lock} is {reason}")
+    lock.unlink(missing_ok=True)
+    log.warning("removed global.lock left by a crashed wicked-dr run",
+                holder=found[0].describe())
     return True
+
+
+def _our_lock(lock: Path) -> tuple[Holder, float] | None:
+    """The creator and creation time of a ``global.lock`` wicked-dr created, else None."""
+    try:
+        doc = json.loads(lock.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("created_by") != MARKER:
+        return None
+    return Holder.from_json(doc.get("holder") or {}), float(doc.get("created", 0))
