@@ -81,6 +81,7 @@ class Daemon:
                                    readiness=_Check(self._ready))
         self.view = RepositoryView()
         self._size_bytes: int | None = None
+        self._standby_of = ""   # the lease holder last logged while standing by
         self._heartbeat = clock()
         self._stopping = threading.Event()
         self._tick_s = min(MAX_TICK_S, config.daemon.lease_expiry_s / 3)
@@ -121,7 +122,11 @@ class Daemon:
         except WickedDRError as exc:
             log.warning("lease renewal failed; retrying", error=exc.one_line())
         holder = self.lease.holder()
-        self.metrics.set_lease(self.lease.held, holder.holder.describe() if holder else "")
+        who = holder.holder.describe() if holder else ""
+        self.metrics.set_lease(self.lease.held, who)
+        if not self.lease.held and who != self._standby_of:
+            log.info("standby: another replica holds the daemon lease", holder=who)
+        self._standby_of = "" if self.lease.held else who
         return self.lease.held
 
     def _on_lease_taken(self) -> None:
