@@ -16,5 +16,11 @@ COPY config/wicked-dr.example.yaml /etc/wicked-dr/config.example.yaml
 USER 888:888
 VOLUME ["/var/lib/wicked-dr"]
 ENV WICKED_DR_CONFIG=/etc/wicked-dr/config.yaml
+# The daemon's /healthz, /readyz and /metrics, reachable from outside the container (the
+# default outside a container is 127.0.0.1:9464).
+ENV WICKED_DR_DAEMON__LISTEN=0.0.0.0:9464
+EXPOSE 9464
+HEALTHCHECK --interval=30s --timeout=10s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=8)"]
 ENTRYPOINT ["wicked-dr"]
 CMD ["daemon"]
