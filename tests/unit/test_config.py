@@ -644,7 +644,7 @@ def test_masked_dict_masks_every_secret_key() -> None:
     config = Config.model_validate(values)
     dumped = json.dumps(masked_dict(config))
     for section, keys in values.items():
-        for key, value in keys.items():
+        for key in keys:
             assert f"secret-{section}-{key}" not in dumped
             assert json.dumps(masked_dict(config)[section][key]) == json.dumps(
                 _shaped(SECTIONS[section].model_fields[key].annotation, "***"))
