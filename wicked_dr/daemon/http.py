@@ -23,6 +23,7 @@ from wicked_dr.log import get_logger
 log = get_logger(__name__)
 
 SETTING = "daemon.listen"
+SHUTDOWN_POLL_S = 0.1  # how soon stop() is noticed by the serving loop
 REQUEST_TIMEOUT_S = 30.0  # a client that connects and says nothing frees its thread then
 
 
@@ -158,6 +159,7 @@ class HealthServer:
             reason = exc.strerror or str(exc)
             raise OperationError(f"{SETTING} {self.listen}: cannot listen: {reason}") from None
         self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": SHUTDOWN_POLL_S},
                                         name="wicked-dr-health", daemon=True)
         self._thread.start()
         log.info("health listener started", listen=f"{self.address[0]}:{self.address[1]}")
