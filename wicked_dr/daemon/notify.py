@@ -145,9 +145,10 @@ class Notifier:
 
     def _deliver(self, send: _Send) -> None:
         """One request; a failure is logged with the scheme and host only."""
-        request = urllib.request.Request(send.url, data=send.body, method="POST", headers={
-            "Content-Type": send.content_type, "User-Agent": USER_AGENT})
         try:
+            request = urllib.request.Request(send.url, data=send.body, method="POST",
+                                             headers={"Content-Type": send.content_type,
+                                                      "User-Agent": USER_AGENT})
             with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
@@ -187,9 +188,11 @@ def endpoint(url: str) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
         port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{parts.hostname or ''}{port}"
     except ValueError:
         return "(unparsable URL)"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "(not an http(s) URL)"  # whatever it holds where a host would be stays out
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
 
 
 def _reason(exc: BaseException, url: str) -> str:
