@@ -54,6 +54,9 @@ class BackupResult(Result):
     # Damage met on the way (an unreadable parent, a missing tree, a damaged index object):
     # the backup went on around it and its snapshot is sound, but a person must look.
     damage: tuple[str, ...] = ()
+    # How long the backup waited for the repository lock (a live restore or prune holding
+    # the exclusive one); wicked's global.lock window is lock_window_s.
+    lock_wait_s: float = 0.0
 
 
 def run_backup(config: Config, *, force: bool = False,
@@ -85,7 +88,7 @@ def run_backup(config: Config, *, force: bool = False,
             raise
         heal(repo, index, writer.pack_ids)
     damage = (*damage, *writer.damage)
-    result = _result(snapshot, writer.stats, backups, started, damage)
+    result = _result(snapshot, writer.stats, backups, started, damage, lock.waited_s)
     for problem in damage:
         log.error("repository damage; this backup went on around it", damage=problem)
     log.info("backup done", **result.to_json())
@@ -186,11 +189,12 @@ def _snapshot(writer: SnapshotWriter, previous: Snapshot | None,
 
 
 def _result(snapshot: Snapshot, stats: WriteStats, backups: dict[str, SourceBackup],
-            started: float, damage: tuple[str, ...]) -> BackupResult:
+            started: float, damage: tuple[str, ...], lock_wait_s: float) -> BackupResult:
     return BackupResult(snapshot.id, stats.files, stats.bytes_read, stats.bytes_new,
                         round(time.monotonic() - started, 3),
                         sum(b.lock_window_s for b in backups.values()), stats.files_unchanged,
-                        stats.objects_written, len(stats.errors), tuple(backups), damage)
+                        stats.objects_written, len(stats.errors), tuple(backups), damage,
+                        lock_wait_s)
 
 
 def new_snapshot_id(after: str | None = None) -> str:

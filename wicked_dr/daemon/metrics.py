@@ -143,6 +143,9 @@ class DaemonMetrics:
         self.backup_lock_window = Gauge(
             f"{PREFIX}backup_last_lock_window_seconds", "How long the last backup held wicked's "
             "global.lock (the window in which the portal could not write).", registry=r)
+        self.backup_lock_wait = Gauge(
+            f"{PREFIX}backup_last_lock_wait_seconds", "How long the last backup waited for "
+            "the repository lock (a live restore or a prune held it).", registry=r)
         self.backup_damage = Gauge(
             f"{PREFIX}backup_last_damage_problems", "Repository damage the last backup met and "
             "went around (its snapshot is sound, but a person must look): the count.",
@@ -206,6 +209,7 @@ class DaemonMetrics:
         self.backup_read.set(result.bytes_read)
         self.backup_new.set(result.bytes_new)
         self.backup_lock_window.set(result.lock_window_s)
+        self.backup_lock_wait.set(result.lock_wait_s)
         self.backup_damage.set(len(result.damage))
         self.backup_read_total.inc(result.bytes_read)
         self.backup_new_total.inc(result.bytes_new)

@@ -71,6 +71,7 @@ class RepositoryLock:
     def __init__(self, repo: Repository, info: LockInfo, etag: str, expiry_s: float) -> None:
         self._repo = repo
         self.info = info
+        self.waited_s = 0.0  # how long ``acquire`` waited for conflicting holders
         self._etag = etag
         self._expiry_s = expiry_s
         self._stop = threading.Event()
@@ -124,7 +125,8 @@ def acquire(repo: Repository, *, exclusive: bool, operation: str, wait_s: float,
             expiry_s: float, cancel: CancelToken = NOT_CANCELLED) -> RepositoryLock:
     """Take a lock, waiting up to ``wait_s`` for conflicting holders; LockedError after.
     Once ``cancel`` is cancelled the wait ends at once in ``Interrupted``, holding nothing."""
-    deadline = time.monotonic() + wait_s
+    started = time.monotonic()
+    deadline = started + wait_s
     delay = 0.2
     waiting = False
     while True:
@@ -133,6 +135,7 @@ def acquire(repo: Repository, *, exclusive: bool, operation: str, wait_s: float,
         if not blockers:
             lock = _try_write(repo, exclusive, operation, expiry_s)
             if lock is not None:
+                lock.waited_s = round(time.monotonic() - started, 3)
                 return lock
             blockers = _conflicts(repo, exclusive, exclude=None)
         if time.monotonic() >= deadline:
