@@ -142,6 +142,11 @@ class DaemonLease:
                         "(daemon.replicas: 1)", repository=repo.url)
 
     @property
+    def identity(self) -> Holder:
+        """Who this daemon is in the lease object."""
+        return self._holder
+
+    @property
     def held(self) -> bool:
         """Whether we hold the lease: our last write succeeded and has not expired on our
         clock. Past our own ``expires`` a standby may already have taken over, so we stop
