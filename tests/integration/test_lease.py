@@ -27,7 +27,7 @@ from wicked_dr.daemon.lease import (
     check_replicas,
     probe_conditional_writes,
 )
-from wicked_dr.errors import ExitCode, IntegrityError, RefusedError
+from wicked_dr.errors import BackendError, ExitCode, IntegrityError, RefusedError
 from wicked_dr.holder import Holder, boot_id
 from wicked_dr.repository.crypto import load_key
 from wicked_dr.repository.locks import acquire, list_locks, locked
@@ -343,6 +343,26 @@ def test_probe_names_the_ignored_condition(target: RepoTarget, ignored: dict[str
     assert refused.value.exit_code == ExitCode.REFUSED and "\n" not in str(refused.value)
     with pytest.raises(RefusedError):
         check_replicas(reason, 2)
+    assert check_replicas(reason, 1) is False
+
+
+class RefusingConditions(IgnoringConditions):
+    """A test double with behaviour: a real backend that answers every conditional put with
+    a permanent error, as S3-compatible stores without the feature answer 501."""
+
+    def put(self, name: str, data: bytes, *, if_none_match: bool = False,
+            if_match: str | None = None) -> str:
+        if if_none_match or if_match is not None:
+            raise BackendError("S3 answered NotImplemented: A header you provided implies "
+                               "functionality that is not implemented")
+        return self.inner.put(name, data)
+
+
+def test_probe_reports_a_store_refusing_conditional_puts(target: RepoTarget) -> None:
+    backend = RefusingConditions(target.backend())
+    reason = probe_conditional_writes(backend)
+    assert reason is not None and "NotImplemented" in reason
+    assert list(backend.list("leases/")) == []
     assert check_replicas(reason, 1) is False
 
 

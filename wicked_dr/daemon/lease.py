@@ -352,24 +352,25 @@ def probe_conditional_writes(backend: Backend) -> str | None:
     """Whether the store honours If-None-Match and If-Match, tried in a scratch key
     (``leases/probe-<random>``, deleted in all cases). None when it does, else one line
     naming the condition it ignored. Retryable errors propagate (no verdict without an
-    answer); a permanent refusal of a conditional put counts as "not honoured"."""
+    answer); a permanent refusal of a conditional put (some S3-compatible stores answer
+    501 to the headers) counts as "not honoured", with the store's words."""
     name = PROBE_PREFIX + secrets.token_hex(8)
     try:
         return _probe(backend, name)
+    except RetryableBackendError:
+        raise
+    except BackendError as exc:
+        return f"a conditional put failed on {backend.url} (scratch key {name}): " \
+               f"{exc.one_line()}"
     finally:
         with contextlib.suppress(WickedDRError):
             backend.delete(name)
 
 
 def _probe(backend: Backend, name: str) -> str | None:
+    """The four puts; PreconditionFailed only where the condition must hold."""
     where = f"{backend.url} (scratch key {name})"
-    try:
-        etag = backend.put(name, b"probe 1", if_none_match=True)
-    except RetryableBackendError:
-        raise
-    except BackendError as exc:
-        return f"a create-only put (If-None-Match) of a fresh key failed on {where}: " \
-               f"{exc.one_line()}"
+    etag = backend.put(name, b"probe 1", if_none_match=True)
     if _put_succeeds(backend, name, b"probe 2", if_none_match=True, if_match=None):
         return f"If-None-Match is ignored by {where}: a second create-only put succeeded"
     wrong = "0" * 32 if etag != "0" * 32 else "1" * 32
@@ -377,9 +378,7 @@ def _probe(backend: Backend, name: str) -> str | None:
         return f"If-Match is ignored by {where}: a put with a wrong etag succeeded"
     try:
         backend.put(name, b"probe 4", if_match=etag)
-    except RetryableBackendError:
-        raise
-    except BackendError as exc:
+    except PreconditionFailed as exc:
         return f"If-Match with the current etag was refused by {where}: {exc.one_line()}"
     return None
 
