@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-Kind = Literal["data", "index", "tree", "snapshot", "lock", "verification", "damage", "drill"]
+Kind = Literal["data", "index", "tree", "snapshot", "lock", "verification", "damage", "drill",
+               "lease"]
 
 CONFIG_NAME = "config"
 FORMAT_NAME = "wicked-dr-repository"
@@ -24,6 +25,8 @@ _DIRS: dict[Kind, str] = {
     "verification": "verifications",
     "damage": "damaged",
     "drill": "drills",
+    # The daemon lease: never under locks/, so repository locks neither see nor wait for it.
+    "lease": "leases",
 }
 
 
