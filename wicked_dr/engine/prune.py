@@ -52,9 +52,9 @@ from wicked_dr.repository.verification import (
 
 log = get_logger(__name__)
 RECENT = 10  # snapshots the shrink guard compares with when verify is not scheduled
-# Tests only: ``WICKED_DR_PRUNE_FAILPOINT=<step>`` makes a prune announce the step on stderr
+# Tests only: ``WDR_TEST_PRUNE_FAILPOINT=<step>`` makes a prune announce the step on stderr
 # and block there, so a test can kill -9 it at that very point (no timing involved).
-FAILPOINT_ENV = "WICKED_DR_PRUNE_FAILPOINT"
+FAILPOINT_ENV = "WDR_TEST_PRUNE_FAILPOINT"  # not WICKED_DR_*: that prefix is config
 STEPS = ("snapshots-forgotten", "packs-written", "index-written", "index-removed",
          "packs-deleting", "packs-deleted")
 
@@ -291,7 +291,10 @@ def execute(repo: Repository, plan: PrunePlan, *, pack_size: int,
     gone = set(plan.packs_delete) | set(repacked)
     _rewrite_index(repo, plan.state, gone, written, check_lock, outcome)
     stored = dict(repo.list_objects("data"))
-    doomed = sorted((gone | set(plan.packs_leftover)) & set(stored))
+    # A pack just written is never doomed, even when it was a leftover: a run killed after
+    # writing it left the very same pack (same blobs, same id), which this run re-used.
+    fresh = {record.pack_id for record in written}
+    doomed = sorted((gone | set(plan.packs_leftover)) & set(stored) - fresh)
     damaged = set(damaged_pack_ids(repo))
     for number, pack_id in enumerate(doomed):
         repo.backend.delete(object_name("data", pack_id))
