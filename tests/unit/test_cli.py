@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ERROR_PREFIX = "wicked-dr: error: "
 COMMANDS = ["init", "backup", "snapshots", "check", "export", "restore", "verify", "drill", "prune",
             "kong-resync", "daemon", "config", "verify-data"]
-STUBS = ["prune", "daemon"]
+STUBS = ["daemon"]
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -362,14 +362,14 @@ def test_stub_command_subprocess_exit_1(setup: Path) -> None:
 # --- errors with --json -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [["--json", "prune"], ["prune", "--json"]])
+@pytest.mark.parametrize("argv", [["--json", "daemon"], ["daemon", "--json"]])
 def test_json_error_prints_error_object_on_stdout(
         setup: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """With --json a failure also prints {"error", "exit_code"} on stdout."""
     code = main(["--config", str(setup), *argv])
     out, err = capsys.readouterr()
     assert code == 1
-    assert json.loads(out) == {"error": "'prune' is not implemented yet", "exit_code": 1}
+    assert json.loads(out) == {"error": "'daemon' is not implemented yet", "exit_code": 1}
     assert err.startswith(ERROR_PREFIX)
 
 
