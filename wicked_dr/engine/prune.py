@@ -294,6 +294,7 @@ def execute(repo: Repository, plan: PrunePlan, *, pack_size: int,
     # A pack just written is never doomed, even when it was a leftover: a run killed after
     # writing it left the very same pack (same blobs, same id), which this run re-used.
     fresh = {record.pack_id for record in written}
+    check_lock()  # from here on, a lost lock could mean a backup reusing what goes
     doomed = sorted((gone | set(plan.packs_leftover)) & set(stored) - fresh)
     damaged = set(damaged_pack_ids(repo))
     for number, pack_id in enumerate(doomed):
@@ -305,6 +306,7 @@ def execute(repo: Repository, plan: PrunePlan, *, pack_size: int,
         if number == 0:
             failpoint("packs-deleting")
     failpoint("packs-deleted")
+    check_lock()
     for tree_id in plan.trees_delete:
         repo.backend.delete(object_name("tree", tree_id))
         outcome.trees_deleted += 1
