@@ -332,6 +332,11 @@ def _repack(repo: Repository, plan: PrunePlan, pack_size: int, cancel: CancelTok
             continue
         if progress:
             progress("read", record.stored_size)
+        absent = [b for b in plan.needed[pack_id] if b not in blobs]
+        if absent:  # the index lists a blob the pack does not hold: leave it to check
+            log.error("pack lacks a blob its index lists; not repacked", pack=pack_id,
+                      blob=absent[0])
+            continue
         for blob_id in plan.needed[pack_id]:
             writer.add(blob_id, blobs[blob_id])
         repacked.append(pack_id)
