@@ -35,7 +35,6 @@ from wicked_dr.errors import (
     ConfigError,
     ExitCode,
     Interrupted,
-    NotImplementedYetError,
     UsageError,
     WickedDRError,
 )
@@ -68,8 +67,8 @@ exit codes:
   130  interrupted
 
 signals:
-  SIGTERM/SIGINT stop backup, check, export, restore --target, repair, verify and drill at
-  their next safe point (locks released, staging and scratch containers removed, no
+  SIGTERM/SIGINT stop backup, check, export, restore --target, repair, prune, verify and
+  drill at their next safe point (locks released, staging and scratch containers removed, no
   snapshot or record written); a second signal stops at once
 
 environment:
@@ -85,6 +84,7 @@ examples:
   wicked-dr check --read-data-subset 10%
   wicked-dr export latest --tar - | tar -t
   wicked-dr repair packs --dry-run
+  wicked-dr prune --dry-run
   wicked-dr verify-data /tmp/restore --manifest files.jsonl
 """
 
@@ -333,9 +333,10 @@ def _add_operations_commands(sub: Any) -> None:
                        help="also write drill-<id>.md and drill-<id>.json here")
     drill.add_argument("--history", action="store_true",
                        help="print the last drills instead of running one")
-    prune = _command(sub, "prune", "apply the retention policy", "Forget and remove old "
-                     "snapshots according to the retention section.")
-    prune.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    prune = _command(sub, "prune", "apply the retention policy", PRUNE_DESCRIPTION)
+    prune.add_argument("--dry-run", action="store_true",
+                       help="show the plan (snapshots kept and why, packs to delete or "
+                       "repack), delete nothing")
     _command(sub, "kong-resync", "make the Kong Adapter rebuild Kong",
              "Make the Kong Adapter rebuild Kong's consumers and credentials from wicked's "
              "data (e.g. after Kong's database was lost): POST /resync when the adapter "
@@ -369,6 +370,20 @@ notify.healthchecks URLs are pinged at start, success (/) and failure (/fail).
 SIGTERM/SIGINT: no new job starts; a running job gets daemon.stop_grace_s to finish, then is
 cancelled at its next safe point (global.lock and locks released, no partial snapshot);
 exit 0. Logs are JSON lines with a run id per job."""
+
+
+PRUNE_DESCRIPTION = """\
+Forget the snapshots the retention section lets go (GFS: keep_last, keep_hourly,
+keep_daily, keep_weekly, keep_monthly, keep_yearly by calendar buckets in
+schedule.timezone, plus keep_within), then delete the packs and trees only they used;
+packs whose used share fell below retention.repack_below_percent are repacked. Holds the
+exclusive repository lock; safe to kill and run again. The newest verified snapshot is
+always kept.
+
+Refuses (exit 6, nothing deleted) when the newest snapshot shrank by more than
+volume.max_shrink_percent against the newest verified one (take a snapshot with 'backup
+--force' if the loss is intended), and, where schedule.verify is set, when the newest
+verification failed, is missing, or is older than two verify periods (run 'verify')."""
 
 
 VERIFY_DATA_DESCRIPTION = """\
@@ -599,6 +614,13 @@ def _repair(config: Config, args: argparse.Namespace) -> Any:
                                        options=_options(args))
 
 
+def _prune(config: Config, args: argparse.Namespace) -> Any:
+    from wicked_dr.actions.prune import run_prune
+
+    return _with_progress(args, "prune", lambda o: run_prune(config, dry_run=args.dry_run,
+                                                             options=o))
+
+
 def _verify(config: Config, args: argparse.Namespace) -> Any:
     from wicked_dr.actions.verify import VerifyFailed, run_verify
 
@@ -731,13 +753,6 @@ def _config(config: Config, args: argparse.Namespace) -> Any:
     return {"valid": True, "config": str(resolve_config_path(args.config, os.environ))}
 
 
-def _not_yet(name: str) -> Callable[[Config, argparse.Namespace], Any]:
-    def handler(config: Config, args: argparse.Namespace) -> Any:
-        raise NotImplementedYetError(f"'{name}' is not implemented yet")
-
-    return handler
-
-
 _HANDLERS: dict[str, Callable[[Config, argparse.Namespace], Any]] = {
     "init": _init,
     "backup": _backup,
@@ -749,7 +764,7 @@ _HANDLERS: dict[str, Callable[[Config, argparse.Namespace], Any]] = {
     "config": _config,
     "verify": _verify,
     "drill": _drill,
-    "prune": _not_yet("prune"),
+    "prune": _prune,
     "kong-resync": _kong_resync,
     "daemon": _daemon,
 }

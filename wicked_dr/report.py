@@ -36,6 +36,8 @@ def render(command: str, result: Any) -> str:
         return _verify_data(result)
     if command == "repair":
         return _REPAIRS[result["action"]](result)
+    if command == "prune":
+        return _prune(result)
     if command == "restore" and isinstance(result, dict) and result.get("mode") == "target":
         return _restore_target(result)
     if command == "restore" and isinstance(result, dict) and result.get("mode") == "live":
@@ -222,6 +224,22 @@ def _repair_packs(result: dict[str, Any]) -> str:
         lines.append("files lost with them:")
         lines += _lost(result["snapshots_losing_data"])
     lines.append(f"next: {result['next_step']}")
+    return "\n".join(lines)
+
+
+def _prune(result: dict[str, Any]) -> str:
+    """Every kept snapshot with its reasons, the forgotten ones, and what the packs cost."""
+    dry = result["dry_run"]
+    lines = [f"prune{' (dry run, nothing deleted)' if dry else ''}: {len(result['kept'])} "
+             f"snapshot(s) kept, {len(result['removed'])} forgotten"]
+    lines += [f"keep   {sid}  {', '.join(result['reasons'].get(sid, []))}"
+              for sid in result["kept"]]
+    lines += [f"forget {sid}" for sid in result["removed"]]
+    into = "" if dry else f" into {result['packs_written']} new"
+    lines.append(f"packs: {'would delete' if dry else 'deleted'} {result['packs_deleted']} "
+                 f"({result['packs_repacked']} of them repacked{into}), "
+                 f"{_size(result['bytes_deleted'])}; trees: {result['trees_deleted']}; "
+                 f"{result['duration_s']} s")
     return "\n".join(lines)
 
 

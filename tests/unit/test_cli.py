@@ -23,7 +23,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ERROR_PREFIX = "wicked-dr: error: "
 COMMANDS = ["init", "backup", "snapshots", "check", "export", "restore", "verify", "drill", "prune",
             "kong-resync", "daemon", "config", "verify-data"]
-STUBS = ["prune", "daemon"]
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -39,13 +38,15 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("WICKED_DR_")}
 
 
-def _run(args: list[str], *, console_script: bool = False) -> subprocess.CompletedProcess[str]:
+def _run(args: list[str], *, console_script: bool = False,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real program in a child process, stdin not a terminal."""
     if console_script:
         command = [str(_console_script())]
     else:
         command = [sys.executable, "-m", "wicked_dr.cli"]
-    return subprocess.run([*command, *args], capture_output=True, text=True, env=_env(),
+    return subprocess.run([*command, *args], capture_output=True, text=True,
+                          env={**_env(), **(env or {})},
                           cwd=REPO_ROOT, stdin=subprocess.DEVNULL, timeout=120, check=False)
 
 
@@ -339,37 +340,31 @@ def test_restore_live_without_yes_subprocess_refuses_exit_2(setup: Path) -> None
     assert not (setup.parent / "repo").exists()
 
 
-# --- stubs --------------------------------------------------------------------------------------
+# --- the daemon from the console script -----------------------------------------------------
 
 
-@pytest.mark.parametrize("command", STUBS)
-def test_stub_command_says_not_implemented_exit_1(
-        setup: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Commands not built yet say so and exit 1; they never pretend to succeed."""
-    assert main(["--config", str(setup), command]) == ExitCode.FAILED == 1
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert err.strip() == f"{ERROR_PREFIX}'{command}' is not implemented yet"
-
-
-def test_stub_command_subprocess_exit_1(setup: Path) -> None:
-    """`wicked-dr daemon` from the console script exits 1 with 'not implemented yet'."""
-    proc = _run(["--config", str(setup), "daemon"], console_script=True)
-    assert proc.returncode == 1
-    assert "not implemented yet" in proc.stderr
+def test_daemon_with_a_bad_listen_address_is_one_line_exit_2(setup: Path) -> None:
+    """`wicked-dr daemon` from the console script: a bad daemon.listen is refused at once,
+    one line naming the key, before anything listens or runs."""
+    env = {"WICKED_DR_DAEMON__LISTEN": "no-port-here"}
+    proc = _run(["--config", str(setup), "daemon"], console_script=True, env=env)
+    assert proc.returncode == ExitCode.USAGE
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "daemon.listen" in lines[0], proc.stderr
 
 
 # --- errors with --json -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [["--json", "prune"], ["prune", "--json"]])
+@pytest.mark.parametrize("argv", [["--json", "snapshots"], ["snapshots", "--json"]])
 def test_json_error_prints_error_object_on_stdout(
         setup: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """With --json a failure also prints {"error", "exit_code"} on stdout."""
     code = main(["--config", str(setup), *argv])
     out, err = capsys.readouterr()
-    assert code == 1
-    assert json.loads(out) == {"error": "'prune' is not implemented yet", "exit_code": 1}
+    assert code == ExitCode.NOT_FOUND
+    error = json.loads(out)
+    assert error["exit_code"] == code and "repository" in error["error"]
     assert err.startswith(ERROR_PREFIX)
 
 

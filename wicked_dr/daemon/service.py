@@ -66,8 +66,12 @@ class Daemon:
                  actions: dict[JobName, Action] | None = None) -> None:
         self.config = config
         self._clock = clock
-        self.repo = open_or_create_repository(config)
         self.metrics = DaemonMetrics(clock=clock)
+        # First: a bad daemon.listen is refused before the repository is touched.
+        self.server = HealthServer(config.daemon.listen, self.metrics,
+                                   liveness=_Check(self._alive),
+                                   readiness=_Check(self._ready))
+        self.repo = open_or_create_repository(config)
         self.notifier = Notifier(config.notify, repository=self.repo.url,
                                  host=socket.gethostname())
         self.lease = DaemonLease(self.repo, expiry_s=config.daemon.lease_expiry_s,
@@ -76,9 +80,6 @@ class Daemon:
                                 finished=self._finished, actions=actions)
         self.scheduler: BaseScheduler = build_scheduler(config.schedule, self.runner.run,
                                                         self._not_run)
-        self.server = HealthServer(config.daemon.listen, self.metrics,
-                                   liveness=_Check(self._alive),
-                                   readiness=_Check(self._ready))
         self.view = RepositoryView()
         self._size_bytes: int | None = None
         self._standby_of = ""   # the lease holder last logged while standing by

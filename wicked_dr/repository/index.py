@@ -149,6 +149,16 @@ class IndexCache:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)",
                          (secrets.token_hex(8),))
 
+    def carry_epoch(self, epoch: str) -> None:
+        """Go back to ``epoch`` after a reset that lost no blob anything vouched for under it.
+
+        Only a prune may claim that (``actions/prune.py``): it removed index objects, which
+        resets the cache, but every blob of every snapshot it kept, the newest included
+        (whose stat cache is the only one a backup reads), is still indexed. Without this,
+        every prune would make the next backup read the whole volume."""
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (epoch,))
+
     def sync(self, repo: Repository) -> None:
         """Load index objects not seen yet; start over when one disappeared (pruned or
         repaired); then apply the repository's damage records (``damaged/``)."""

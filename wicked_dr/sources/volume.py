@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from wicked_dr.config import VolumeConfig
 from wicked_dr.errors import RefusedError, SourceError
 from wicked_dr.portal.quiesce import quiesced
+from wicked_dr.repository.shrink import Counts, guard_shrink, largest_references
 from wicked_dr.repository.snapshot import TREE_SOURCE, Snapshot, SourceRecord
 from wicked_dr.repository.verification import ProbeResult
 from wicked_dr.sources.base import (
@@ -90,18 +91,11 @@ class VolumeSource:
     def _guard_shrink(self, counts: TreeCounts, recent: tuple[Snapshot, ...]) -> None:
         """A half-deleted or half-truncated volume must not become the newest snapshot and
         push good ones out. The reference is the largest of the recent snapshots since the
-        newest forced one, in files and in bytes, so that five backups each losing a little
-        less than the limit cannot walk the volume down unnoticed."""
-        limit = self.config.max_shrink_percent
-        for what in ("files", "bytes"):
-            reference = _largest(recent, what)
-            before, now = _count(reference, what), int(getattr(counts, what))
-            if reference is not None and now < before * (1 - limit / 100):
-                raise RefusedError(
-                    f"the volume shrank from {before} to {now} {what} "
-                    f"(more than volume.max_shrink_percent={limit:g}%) since snapshot "
-                    f"{reference.id}; refusing to snapshot it (pass --force if the loss is "
-                    "intended)")
+        newest forced one, in files and in bytes (``repository/shrink.py``, shared with
+        prune)."""
+        guard_shrink(Counts(int(counts.files), int(counts.bytes)), largest_references(recent),
+                     self.config.max_shrink_percent,
+                     refusing="refusing to snapshot it (pass --force if the loss is intended)")
 
     def restore_to_dir(self, reader: TreeReader, record: SourceRecord,
                        target: Path) -> DirRestore:
@@ -189,26 +183,6 @@ class VolumeSource:
         live.remove_staging(paths)
         kept = paths.pre_restore if paths.pre_restore.exists() else None
         return {"pre_restore_copy": str(kept) if kept else None}
-
-
-def _largest(recent: tuple[Snapshot, ...], what: str) -> Snapshot | None:
-    """The snapshot with the most ``what`` since (and including) the newest forced one: a
-    forced backup accepted the loss, so older snapshots no longer count."""
-    since = recent
-    for index in range(len(recent) - 1, -1, -1):
-        if _forced(recent[index]):
-            since = recent[index:]
-            break
-    return max(since, key=lambda s: _count(s, what), default=None)
-
-
-def _count(snapshot: Snapshot | None, what: str) -> int:
-    return int(getattr(snapshot.summary, what)) if snapshot is not None else 0
-
-
-def _forced(snapshot: Snapshot) -> bool:
-    record = snapshot.sources.get(TREE_SOURCE)
-    return bool(record is not None and record.metadata.get("forced"))
 
 
 def _paths(state: LiveState) -> VolumePaths:
