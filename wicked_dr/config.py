@@ -138,7 +138,8 @@ class VolumeConfig(Section):
         10.0, "Longest wait for in-flight writes (*.lock files) to finish.", example=10,
         bounds=(0, 600))
     max_shrink_percent: float = _field(
-        20.0, "Refuse a backup whose file count fell by more than this since the last snapshot.",
+        20.0, "Refuse a backup whose files or bytes fell by more than this against the recent "
+        "snapshots, and a prune whose newest snapshot did against the newest verified one.",
         example=20, bounds=(0, 100))
     scan_workers: int | None = _field(
         None,
