@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.repos import REPO_ROOT, RepoTarget, local_target, s3_target
 from tests.fixtures.s3 import free_port
+from tests.fixtures.services import require_root
 from wicked_dr.backends import open_backend
 from wicked_dr.config import RepositoryConfig
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
@@ -270,6 +271,7 @@ def test_two_replicas_one_runs_jobs_and_the_other_takes_over_after_a_kill(
     runs nothing. A is killed -9 there. B takes the lease only after it expired, removes the
     global.lock A left (A's repository lock expired too) and runs the backup itself: the
     one snapshot is B's."""
+    require_root("a UTS namespace of its own for replica B (unshare -u)")
     server = request.getfixturevalue("s3_server")
     bucket = request.getfixturevalue("s3_bucket")
     volume = tmp_path / "dynamic"

@@ -31,7 +31,7 @@ from wicked_dr.config import Config
 from wicked_dr.cron import period_s
 from wicked_dr.engine.blobs import load_pack
 from wicked_dr.engine.catalog import load_snapshot, snapshot_ids, snapshot_time
-from wicked_dr.engine.repair import IndexState, _index_chunks, _save_index
+from wicked_dr.engine.repair import IndexState, index_chunks, save_index
 from wicked_dr.engine.retention import Candidate, Decision, apply_policy
 from wicked_dr.errors import IntegrityError, NotFoundError, RefusedError
 from wicked_dr.log import get_logger
@@ -400,7 +400,7 @@ def _rewrite_index(repo: Repository, state: IndexState, gone: set[str],
     staying = [r for i in affected for r in state.by_index[i] if r.pack_id not in gone]
     records = list({r.pack_id: r for r in [*staying, *written]}.values())
     check_lock()
-    new_ids = [_save_index(repo, chunk) for chunk in _index_chunks(records)]
+    new_ids = [save_index(repo, chunk) for chunk in index_chunks(records)]
     outcome.index_written = len(new_ids)
     failpoint("index-written")
     check_lock()

@@ -149,7 +149,7 @@ def read_pack_record(repo: Repository, pack_id: str, stored_size: int) -> PackRe
 def _replace_index(repo: Repository, old_ids: list[str], records: list[PackRecord],
                    report: IndexRepair) -> None:
     """New index objects first, then the old ones go (see the module docstring)."""
-    new_ids = [_save_index(repo, chunk) for chunk in _index_chunks(records)]
+    new_ids = [save_index(repo, chunk) for chunk in index_chunks(records)]
     report.index_objects_written = len(new_ids)
     for index_id in old_ids:
         if index_id not in new_ids:
@@ -159,7 +159,7 @@ def _replace_index(repo: Repository, old_ids: list[str], records: list[PackRecor
              removed=report.index_objects_removed)
 
 
-def _index_chunks(records: list[PackRecord]) -> Iterator[list[PackRecord]]:
+def index_chunks(records: list[PackRecord]) -> Iterator[list[PackRecord]]:
     """Index objects of about INDEX_BLOBS_PER_OBJECT blobs each, as backups write them."""
     chunk: list[PackRecord] = []
     blobs = 0
@@ -173,7 +173,7 @@ def _index_chunks(records: list[PackRecord]) -> Iterator[list[PackRecord]]:
         yield chunk
 
 
-def _save_index(repo: Repository, records: list[PackRecord]) -> str:
+def save_index(repo: Repository, records: list[PackRecord]) -> str:
     plaintext = index_document(records)
     index_id = content_id(plaintext)
     repo.save("index", index_id, plaintext)
@@ -347,7 +347,7 @@ def _drop_from_index(repo: Repository, state: IndexState, dropped: set[str]) -> 
             continue
         left = [r for r in records if r.pack_id not in dropped]
         if left:
-            _save_index(repo, left)
+            save_index(repo, left)
         repo.backend.delete(object_name("index", index_id))
         rewritten += 1
     return rewritten
