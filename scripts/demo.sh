@@ -5,7 +5,8 @@
 #
 # Creates .venv with wicked-dr when missing, generates demo/volume, then runs what the daemon
 # runs: a full backup, an incremental one after 1 % of files changed, check --read-data, a
-# restore into demo/restore compared with the volume, and a tar export. Safe to re-run.
+# restore into demo/restore compared with the volume, a tar export, prune --dry-run, and
+# the daemon itself for a moment (/readyz, /metrics, SIGTERM). Safe to re-run.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,4 +50,29 @@ diff -r "$DEMO/volume" "$DEMO/restore" && echo "demo: restored tree is identical
 say "export latest as a plain tar"
 "${WDR[@]}" export latest --tar "$DEMO/latest.tar"
 tar -tf "$DEMO/latest.tar" | wc -l | xargs echo "demo: entries in demo/latest.tar:"
+say "prune --dry-run: what the retention policy (retention.*) would remove"
+"${WDR[@]}" prune --dry-run
+say "the daemon for a moment: /readyz and /metrics answer, then SIGTERM stops it (exit 0)"
+"${WDR[@]}" -q daemon &
+DAEMON_PID=$!
+.venv/bin/python - <<'PY'
+import time, urllib.request, urllib.error
+base = "http://127.0.0.1:19464"
+for _ in range(300):
+    try:
+        with urllib.request.urlopen(base + "/readyz", timeout=2) as answer:
+            print("demo: /readyz", answer.status, answer.read().decode())
+            break
+    except (urllib.error.URLError, OSError):
+        time.sleep(0.1)
+else:
+    raise SystemExit("demo: the daemon never became ready")
+with urllib.request.urlopen(base + "/metrics", timeout=5) as answer:
+    for line in answer.read().decode().splitlines():
+        if line.startswith(("wicked_dr_repository_snapshots", "wicked_dr_data_age_seconds",
+                            "wicked_dr_lease_held")):
+            print("demo:", line)
+PY
+kill -TERM "$DAEMON_PID"
+wait "$DAEMON_PID" && echo "demo: the daemon stopped cleanly"
 say "done: repository in demo/repository, config in demo/config.yaml"

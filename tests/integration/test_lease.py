@@ -205,30 +205,6 @@ def test_unreadable_lease_taken_only_after_unchanged_for_an_expiry(target: RepoT
     assert standby.try_acquire()
 
 
-def test_renewal_thread_reports_lost_lease(target: RepoTarget) -> None:
-    """start_renewing keeps renewing; after a takeover it calls on_lost once and stops."""
-    first = lease(target, replica("a"), FakeClock(T0))
-    assert first.try_acquire()
-    lost = threading.Event()
-    reasons: list[str] = []
-
-    def on_lost(reason: str) -> None:
-        reasons.append(reason)
-        lost.set()
-
-    first.start_renewing(on_lost, interval_s=0.02)
-    try:
-        # The first daemon's clock stands still, so its renewals keep expires at T0 + 30;
-        # the second daemon's clock is far later: the lease is expired for it.
-        second = lease(target, replica("b"), FakeClock(T0 + 1000))
-        assert second.try_acquire()
-        assert lost.wait(timeout=60), "on_lost was never called"
-        assert len(reasons) == 1 and "b.example" in reasons[0]
-        assert not first.held
-    finally:
-        first.stop_renewing()
-
-
 # --- independence from repository locks ------------------------------------------------------
 
 

@@ -112,8 +112,8 @@ class _Seen:
 
 
 class DaemonLease:
-    """This daemon's handle on the lease. Thread-safe: the service's loop and the optional
-    renewal thread may call it concurrently.
+    """This daemon's handle on the lease. Thread-safe: the service's loop renews it (every
+    tick, ``try_acquire``) while the job threads ask whether it is ``held``.
 
     ``conditional=False`` is for a store without conditional writes, acknowledged by
     ``daemon.replicas: 1``: the same protocol with plain puts, which cannot keep two replicas
@@ -134,8 +134,6 @@ class DaemonLease:
         self._info: LeaseInfo | None = None
         # An unreadable lease object: its etag and when we first saw it (our clock).
         self._unreadable: tuple[str, float] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         if not conditional:
             log.warning("daemon lease without conditional writes: the store cannot keep two "
                         "replicas apart, so two daemons would both run jobs; run exactly one "
@@ -203,7 +201,6 @@ class DaemonLease:
         Read, compare, delete is not atomic (backends have no conditional delete): only a
         standby that took our *expired* lease in between could lose its fresh lease, and it
         notices at its next renewal (``LeaseLost``) and re-acquires the free lease."""
-        self.stop_renewing()
         with self._mutex:
             try:
                 seen = self._read()
@@ -216,41 +213,7 @@ class DaemonLease:
             finally:
                 self._forget()
 
-    def start_renewing(self, on_lost: Callable[[str], None],
-                       interval_s: float | None = None) -> None:
-        """Renew in a background thread every ``interval_s`` (default a third of the expiry,
-        so two renewals may fail before the lease expires). On ``LeaseLost`` it calls
-        ``on_lost`` with the reason and stops; other errors (the store briefly unreachable)
-        are logged and the next period retries."""
-        with self._mutex:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stop.clear()
-            period = interval_s if interval_s is not None else self._expiry_s / 3
-            self._thread = threading.Thread(target=self._renew_loop, args=(on_lost, period),
-                                            daemon=True, name="daemon-lease-renew")
-            self._thread.start()
-
-    def stop_renewing(self) -> None:
-        """Stop the renewal thread (the lease stays held until it expires or is released)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=10)
-        self._thread = None
-
     # --- internals -------------------------------------------------------------------------
-
-    def _renew_loop(self, on_lost: Callable[[str], None], period: float) -> None:
-        while not self._stop.wait(period):
-            try:
-                self.renew()
-            except LeaseLost as exc:
-                log.error("daemon lease lost", error=exc.one_line())
-                on_lost(exc.one_line())
-                return
-            except WickedDRError as exc:
-                log.warning("daemon lease renewal failed; retrying", error=exc.one_line())
 
     def _renew_from(self, seen: _Seen, now: float) -> bool:
         """Renew a lease the store says is ours (possibly written by an earlier call whose
