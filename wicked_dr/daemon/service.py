@@ -225,7 +225,7 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
         self.lease.release()
         self.server.stop()
-        self.notifier.close()
+        self.notifier.close(timeout=2 * self.config.notify.timeout_s)
         log.info("daemon stopped")
 
 
