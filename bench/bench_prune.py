@@ -1,4 +1,4 @@
-"""Benchmark ``wicked-dr prune`` against ``restic forget --prune``, and the daemon at rest (run by hand).
+"""Benchmark ``wicked-dr prune`` next to ``restic forget --prune``; the daemon at rest (by hand).
 
     python bench/bench_prune.py --users 20000 --history 24 --repeats 3 \\
         --workdir /var/tmp/wdr-bench-prune
@@ -26,6 +26,7 @@ test suite. ``--profile`` adds one wicked-dr prune under cProfile (top functions
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -279,7 +280,7 @@ def proc_sample(pid: int) -> tuple[float, float, int]:
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (127.0.0.1)
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return int(resp.status), bytes(resp.read())
     except urllib.error.HTTPError as exc:
         return int(exc.code), bytes(exc.read())
@@ -326,10 +327,8 @@ def bench_daemon(work: Path, cmd: list[str], run_dir: Path, volume: Path,
             time.sleep(1)
             sample_rss, _cpu, _thr = proc_sample(proc.pid)
             rss.append(sample_rss)
-            try:
+            with contextlib.suppress(OSError):
                 mtimes.add(lease.stat().st_mtime_ns)
-            except OSError:
-                pass
         rss1, cpu1, _ = proc_sample(proc.pid)
         wall = time.monotonic() - t0
         result.update(window_s=round(wall, 1), rss_start_mib=round(rss0, 1),
