@@ -171,8 +171,8 @@ def build_history(work: Path, cmd: list[str], users: int, seed: int, history: in
               f"{restic_s[-1]:.2f} s", file=sys.stderr)
     info = {"files": tree_files(volume), "raw_bytes": tree_bytes(volume),
             "wdr_backup_s": wdr_s, "restic_backup_s": restic_s,
-            "wdr_packs": tree_files(base / "wdr-repo" / "packs")
-            if (base / "wdr-repo" / "packs").exists() else None}
+            "wdr_packs": tree_files(base / "wdr-repo" / "data")
+            if (base / "wdr-repo" / "data").exists() else None}
     info_file.write_text(json.dumps(info))
     stamp.write_text(want)
     return info
@@ -207,7 +207,7 @@ def prune_wicked(work: Path, base: Path, cmd: list[str], label: str, repack: flo
     run.extra = {k: doc.get(k) for k in WDR_FIELDS if k in doc}
     run.extra.update(kept=len(doc.get("kept", ())), removed=len(doc.get("removed", ())),
                      repo_before=before, repo_after=tree_bytes(run_dir / "wdr-repo"),
-                     packs_after=tree_files(run_dir / "wdr-repo" / "packs"))
+                     packs_after=tree_files(run_dir / "wdr-repo" / "data"))
     out["prune"] = run
     return out
 
