@@ -132,12 +132,19 @@ class DaemonLease:
         self._mutex = threading.RLock()
         self._etag: str | None = None
         self._info: LeaseInfo | None = None
+        self._last_seen: LeaseInfo | None = None
         # An unreadable lease object: its etag and when we first saw it (our clock).
         self._unreadable: tuple[str, float] | None = None
         if not conditional:
             log.warning("daemon lease without conditional writes: the store cannot keep two "
                         "replicas apart, so two daemons would both run jobs; run exactly one "
                         "(daemon.replicas: 1)", repository=repo.url)
+
+    @property
+    def last_seen(self) -> LeaseInfo | None:
+        """The lease as the last ``try_acquire`` found it (no I/O): who held it then."""
+        with self._mutex:
+            return self._info if self._info is not None else self._last_seen
 
     @property
     def identity(self) -> Holder:
@@ -158,6 +165,7 @@ class DaemonLease:
         with self._mutex:
             seen = self._read()
             now = self._clock()
+            self._last_seen = seen.info if seen else None
             if seen is None:
                 return self._write_new(now, if_none_match=True, if_match=None)
             if seen.info is not None and seen.info.holder == self._holder:

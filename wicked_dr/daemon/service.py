@@ -1,11 +1,11 @@
 """``wicked-dr daemon``: the sidecar that runs backups, verifications, prunes and drills on
 their schedules for months, one replica at a time.
 
-Threads: the main thread runs the *tick* (every ``min(10 s, lease expiry / 3)``): it renews
-or takes the lease, clears a stale ``global.lock``, refreshes what /readyz and /metrics say
-about the repository, and marks the daemon alive. APScheduler's thread decides when jobs
-are due and hands them to its single worker thread, which runs them (``jobs.JobRunner``).
-The HTTP listener answers on a thread of its own.
+Threads: the main thread runs the *tick* (every ``min(10 s, lease expiry / 4)``): it renews
+or takes the lease (every quarter of its expiry), clears a stale ``global.lock``, refreshes
+what /readyz and /metrics say about the repository, and marks the daemon alive.
+APScheduler's thread decides when jobs are due and hands them to its single worker thread,
+which runs them (``jobs.JobRunner``). The HTTP listener answers on a thread of its own.
 
 Stopping (SIGTERM/SIGINT cancel ``stop``): no new run starts; a running job gets
 ``daemon.stop_grace_s`` to finish, then is cancelled at its next safe point (which releases
@@ -83,9 +83,10 @@ class Daemon:
         self.view = RepositoryView()
         self._size_bytes: int | None = None
         self._standby_of = ""   # the lease holder last logged while standing by
+        self._lease_tried = -float("inf")
         self._heartbeat = clock()
         self._stopping = threading.Event()
-        self._tick_s = min(MAX_TICK_S, config.daemon.lease_expiry_s / 3)
+        self._tick_s = min(MAX_TICK_S, config.daemon.lease_expiry_s / 4)
 
     # --- the main loop ---------------------------------------------------------------------
 
@@ -118,11 +119,16 @@ class Daemon:
             self._refresh()
 
     def _keep_lease(self) -> bool:
-        try:
-            self.lease.try_acquire()
-        except WickedDRError as exc:
-            log.warning("lease renewal failed; retrying", error=exc.one_line())
-        holder = self.lease.holder()
+        """Renew or try to take the lease every quarter of its expiry (ticks in between only
+        read ``held``, which turns false on our own clock when a renewal was missed)."""
+        now = self._clock()
+        if now - self._lease_tried >= self.config.daemon.lease_expiry_s / 4:
+            self._lease_tried = now
+            try:
+                self.lease.try_acquire()
+            except WickedDRError as exc:
+                log.warning("lease renewal failed; retrying", error=exc.one_line())
+        holder = self.lease.last_seen
         who = holder.holder.describe() if holder else ""
         self.metrics.set_lease(self.lease.held, who)
         if not self.lease.held and who != self._standby_of:
@@ -155,7 +161,7 @@ class Daemon:
         if self._stopping.is_set():
             return "the daemon is stopping"
         if not self.lease.held:
-            holder = self.lease.holder()
+            holder = self.lease.last_seen
             return ("standby: another replica holds the daemon lease"
                     + (f" ({holder.holder.describe()})" if holder else ""))
         return None

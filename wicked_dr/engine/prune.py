@@ -166,7 +166,8 @@ class PrunePlan:
     packs_leftover: list[str] = field(default_factory=list)  # stored, in no index
     trees_delete: list[str] = field(default_factory=list)
     needed: dict[str, list[str]] = field(default_factory=dict)  # repacked pack -> blobs kept
-    bytes_delete: int = 0  # stored bytes of the packs that go (repacked ones included)
+    bytes_delete: int = 0  # stored bytes of the packs (repacked ones included) and trees
+    tree_sizes: dict[str, int] = field(default_factory=dict)  # stored bytes of each tree
     state: IndexState = field(default_factory=IndexState)
 
 
@@ -208,8 +209,11 @@ def plan_prune(repo: Repository, config: Config, decisions: list[Decision],
     plan.packs_leftover = sorted(set(stored) - set(state.packs))
     _needed_blobs(plan, live_blobs)
     going = [*plan.packs_delete, *plan.packs_repack, *plan.packs_leftover]
-    plan.bytes_delete = sum(stored.get(p, 0) for p in going)
-    plan.trees_delete = sorted(set(repo.list_ids("tree")) - live_trees)
+    trees = dict(repo.list_objects("tree"))
+    plan.trees_delete = sorted(set(trees) - live_trees)
+    plan.bytes_delete = (sum(stored.get(p, 0) for p in going)
+                         + sum(trees[t] for t in plan.trees_delete))
+    plan.tree_sizes = {t: trees[t] for t in plan.trees_delete}
     return plan
 
 
@@ -310,6 +314,7 @@ def execute(repo: Repository, plan: PrunePlan, *, pack_size: int,
     for tree_id in plan.trees_delete:
         repo.backend.delete(object_name("tree", tree_id))
         outcome.trees_deleted += 1
+        outcome.bytes_deleted += plan.tree_sizes.get(tree_id, 0)
     repo.backend.sync()
     return outcome
 
