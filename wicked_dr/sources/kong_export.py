@@ -9,7 +9,8 @@ newlines as they stream and the counts go into a trailer. Joining on the server 
 the whole ``pg_dump`` of the table (a hash join of every token with ``ttls`` on ``id::text``);
 restore joins instead, where it is a small part of the work (kong_restore.py).
 
-COPY is read with psycopg's own ``cursor.copy()``, which on 1 M tokens took 1.3x the time of
+COPY is read with psycopg's own ``cursor.copy()`` (``pg_copy.copy_out``, shared with
+wicked_db), which on 1 M tokens took 1.3x the time of
 the hand-written libpq loop it replaced on Kong 0.14 (median 4.07 s against 3.10 s) and 1.2x
 on 3.x (2.17 s against 1.86 s), within the 2x that plain code may cost
 (bench/README_kong_tokens.md, 2026-11-30).
@@ -17,7 +18,7 @@ on 3.x (2.17 s against 1.86 s), within the 2x that plain code may cost
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,12 +50,11 @@ from wicked_dr.sources.kong_stream import (
     json_line,
 )
 from wicked_dr.sources.kong_tokens import STREAM_NAME
+from wicked_dr.sources.pg_copy import copy_out
 
 # The source's events keep the source's module name, wherever in it they are emitted.
 log = get_logger("wicked_dr.sources.kong_tokens")
 
-# The sink gets chunks of about this size: COPY delivers one message per row, far too small.
-CHUNK_BYTES = 1 << 20
 # ttls.primary_key_value is text; only the canonical form of a uuid can equal a token's
 # id::text, and only such a value is cast (a cast of anything else would fail the export).
 _UUID_TEXT = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -282,38 +282,9 @@ def _export_chunks(conn: Conn, header: dict[str, Any],
     yield json_line(header)
     for section, query in plan:
         counter.rows[section.name] = 0
-        for chunk, rows in _copy_out(conn, query, END_OF_DATA):
+        for chunk, rows in copy_out(conn, query, END_OF_DATA):
             cancel.check()
             counter.rows[section.name] += rows
             yield chunk
     yield json_line({"rows": counter.rows})
     counter.complete = True
-
-
-# --- reading COPY ------------------------------------------------------------------------
-
-
-def _copy_out(conn: Conn, query: sql.Composed, end: bytes) -> Iterator[tuple[bytes, int]]:
-    """Run ``COPY ... TO STDOUT`` with psycopg's own ``Copy``; yield (chunk, rows in it) of
-    about CHUNK_BYTES each, ``end`` appended to the last one.
-
-    COPY delivers one message per row; they are joined into chunks so that the sink sees
-    few large writes. ``Copy`` holds the connection's lock while this generator is
-    suspended, so it must be run to its end or closed (export_tokens closes it) before the
-    connection is used again; on either an error or a close, psycopg cancels the COPY and
-    drains it, leaving the connection usable for the rollback.
-    """
-    pieces: list[bytes] = []
-    size = 0
-    with conn.cursor() as cur, cur.copy(query) as copy:
-        for data in copy:
-            pieces.append(bytes(data))
-            size += len(data)
-            if size >= CHUNK_BYTES:
-                chunk = b"".join(pieces)
-                pieces.clear()
-                size = 0
-                # COPY text escapes newlines inside values: each b"\n" ends a row.
-                yield chunk, chunk.count(b"\n")
-    chunk = b"".join(pieces)
-    yield chunk + end, chunk.count(b"\n")

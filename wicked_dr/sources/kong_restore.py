@@ -40,6 +40,7 @@ from wicked_dr.sources.kong_stream import (
     parse_layout,
     split_header,
 )
+from wicked_dr.sources.pg_copy import copy_in
 
 # The source's events keep the source's module name, wherever in it they are emitted.
 log = get_logger("wicked_dr.sources.kong_tokens")
@@ -180,12 +181,7 @@ def _copy_in(conn: Conn, table: sql.Identifier, columns: tuple[Column, ...],
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in columns)
     conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(table, definition))
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
-    with conn.cursor() as cur:
-        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(table, names)) as copy:
-            for chunk in data:
-                if chunk:
-                    copy.write(chunk)
-        return cur.rowcount
+    return copy_in(conn, sql.SQL("COPY {} ({}) FROM STDIN").format(table, names), data)
 
 
 def _joined_sections(layout: Layout) -> sql.Composed:

@@ -12,23 +12,24 @@ section; version 3 holds the tables unjoined. All three are read.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 from wicked_dr.errors import IntegrityError
+from wicked_dr.sources import pg_copy
 from wicked_dr.sources.kong_schema import SAFE_TYPE, Column
+from wicked_dr.sources.pg_copy import END_OF_DATA, SectionReader, json_line
+
+# The stream shape is shared with wicked_db (pg_copy.py); these names stay importable here.
+__all__ = ["END_OF_DATA", "FORMAT", "VERSION", "SectionReader", "json_line", "split_header"]
 
 FORMAT = "wicked-dr/kong-tokens"
 VERSION = 3
 # Version 1 carried the row count in the header (it cost a second pass over the join);
 # version 2 held one joined COPY section; version 3 holds the tables unjoined.
 READABLE_VERSIONS = (1, 2, 3)
-# COPY text's end-of-data marker: no data line can equal it (a backslash is escaped as \\).
-END_OF_DATA = b"\\.\n"
 # The sections of a version 3 stream, and the columns restore joins on in each.
 TOKENS = "oauth2_tokens"
 CREDENTIALS = "oauth2_credentials"
@@ -49,8 +50,6 @@ API_NAME = Column("x_api_name", "text")
 TTLS_EXPIRE_AT = Column("x_ttls_expire_at", "timestamp without time zone")
 # Versions 1 and 2 held one section, the tokens already joined, staged under this name.
 JOINED = "joined"
-_MAX_HEADER_BYTES = 1 << 20
-_MAX_TRAILER_BYTES = 1 << 16
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -81,34 +80,9 @@ def joined_columns(sections: list[Section]) -> list[Column]:
     return columns
 
 
-def json_line(doc: dict[str, Any]) -> bytes:
-    """A header or trailer line: compact, keys sorted, so equal content gives equal bytes."""
-    return (json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n").encode()
-
-
-# --- reading -----------------------------------------------------------------------------
-
-
 def split_header(chunks: Iterable[bytes]) -> tuple[dict[str, Any], Iterator[bytes]]:
     """The parsed first line, and the COPY text data after it."""
-    it = iter(chunks)
-    buffer = bytearray()
-    for chunk in it:
-        buffer += chunk
-        end = buffer.find(b"\n")
-        if end >= 0:
-            try:
-                header = json.loads(bytes(buffer[:end]))
-            except ValueError:
-                raise IntegrityError("the token stream's first line is not a JSON header; "
-                                     "this is not a wicked-dr kong_tokens stream") from None
-            if not isinstance(header, dict):
-                raise IntegrityError("the token stream's header is not a JSON object")
-            return header, chain([bytes(buffer[end + 1:])], it)
-        if len(buffer) > _MAX_HEADER_BYTES:
-            break
-    raise IntegrityError("the token stream has no header line; it is empty or not a "
-                         "wicked-dr kong_tokens stream")
+    return pg_copy.split_header(chunks, "token stream", "kong_tokens")
 
 
 @dataclass(frozen=True)
@@ -184,60 +158,6 @@ def _require_columns(columns: tuple[Column, ...], needed: tuple[str, ...], where
     missing = sorted(set(needed) - {c.name for c in columns})
     if missing:
         raise IntegrityError(f"{where} lacks column {', '.join(missing)}")
-
-
-class SectionReader:
-    """The data after the header: sections each ended by COPY's end-of-data marker (versions
-    2 and 3), then a trailer line; version 1 is one section that ends with the stream."""
-
-    def __init__(self, data: Iterator[bytes], *, marked: bool) -> None:
-        self._data = data
-        self._marked = marked
-        self._rest = b""
-
-    def section(self) -> Iterator[bytes]:
-        """The next section's rows, without its marker; the server only sees rows.
-        IntegrityError when the stream ends first (it was cut)."""
-        if not self._marked:
-            yield from self._data
-            return
-        marker = b"\n" + END_OF_DATA
-        # A newline goes first, so a marker right at the start (an empty section) is found
-        # too; the last len(END_OF_DATA) bytes are held back in case a marker spans chunks.
-        held = bytearray(b"\n" + self._rest)
-        skip = 1
-        while (end := held.find(marker)) < 0:
-            cut = len(held) - len(END_OF_DATA)
-            if cut > skip:
-                yield bytes(held[skip:cut])
-                del held[:cut]
-                skip = 0
-            chunk = next(self._data, None)
-            if chunk is None:
-                raise IntegrityError("the token stream ends inside a section: the snapshot's "
-                                     "token stream is truncated")
-            held += chunk
-        if end + 1 > skip:
-            yield bytes(held[skip:end + 1])
-        self._rest = bytes(held[end + len(marker):])
-
-    def trailer(self) -> dict[str, Any]:
-        """The trailer line after the last section."""
-        buffer = bytearray(self._rest)
-        for chunk in self._data:
-            buffer += chunk
-            if len(buffer) > _MAX_TRAILER_BYTES:
-                raise IntegrityError("the token stream's trailer is too long; this is not a "
-                                     "wicked-dr kong_tokens stream")
-        line, newline, extra = bytes(buffer).partition(b"\n")
-        try:
-            trailer = json.loads(line) if newline and not extra else None
-        except ValueError:
-            trailer = None
-        if not isinstance(trailer, dict) or "rows" not in trailer:
-            raise IntegrityError("the token stream has no end-of-data trailer: the snapshot's "
-                                 "token stream is truncated")
-        return trailer
 
 
 def declared_rows(layout: Layout, reader: SectionReader) -> dict[str, int]:
