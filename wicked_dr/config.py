@@ -20,12 +20,21 @@ import os
 import re
 import textwrap
 import types
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from wicked_dr.errors import ConfigError
@@ -125,8 +134,10 @@ class RepositoryConfig(Section):
 class VolumeConfig(Section):
     """portal-api's dynamic data volume."""
 
-    path: Path = _field(Path("/var/portal-api/dynamic"),
-                        "portal-api's dynamic data folder (PORTAL_API_DYNAMIC_CONFIG).")
+    path: Path | None = _field(
+        Path("/var/portal-api/dynamic"),
+        "portal-api's dynamic data folder (PORTAL_API_DYNAMIC_CONFIG); null: no volume (only "
+        "with wicked_db.dsn set: wicked 1.0 keeps its data in Postgres).")
     quiesce: Literal["wicked-lock", "none"] = _field(
         "wicked-lock",
         "wicked-lock: hold wicked's global.lock while reading, for a consistent snapshot; "
@@ -325,12 +336,37 @@ class RestoreConfig(Section):
         "step it printed (start portal-api, restart the adapter).", bounds=(1, 86400))
 
 
-class WickedDbConfig(Section):
-    """wicked 1.0's PostgreSQL storage (database wicked)."""
+# ``schema`` is the key operators write; it shadows pydantic's deprecated ``BaseModel.schema()``,
+# which nothing here calls.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
 
-    dsn: SecretStr | None = _field(None, "wicked's own database; empty when wicked uses the "
-                                   "JSON volume.", secret=True,
-                                   example="postgresql://wicked:secret@wicked-db/wicked")
+    class WickedDbConfig(Section):
+        """wicked 1.0's PostgreSQL storage (database wicked, schema wicked)."""
+
+        dsn: SecretStr | None = _field(None, "wicked's own database; empty when wicked uses the "
+                                       "JSON volume.", secret=True,
+                                       example="postgresql://wicked:secret@wicked-db/wicked")
+        schema: str = _field(  # type: ignore[assignment]  # see the comment above
+            "wicked", "The schema wicked's tables live in (all of it is backed up: tables, "
+            "rows, functions, triggers, sequences).")
+        connect_timeout_s: int = _field(10, "Connection timeout.", example=10, bounds=(1, 600))
+        # Not 0: PostgreSQL reads statement_timeout 0 as "no timeout".
+        statement_timeout_s: int = _field(300, "Statement timeout for the export and the load.",
+                                          example=300, bounds=(1, 86400))
+
+        @field_validator("schema")
+        @classmethod
+        def _is_identifier(cls, value: str) -> str:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
+                raise ValueError(f"expected a PostgreSQL schema name (letters, digits, _), got "
+                                 f"{value!r}")
+            return value
+
+        @property
+        def configured(self) -> bool:
+            """Whether wicked's database is backed up (its DSN is set)."""
+            return self.dsn is not None and bool(self.dsn.get_secret_value())
 
 
 class ContainersConfig(Section):
@@ -420,6 +456,15 @@ class Config(Section):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _something_to_back_up(self) -> Config:
+        # Without both a backup would "succeed" with nothing in it.
+        if self.volume.path is None and not self.wicked_db.configured:
+            raise ValueError("volume.path is null but wicked_db.dsn is not set: set "
+                             "volume.path to portal-api's dynamic data folder, or "
+                             "wicked_db.dsn to wicked's database")
+        return self
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -631,7 +676,9 @@ def _describe(label: str, exc: ValidationError,
         loc = tuple(str(part) for part in error["loc"])
         variable = from_env.get(loc[:2]) or from_env.get(loc[:1])
         source = f"env {variable}" if variable else label
-        lines.append(f"{source}: at '{'.'.join(loc)}': {_message(error)}")
+        # A problem across sections (a model validator of Config) has no place of its own.
+        where = f"at '{'.'.join(loc)}': " if loc else ""
+        lines.append(f"{source}: {where}{_message(error)}")
     return lines
 
 

@@ -134,6 +134,7 @@ def run_restore_live(config: Config, snapshot_ref: str, *, before: str | None = 
                      operator: Operator | None = None,
                      options: RunOptions | None = None) -> LiveRestoreReport:
     """Restore ``snapshot_ref`` over the live portal (see the module docstring)."""
+    _require_volume(config)
     refuse_while_restoring(config.volume.path)
     run = _LiveRun(config, options or RunOptions(), operator or _Silent(), _new_restore_id())
     repo = open_repository(config)
@@ -148,6 +149,8 @@ def run_restore_resume(config: Config, *, operator: Operator | None = None,
                        options: RunOptions | None = None) -> LiveRestoreReport:
     """Finish (portal-api was healthy on the restored data) or roll back (it was not yet)
     the live restore whose journal is on the volume."""
+    _require_volume(config)
+    assert config.volume.path is not None
     path = find_journal(config.volume.path)
     if path is None:
         raise NotFoundError(f"no unfinished live restore of {config.volume.path}: nothing "
@@ -542,6 +545,14 @@ def _damage_refused(snapshot: Snapshot) -> Iterator[None]:
 
 def _age_s(snapshot: Snapshot) -> float:
     return (datetime.now(UTC) - snapshot_time(snapshot.id)).total_seconds()
+
+
+def _require_volume(config: Config) -> None:
+    """The live restore swaps the JSON volume; wicked_db's schema swap comes later."""
+    if config.volume.path is None:
+        raise UsageError("restore --live swaps the dynamic data volume, and volume.path is "
+                         "null; for wicked_db use 'restore --target DIR --source wicked_db' "
+                         "and load it by hand (docs/format-wicked-db.md)")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -112,9 +112,10 @@ def find_journal(volume: Path) -> Path | None:
     return None
 
 
-def refuse_while_restoring(volume: Path) -> None:
-    """RefusedError naming the journal while a live restore of ``volume`` is unfinished."""
-    path = find_journal(volume)
+def refuse_while_restoring(volume: Path | None) -> None:
+    """RefusedError naming the journal while a live restore of ``volume`` is unfinished
+    (no volume, ``volume.path: null``: nothing to look at)."""
+    path = find_journal(volume) if volume is not None else None
     if path is None:
         return
     try:

@@ -20,7 +20,13 @@ SourceFactory = Callable[[Config], Source]
 def _volume(config: Config) -> Source:
     from wicked_dr.sources.volume import VolumeSource
 
-    return VolumeSource(config.volume)
+    return VolumeSource(config.volume, wicked_db_configured=config.wicked_db.configured)
+
+
+def _wicked_db(config: Config) -> Source:
+    from wicked_dr.sources.wicked_db import WickedDbSource
+
+    return WickedDbSource(config.wicked_db)
 
 
 def _kong_tokens(config: Config) -> Source:
@@ -30,9 +36,11 @@ def _kong_tokens(config: Config) -> Source:
 
 
 # In backup order: the volume first (wicked's lock is held the shortest while nothing else
-# runs), then the databases.
+# runs), then the databases: wicked's own before Kong's tokens, as the portal's data comes
+# before what hangs off Kong's rebuild of it.
 REGISTRY: dict[str, SourceFactory] = {
     "volume": _volume,
+    "wicked_db": _wicked_db,
     "kong_tokens": _kong_tokens,
 }
 

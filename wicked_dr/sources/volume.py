@@ -43,11 +43,18 @@ class VolumeSource:
 
     name = TREE_SOURCE
     kind: SourceKind = "tree"
-    configured = True  # the volume is what wicked-dr is for
 
-    def __init__(self, config: VolumeConfig) -> None:
+    def __init__(self, config: VolumeConfig, *, wicked_db_configured: bool = False) -> None:
         self.config = config
-        self.path = config.path
+        # ``volume.path: null`` (allowed only with wicked_db.dsn): no volume at all. The
+        # path stays typed as a Path: nothing but ``configured`` runs on such a source.
+        self.path = config.path if config.path is not None else Path("/nonexistent")
+        self.wicked_db_configured = wicked_db_configured
+
+    @property
+    def configured(self) -> bool:
+        """The volume is backed up unless ``volume.path`` is null (wicked_db only)."""
+        return self.config.path is not None
 
     def check_ready(self, *, force: bool) -> None:
         """The volume exists, and (unless forced) looks like wicked's dynamic data."""
@@ -67,12 +74,20 @@ class VolumeSource:
     def check_looks_like_wicked(self) -> None:
         """Refuse a folder that is not (or no longer) wicked's dynamic data."""
         missing = [m for m in WICKED_MARKERS if not (self.path / m).is_file()]
-        if missing:
+        if not missing:
+            return
+        if self.wicked_db_configured:
+            # wicked_db holds the data: a volume without wicked's layout is not wicked's JSON
+            # data, and snapshotting it would only hide a wrong volume.path.
             raise RefusedError(
                 f"{self.path} does not look like wicked's dynamic data (missing "
-                f"{', '.join(missing)}); refusing to snapshot it (use --force if this is "
-                "intended; wicked 1.0 with Postgres storage keeps its data in the 'wicked' "
-                "database instead)")
+                f"{', '.join(missing)}) and wicked_db.dsn is set: wicked keeps its data in "
+                "Postgres, so set volume.path: null (or --force to snapshot the folder too)")
+        raise RefusedError(
+            f"{self.path} does not look like wicked's dynamic data (missing "
+            f"{', '.join(missing)}); refusing to snapshot it (use --force if this is "
+            "intended; wicked 1.0 with Postgres storage keeps its data in the 'wicked' "
+            "database: set wicked_db.dsn and volume.path: null)")
 
     def backup(self, sink: TreeSink, context: BackupContext) -> SourceBackup:
         """Walk the volume into ``sink`` under the configured quiesce mode, waiting up to
