@@ -16,7 +16,7 @@ from collections.abc import Generator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -28,7 +28,7 @@ from wicked_dr.log import get_logger
 from wicked_dr.repository.snapshot import StreamRef
 from wicked_dr.sources import pg_copy
 from wicked_dr.sources.base import SnapshotSink
-from wicked_dr.sources.pg_copy import END_OF_DATA, Conn, copy_out, json_line, one_line
+from wicked_dr.sources.pg_copy import END_OF_DATA, copy_out, json_line, one_line
 from wicked_dr.sources.wicked_db_schema import (
     read_schema,
     schema_oid,
@@ -46,6 +46,9 @@ from wicked_dr.sources.wicked_db_stream import (
     TableSection,
     trailer_doc,
 )
+
+if TYPE_CHECKING:
+    from wicked_dr.sources.pg_copy import Conn
 
 # The source's events keep the source's module name, wherever in it they are emitted.
 log = get_logger("wicked_dr.sources.wicked_db")

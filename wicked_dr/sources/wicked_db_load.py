@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -25,10 +25,13 @@ from psycopg import sql
 from wicked_dr.config import WickedDbConfig
 from wicked_dr.errors import DatabaseError, IntegrityError, RefusedError, SourceError
 from wicked_dr.log import get_logger
-from wicked_dr.sources.pg_copy import Conn, copy_in, one_line
+from wicked_dr.sources.pg_copy import copy_in, one_line
 from wicked_dr.sources.wicked_db_export import connect
 from wicked_dr.sources.wicked_db_schema import schema_oid, set_search_path
 from wicked_dr.sources.wicked_db_stream import StreamReader, TableSection
+
+if TYPE_CHECKING:
+    from wicked_dr.sources.pg_copy import Conn
 
 log = get_logger("wicked_dr.sources.wicked_db")
 

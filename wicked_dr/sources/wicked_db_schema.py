@@ -18,12 +18,15 @@ load and the order of tables does not matter.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from psycopg import sql
 
 from wicked_dr.errors import SourceError
-from wicked_dr.sources.pg_copy import Conn
 from wicked_dr.sources.wicked_db_stream import Column, TableSection
+
+if TYPE_CHECKING:
+    from wicked_dr.sources.pg_copy import Conn
 
 MIN_SERVER_VERSION = 100000
 # Objects a wicked schema does not hold and whose DDL this module does not read: refused,
