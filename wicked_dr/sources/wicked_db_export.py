@@ -79,23 +79,28 @@ def check_not_empty(config: WickedDbConfig) -> None:
     schema = config.schema
     conn = connect(config, CHECK_APP, "check")
     try:
-        namespace = schema_oid(conn, schema)
-        if namespace is None or table_count(conn, namespace) == 0:
-            raise RefusedError(f"wicked's database has no tables in schema {schema}; refusing "
-                               "to snapshot it (is wicked_db.dsn the right database and "
-                               "wicked_db.schema the right schema? --force if intended)")
-        set_search_path(conn, schema)
-        row = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
-        if row and row[0]:
-            count = conn.execute("SELECT count(*) FROM meta").fetchone()
-            if count and int(str(count[0])) == 0:
-                raise RefusedError(f"wicked's schema {schema} has an empty meta table: "
-                                   "portal-api never started on it; refusing to snapshot it "
-                                   "(--force if intended)")
+        with conn.transaction():  # the search_path is set for the transaction
+            _check_not_empty(conn, schema)
     except psycopg.Error as exc:
         raise SourceError(f"checking wicked's database failed: {one_line(exc)}") from None
     finally:
         conn.close()
+
+
+def _check_not_empty(conn: Conn, schema: str) -> None:
+    namespace = schema_oid(conn, schema)
+    if namespace is None or table_count(conn, namespace) == 0:
+        raise RefusedError(f"wicked's database has no tables in schema {schema}; refusing "
+                           "to snapshot it (is wicked_db.dsn the right database and "
+                           "wicked_db.schema the right schema? --force if intended)")
+    set_search_path(conn, schema)
+    row = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
+    if row and row[0]:
+        count = conn.execute("SELECT count(*) FROM meta").fetchone()
+        if count and int(str(count[0])) == 0:
+            raise RefusedError(f"wicked's schema {schema} has an empty meta table: "
+                               "portal-api never started on it; refusing to snapshot it "
+                               "(--force if intended)")
 
 
 def export_schema(config: WickedDbConfig, sink: SnapshotSink,

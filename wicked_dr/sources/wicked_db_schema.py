@@ -88,7 +88,7 @@ def read_schema(conn: Conn, schema: str, namespace: int, version: int) -> Schema
     _refuse_unsupported(conn, schema, namespace, plain_function)
     sequences = _sequences(conn, namespace)
     tables = _tables(conn, namespace)
-    pre = [*_functions(conn, namespace), *(stmt for _, stmt in sequences),
+    pre = [*_functions(conn, namespace), *(stmt for _, stmt in sequences if stmt),
            *(_create_table(conn, oid, name, generated) for oid, name in tables)]
     post = [*_constraints(conn, namespace), *_indexes(conn, namespace),
             *_triggers(conn, namespace), *_sequence_owners(conn, namespace)]
@@ -136,19 +136,35 @@ def _unqualify_function(definition: str, prefix: str, name: str) -> str:
     return head.replace(qualified, name + "(", 1) + newline + body.rstrip() + "\n"
 
 
-def _sequences(conn: Conn, namespace: int) -> list[tuple[str, str]]:
-    """(name, CREATE SEQUENCE) of the schema's own sequences; an identity column's
-    sequence is created by its table."""
+# An identity column's sequence takes its type from the column: no AS there.
+_SEQUENCE_OPTIONS = (
+    "format('INCREMENT BY %%s MINVALUE %%s MAXVALUE %%s START WITH %%s CACHE %%s %%sCYCLE', "
+    "s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache, "
+    "CASE WHEN s.seqcycle THEN '' ELSE 'NO ' END)")
+
+
+def _sequences(conn: Conn, namespace: int) -> list[tuple[str, str | None]]:
+    """(name, CREATE SEQUENCE) of the schema's sequences, every one (their values are
+    restored); an identity column's sequence is created by its table (None here)."""
     rows = conn.execute(
-        "SELECT c.relname, quote_ident(c.relname), format_type(s.seqtypid, NULL), "
-        "s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache, s.seqcycle "
-        "FROM pg_class c JOIN pg_sequence s ON s.seqrelid = c.oid WHERE c.relnamespace = %s "
-        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass "
-        "AND d.objid = c.oid AND d.deptype IN ('i', 'e')) ORDER BY c.relname",
-        (namespace,)).fetchall()
-    return [(str(name), f"CREATE SEQUENCE {ident} AS {typ} INCREMENT BY {inc} MINVALUE {low} "
-             f"MAXVALUE {high} START WITH {start} CACHE {cache} {'' if cycle else 'NO '}CYCLE")
-            for name, ident, typ, inc, low, high, start, cache, cycle in rows]
+        "SELECT c.relname, quote_ident(c.relname) || ' AS ' || format_type(s.seqtypid, NULL), "
+        f"{_SEQUENCE_OPTIONS}, EXISTS (SELECT 1 "
+        "FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid "
+        "AND d.deptype = 'i') FROM pg_class c JOIN pg_sequence s ON s.seqrelid = c.oid "
+        f"WHERE c.relnamespace = %s AND {_not_extension('c', 'pg_class')} "
+        "ORDER BY c.relname", (namespace,)).fetchall()
+    return [(str(name), None if identity else f"CREATE SEQUENCE {ident} {options}")
+            for name, ident, options, identity in rows]
+
+
+def _identity_options(conn: Conn, oid: int, attnum: int) -> str:
+    """An identity column's sequence: its name and options, as the column recreates it."""
+    row = conn.execute(
+        f"SELECT quote_ident(c.relname), {_SEQUENCE_OPTIONS} FROM pg_depend d JOIN pg_class c "
+        "ON c.oid = d.objid JOIN pg_sequence s ON s.seqrelid = c.oid WHERE d.classid = "
+        "'pg_class'::regclass AND d.refobjid = %s AND d.refobjsubid = %s "
+        "AND d.deptype = 'i'", (oid, attnum)).fetchone()
+    return f" (SEQUENCE NAME {row[0]} {row[1]})" if row else ""
 
 
 def _sequence_owners(conn: Conn, namespace: int) -> list[str]:
@@ -173,24 +189,25 @@ def _tables(conn: Conn, namespace: int) -> list[tuple[int, str]]:
 def _create_table(conn: Conn, oid: int, name: str, generated: str) -> str:
     rows = conn.execute(
         "SELECT quote_ident(a.attname), format_type(a.atttypid, a.atttypmod), a.attnotnull, "
-        f"pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, {generated} "
+        f"pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, {generated}, a.attnum "
         "FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid "
         "AND d.adnum = a.attnum WHERE a.attrelid = %s AND a.attnum > 0 "
         "AND NOT a.attisdropped ORDER BY a.attnum", (oid,)).fetchall()
     columns = []
-    for ident, typ, not_null, default, identity, generated in rows:
+    for ident, typ, not_null, default, identity, generated, attnum in rows:
         column = f"    {ident} {typ}"
         if generated == "s":
             column += f" GENERATED ALWAYS AS ({default}) STORED"
         elif default is not None:
             column += f" DEFAULT {default}"
         if identity in ("a", "d"):
-            column += f" GENERATED {'ALWAYS' if identity == 'a' else 'BY DEFAULT'} AS IDENTITY"
+            column += (f" GENERATED {'ALWAYS' if identity == 'a' else 'BY DEFAULT'} AS IDENTITY"
+                       + _identity_options(conn, oid, int(str(attnum))))
         if not_null:
             column += " NOT NULL"
         columns.append(column)
-    ident = sql.Identifier(name).as_string(conn)
-    return f"CREATE TABLE {ident} (\n" + ",\n".join(columns) + "\n)"
+    row = conn.execute("SELECT quote_ident(%s)", (name,)).fetchone()
+    return f"CREATE TABLE {row[0] if row else name} (\n" + ",\n".join(columns) + "\n)"
 
 
 def _constraints(conn: Conn, namespace: int) -> list[str]:
