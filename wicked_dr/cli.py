@@ -221,11 +221,12 @@ def _add_backup_commands(sub: Any) -> None:
     init.add_argument("--create-bucket", action="store_true",
                       help="create the S3 bucket when it does not exist (never done otherwise)")
     backup = _command(sub, "backup", "take a snapshot now",
-                      "Snapshot the dynamic data volume (under wicked's global.lock) and, "
-                      "when kong_tokens.dsn is set, Kong's OAuth2 tokens.")
+                      "Snapshot the dynamic data volume (under wicked's global.lock; none "
+                      "when volume.path is null), wicked's Postgres schema when wicked_db.dsn "
+                      "is set, and Kong's OAuth2 tokens when kong_tokens.dsn is set.")
     backup.add_argument("--force", action="store_true",
                         help="snapshot even a volume that does not look like wicked's or "
-                        "that shrank suspiciously")
+                        "that shrank suspiciously, or an empty wicked schema")
     _command(sub, "snapshots", "list snapshots", "List the repository's snapshots.")
     check = _command(sub, "check", "check the repository's integrity",
                      "Check that every snapshot's objects exist and indexes agree; with "
@@ -306,7 +307,8 @@ def _add_restore_command(sub: Any) -> None:
     restore.add_argument("--source", action="append", metavar="NAME",
                          help="with --target: restore only this source's data (repeatable; "
                          "default: the volume's files; e.g. kong_tokens writes "
-                         "DIR/kong_tokens.stream)")
+                         "DIR/kong_tokens.stream, wicked_db writes DIR/wicked_db/ with one "
+                         "CSV per table, schema.sql and load.psql)")
 
 
 def _add_operations_commands(sub: Any) -> None:
