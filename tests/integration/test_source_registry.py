@@ -100,4 +100,4 @@ def test_toy_source_stream_checked_and_unknown_source_named(setup: Setup) -> Non
     run = cli(setup.config_path, "restore", "latest", "--target", str(setup.tmp / "x"),
               "--source", "nope")
     assert run.code == 2
-    assert "known sources: volume, kong_tokens, toy" in run.err
+    assert "known sources: volume, wicked_db, kong_tokens, toy" in run.err
