@@ -366,7 +366,9 @@ def test_later_migration_sequences_identity_generated_checks_round_trip(
             "  label text CHECK (label <> 'forbidden'), "
             "  upper_label text GENERATED ALWAYS AS (upper(label)) STORED, "
             "  user_id varchar(64) REFERENCES wicked.users(id) ON DELETE SET NULL);"
-            "INSERT INTO wicked.tickets (label) VALUES ('a'), ('b'), (NULL);")
+            "INSERT INTO wicked.tickets (label) VALUES ('a'), ('b'), (NULL);"
+            "CREATE FUNCTION wicked.percent(x int, y text DEFAULT '%%') RETURNS text "
+            "LANGUAGE sql AS $$ SELECT x || y $$;")
         rows = wicked_pg.dump_rows(conn)
         catalog = wicked_pg.catalog(conn)
     stream, _ = _backup(wicked.config)
@@ -384,6 +386,13 @@ def test_later_migration_sequences_identity_generated_checks_round_trip(
                              "WHERE label = 'd'").fetchone()
     # Each sequence goes on where it stood.
     assert after == (4, 115, 4, "D")
+
+
+def test_schema_with_a_view_refused_not_backed_up_short(wicked: Wicked) -> None:
+    with wicked.connect() as conn:
+        conn.execute("CREATE VIEW wicked.user_emails AS SELECT email FROM wicked.users")
+    with pytest.raises(SourceError, match="holds view user_emails"):
+        _backup(wicked.config)
 
 
 # --- restore --target: files, loadable by hand ------------------------------------------------
@@ -430,3 +439,5 @@ def test_cli_backup_without_volume_and_restore_target_source_wicked_db(
     assert (tmp_path / "r" / "wicked_db" / "users.csv").is_file()
     no_source = cli(config, "restore", "latest", "--target", str(tmp_path / "r2"))
     assert no_source.code != 0 and "--source" in no_source.err
+    live = cli(config, "restore", "latest", "--live", "--dry-run")
+    assert live.code == 2 and "volume.path is null" in live.err, live.err
