@@ -14,11 +14,9 @@ from psycopg.rows import TupleRow
 
 from wicked_dr.config import KongTokensConfig
 from wicked_dr.sources import pg_copy
-from wicked_dr.sources.pg_copy import one_line
+from wicked_dr.sources.pg_copy import one_line as one_line
 
 Conn = psycopg.Connection[TupleRow]
-
-__all__ = ["Conn", "connect", "one_line"]
 
 
 def connect(config: KongTokensConfig, application: str, doing: str) -> Conn:

@@ -20,10 +20,11 @@ from typing import Any
 from wicked_dr.errors import IntegrityError
 from wicked_dr.sources import pg_copy
 from wicked_dr.sources.kong_schema import SAFE_TYPE, Column
-from wicked_dr.sources.pg_copy import END_OF_DATA, SectionReader, json_line
 
-# The stream shape is shared with wicked_db (pg_copy.py); these names stay importable here.
-__all__ = ["END_OF_DATA", "FORMAT", "VERSION", "SectionReader", "json_line", "split_header"]
+# The stream shape is shared with wicked_db (pg_copy.py); its names stay importable here.
+from wicked_dr.sources.pg_copy import END_OF_DATA as END_OF_DATA
+from wicked_dr.sources.pg_copy import SectionReader as SectionReader
+from wicked_dr.sources.pg_copy import json_line as json_line
 
 FORMAT = "wicked-dr/kong-tokens"
 VERSION = 3

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from wicked_dr.config import WickedDbConfig
-from wicked_dr.errors import IntegrityError, SourceError
+from wicked_dr.errors import IntegrityError, RefusedError, SourceError
 from wicked_dr.repository.snapshot import SourceRecord, StreamRef
 from wicked_dr.sources.base import (
     BackupContext,
@@ -36,9 +36,6 @@ from wicked_dr.sources.wicked_db_stream import STREAM_NAME, Header, StreamReader
 
 if TYPE_CHECKING:
     from wicked_dr.sources.wicked_db_load import LoadReport
-
-__all__ = ["STREAM_NAME", "WickedDbSource", "load_into_schema"]
-
 
 class WickedDbSource:
     """The ``wicked_db`` source: every table, row, function, trigger and sequence of
@@ -105,6 +102,8 @@ def write_dir(chunks: Iterable[bytes], directory: Path) -> DirRestore:
     checked at the end (IntegrityError: the files are incomplete)."""
     reader = StreamReader(chunks)
     header = reader.header
+    if directory.exists():
+        raise RefusedError(f"{directory} exists; restore wicked_db into another --target")
     directory.mkdir(parents=True)
     written = {"tables": 0, "rows": 0, "bytes": 0}
     for section, rows in reader.sections():

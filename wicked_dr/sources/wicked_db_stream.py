@@ -18,9 +18,9 @@ from typing import Any
 
 from wicked_dr.errors import IntegrityError
 from wicked_dr.sources import pg_copy
-from wicked_dr.sources.pg_copy import END_OF_DATA, SectionReader, json_line
-
-__all__ = ["END_OF_DATA", "FORMAT", "STREAM_NAME", "VERSION", "json_line"]
+from wicked_dr.sources.pg_copy import END_OF_DATA as END_OF_DATA
+from wicked_dr.sources.pg_copy import SectionReader
+from wicked_dr.sources.pg_copy import json_line as json_line
 
 STREAM_NAME = "wicked_db"  # the source, and its stream in a snapshot
 FORMAT = "wicked-dr/wicked-db"
