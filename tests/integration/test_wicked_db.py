@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,7 @@ def test_backup_header_holds_ddl_meta_and_sections_schema_neutral(wicked: Wicked
     header = _header(stream)
     assert header["format"] == "wicked-dr/wicked-db" and header["version"] == 1
     assert header["encoding"] == "postgresql-copy-text" and header["schema"] == "wicked"
+    assert re.fullmatch(r"\d+(\.\d+)*", header["server_version"])
     # The static configuration's identity and migration state, as wicked's meta row has it.
     assert header["meta"]["config_hash"] == wicked_pg.CONFIG_HASH
     assert header["meta"]["version"] == 6

@@ -36,7 +36,8 @@ _MAX_TRAILER_BYTES = 1 << 20
 
 def connect(dsn: str, *, connect_timeout_s: int, statement_timeout_s: int,
             application: str, failure: str, dsn_key: str) -> Conn:
-    """Autocommit connection (transactions are explicit) with both timeouts, UTC session;
+    """Autocommit connection (transactions are explicit) with both timeouts, a UTC, ISO
+    date, UTF-8 session;
     SourceError as one line, without the password, naming ``dsn_key`` to check."""
     import psycopg
 
@@ -46,8 +47,14 @@ def connect(dsn: str, *, connect_timeout_s: int, statement_timeout_s: int,
     except psycopg.Error as exc:
         raise SourceError(f"{failure}: {one_line(exc)}; check {dsn_key}") from None
     try:
+        # COPY text is written by one server and read by another: every setting that shapes
+        # it is fixed (as pg_dump does), so no server's defaults change the bytes.
         conn.execute("SELECT set_config('statement_timeout', %s, false), "
-                     "set_config('TimeZone', 'UTC', false)",
+                     "set_config('TimeZone', 'UTC', false), "
+                     "set_config('DateStyle', 'ISO', false), "
+                     "set_config('IntervalStyle', 'postgres', false), "
+                     "set_config('extra_float_digits', '3', false), "
+                     "set_config('client_encoding', 'UTF8', false)",
                      (f"{statement_timeout_s * 1000}",))
     except psycopg.Error as exc:
         conn.close()

@@ -150,7 +150,9 @@ def read_header(conn: Conn, schema: str) -> Header:
                           "wicked_db.schema")
     set_search_path(conn, schema)
     ddl = read_schema(conn, schema, namespace, version)
-    row = conn.execute("SELECT current_setting('server_version'), now()").fetchone()
+    # "16.4", without a distribution's suffix ("16.4 (Debian 16.4-1)").
+    row = conn.execute("SELECT split_part(current_setting('server_version'), ' ', 1), "
+                       "now()").fetchone()
     assert row is not None  # a SELECT without FROM always returns one row
     server_version, now = str(row[0]), row[1]
     assert isinstance(now, datetime)
@@ -186,13 +188,13 @@ def _meta(conn: Conn, sections: tuple[TableSection, ...]) -> dict[str, Any]:
             if not any(word in key.lower() for word in _SECRET_WORDS)}
 
 
-def copy_query(section: TableSection) -> sql.Composed:
-    """The section's COPY: its columns, every row, in its order (schema-neutral: the
-    search_path names the schema)."""
+def copy_query(schema: str, section: TableSection) -> sql.Composed:
+    """The section's COPY: its columns, every row of ``schema``'s table, in its order. The
+    probe runs the same query on the reloaded schema and expects the same bytes."""
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in section.column_names)
     order = sql.SQL(", ").join(sql.Identifier(c) for c in section.order_by)
-    return sql.SQL("COPY (SELECT {} FROM {} ORDER BY {}) TO STDOUT").format(
-        columns, sql.Identifier(section.name), order)
+    return sql.SQL("COPY (SELECT {} FROM {}.{} ORDER BY {}) TO STDOUT").format(
+        columns, sql.Identifier(schema), sql.Identifier(section.name), order)
 
 
 @dataclass
@@ -208,7 +210,7 @@ def _chunks(conn: Conn, header: Header, progress: _Progress,
     yield json_line(header.to_json())
     for section in header.sections:
         digest = progress.digests[section.name] = SectionDigest()
-        for chunk, _ in copy_out(conn, copy_query(section)):
+        for chunk, _ in copy_out(conn, copy_query(header.schema, section)):
             cancel.check()
             digest.update(chunk)
             yield chunk
