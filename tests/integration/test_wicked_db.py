@@ -443,3 +443,24 @@ def test_cli_backup_without_volume_and_restore_target_source_wicked_db(
     assert no_source.code != 0 and "--source" in no_source.err
     live = cli(config, "restore", "latest", "--live", "--dry-run")
     assert live.code == 2 and "volume.path is null" in live.err, live.err
+
+
+def test_cli_volume_and_wicked_db_together_are_one_snapshot(wicked: Wicked,
+                                                          tmp_path: Path) -> None:
+    from wicked_dr.testing.sample_volume import generate
+
+    generate(tmp_path / "dynamic", 3)
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({
+        "state_dir": str(tmp_path / "state"), "repository": {"url": str(tmp_path / "repo")},
+        "volume": {"path": str(tmp_path / "dynamic")}, "wicked_db": {"dsn": wicked.dsn},
+        "log": {"level": "warning", "format": "json"}}))
+    assert cli(config, "init").code == 0
+    backup = cli(config, "backup", "--json")
+    assert backup.code == 0, backup.err
+    assert json.loads(backup.out)["sources"] == ["volume", "wicked_db"]
+    restored = cli(config, "restore", "latest", "--target", str(tmp_path / "r"),
+                   "--source", "volume", "--source", "wicked_db", "--json")
+    assert restored.code == 0, restored.err
+    assert (tmp_path / "r" / "meta.json").is_file()
+    assert (tmp_path / "r" / "wicked_db" / "load.psql").is_file()
