@@ -159,7 +159,8 @@ def load_psql(header: Header) -> str:
             "\\set ON_ERROR_STOP on\n"
             f"\\if :{{?schema}}\n\\else\n\\set schema {header.schema}\n\\endif\n"
             "BEGIN;\nCREATE SCHEMA :\"schema\";\n"
-            "SET LOCAL search_path = :\"schema\", pg_catalog;\n\n"
+            "SET LOCAL search_path = :\"schema\", pg_catalog;\n"
+            "SET LOCAL check_function_bodies = off;\n\n"
             + _sql_list(header.pre_data) + _copy_lines(header) + "\n" + setvals + "\n"
             + _sql_list(header.post_data) + "COMMIT;\n")
 
