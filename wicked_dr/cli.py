@@ -102,12 +102,15 @@ restore --live, step by step (each logged and timed; the report is stored in sta
                containers.portal_api, refuse while portal-api answers GET /ping
   2 choose     SNAPSHOT (default latest-verified), --before; guards: free space on the
                volume's file system, meta.json dynamicVersion not newer than the live one
-               (--allow-newer-data); the plan is shown; --dry-run stops here
-  3 stage      restore beside the live data (hidden .wicked-dr-restore folder), check every
-               hash and wicked's data model, empty the mailer/chatbot queues
+               (--allow-newer-data); wicked_db: the meta migration not newer than the live
+               one, wicked_db.dsn's role owns the live schema; the plan; --dry-run stops here
+  3 stage      restore beside the live data (hidden .wicked-dr-restore folder; wicked_db: a
+               schema <schema>_restore_<id>, one transaction), check every hash and wicked's
+               data model, empty the mailer/chatbot queues
   4 stop       chatbot, mailer, Kong Adapter, portal-api (without containers.*: printed as
                instructions; the command waits for /ping as the signal)
-  5 swap       live data kept as the pre-restore copy (path in the report), staged data in
+  5 swap       live data kept as the pre-restore copy (path in the report), staged data in;
+               wicked_db: both schemas renamed in one transaction (<schema>_pre_restore_<id>)
   6 start      portal-api, until GET /ping answers OK
   7 rebuild    Kong Adapter: start-up sync, POST /resync when allowed; wait for healthy: 1
   8 tokens     Kong's tokens re-attached (--no-tokens skips), every Kong node restarted
@@ -494,7 +497,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if not _may_run_during_live_restore(args):
         from wicked_dr.engine.live_journal import refuse_while_restoring
 
-        refuse_while_restoring(config.volume.path)
+        refuse_while_restoring(config.volume.path, config.state_dir)
     handler = _HANDLERS[args.command]
     result = _data(handler(config, args))
     _emit(args, result)

@@ -11,6 +11,9 @@ every run up and remembers which repository this machine wrote to::
                                     a leftover of a crashed run is never referenced by anything
       restore-scratch/              a restore's spilled blobs, in unlinked files (engine/
                                     restore_plan.py): nothing outlives the process
+      live-restore/journal.json     the journal of a live restore of wicked's database when
+                                    there is no volume (engine/live_journal.py)
+      reports/                      live restore reports
 
 Every directory is created owner-only (0700): caches name files and hold hashes of wicked's
 data. Callers ask this module for paths; no other module joins a name onto ``state_dir``.
@@ -49,6 +52,12 @@ class StateDir:
     def restore_scratch(self) -> Path:
         """Where a restore spills blobs that wait for files further on (created)."""
         return _directory(self.root / "restore-scratch")
+
+    def live_workspace(self) -> Path:
+        """Where a live restore of wicked's database alone (no volume) keeps its journal
+        (created, owner-only); with a volume, the journal lives on the volume's file system
+        (``sources/volume_live.py``)."""
+        return _directory(self.root / "live-restore")
 
     def reports(self) -> Path:
         """Where restore reports are kept (created)."""

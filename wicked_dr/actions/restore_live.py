@@ -4,8 +4,9 @@ Safe by default, and the same flow with or without container control::
 
     0 preflight  exclusive repository lock; Docker and every configured container reachable;
                  portal-api must not answer /ping unless wicked-dr can stop it
-    1 choose     the recovery point; guards (free space, dynamicVersion); the plan is shown
-                 and confirmed (--dry-run stops here)
+    1 choose     the recovery point; guards (free space, dynamicVersion; for wicked's
+                 database: its migration state, the schema's owner); the plan is shown and
+                 confirmed (--dry-run stops here)
     2 stage      each swapped source restores beside the live data and checks it there
     3 stop       chatbot, mailer, Kong Adapter, portal-api (or: the operator stops them)
     4 swap       live data aside (the pre-restore copy), staged data in
@@ -106,6 +107,7 @@ class LiveRestoreReport(Result):
     total_s: float = 0.0
     portal_api_healthy_after_s: float | None = None
     pre_restore_copy: str | None = None
+    pre_restore_schema: str | None = None  # wicked's database: the live schema kept aside
     tokens: dict[str, Any] | None = None
     kong_adapter: dict[str, Any] | None = None
     follow_up: list[str] = field(default_factory=list)
@@ -134,8 +136,7 @@ def run_restore_live(config: Config, snapshot_ref: str, *, before: str | None = 
                      operator: Operator | None = None,
                      options: RunOptions | None = None) -> LiveRestoreReport:
     """Restore ``snapshot_ref`` over the live portal (see the module docstring)."""
-    _require_volume(config)
-    refuse_while_restoring(config.volume.path)
+    refuse_while_restoring(config.volume.path, config.state_dir)
     run = _LiveRun(config, options or RunOptions(), operator or _Silent(), _new_restore_id())
     repo = open_repository(config)
     with locked(repo, exclusive=True, operation="restore --live",
@@ -149,12 +150,10 @@ def run_restore_resume(config: Config, *, operator: Operator | None = None,
                        options: RunOptions | None = None) -> LiveRestoreReport:
     """Finish (portal-api was healthy on the restored data) or roll back (it was not yet)
     the live restore whose journal is on the volume."""
-    _require_volume(config)
-    assert config.volume.path is not None
-    path = find_journal(config.volume.path)
+    path = find_journal(config.volume.path, config.state_dir)
     if path is None:
-        raise NotFoundError(f"no unfinished live restore of {config.volume.path}: nothing "
-                            "to resume")
+        raise NotFoundError("no unfinished live restore (no journal on the volume nor in "
+                            f"{config.state_dir}): nothing to resume")
     journal = Journal.load(path)
     run = _LiveRun(config, options or RunOptions(), operator or _Silent(),
                    str(journal.doc["restore_id"]))
@@ -283,7 +282,10 @@ class _LiveRun:
                 self.cancel.check()
                 detail = source.swap_live(self._state(source.name))
                 self._detail(source.name, detail)
-                self.report.pre_restore_copy = detail.get("pre_restore_copy")
+                self.report.pre_restore_copy = (detail.get("pre_restore_copy")
+                                                or self.report.pre_restore_copy)
+                self.report.pre_restore_schema = (detail.get("pre_restore_schema")
+                                                  or self.report.pre_restore_schema)
 
     def _after_healthy(self, repo: Repository, snapshot: Snapshot,
                        journal: Journal) -> LiveRestoreReport:
@@ -381,7 +383,7 @@ class _LiveRun:
         self.report.outcome = "rolled-back"
         refused = isinstance(cause, RefusedError) and not journal.past("swapping")
         self.report.exit_code = int(ExitCode.REFUSED if refused else ExitCode.ROLLED_BACK)
-        self.report.pre_restore_copy = None
+        self.report.pre_restore_copy = self.report.pre_restore_schema = None
         report = self._finish_report(write=True)
         raise LiveRestoreEnded(report, f"restore failed and was rolled back (live data as "
                                f"before): {self.report.error}")
@@ -412,7 +414,8 @@ class _LiveRun:
 
     def _discard_staging(self) -> None:
         for source in self.swapped:
-            with suppress(OSError, KeyError):
+            # Best effort: a staging leftover must not hide why the restore was refused.
+            with suppress(OSError, KeyError, WickedDRError):
                 source.finish_live(self._state(source.name))
         if self.journal is not None:
             self.journal.remove()
@@ -442,13 +445,9 @@ class _LiveRun:
             source = source_named(name, self.config)
             if isinstance(source, SwappedSource):
                 found.append(source)
-            elif not isinstance(source, AfterRebuildSource):
-                # wicked_db until its schema swap exists: said, never silently left out.
-                self._follow_up(f"the snapshot's {name} is not restored by restore --live "
-                                f"yet: restore it with 'restore --target DIR --source {name}' "
-                                "(docs/format-wicked-db.md)")
         if not found:
-            raise NotFoundError(f"snapshot {snapshot.id} holds no volume to restore live")
+            raise NotFoundError(f"snapshot {snapshot.id} holds neither a volume nor wicked's "
+                                "database to restore live")
         return found
 
     def _settings(self, allow_newer: bool) -> LiveSettings:
@@ -465,11 +464,14 @@ class _LiveRun:
         return self.states[name]
 
     def _workspace(self) -> Path:
+        """Where the journal goes: the volume's workspace (it survives with the volume),
+        else, for wicked's database alone, ``state_dir`` (the schema swap is one
+        transaction and its undo is judged from which schemas exist)."""
         for state in self.states.values():
             paths = state.get().get("paths")
             if paths:
                 return Path(paths["workspace"])
-        raise NotFoundError("no source of the snapshot has a live workspace")
+        return state_dir(self.config).live_workspace()
 
     def _journal(self) -> Journal:
         assert self.journal is not None
@@ -532,6 +534,9 @@ class _LiveRun:
         if self.report.pre_restore_copy:
             checks.append(f"once satisfied, delete the pre-restore copy: rm -rf "
                           f"{self.report.pre_restore_copy}")
+        if self.report.pre_restore_schema:
+            checks.append(f"once satisfied, drop the pre-restore schema: DROP SCHEMA "
+                          f"\"{self.report.pre_restore_schema}\" CASCADE")
         checks.append("take a backup now: wicked-dr backup (if it refuses because the "
                       "volume shrank, that is this restore: wicked-dr backup --force)")
         return checks
@@ -550,14 +555,6 @@ def _damage_refused(snapshot: Snapshot) -> Iterator[None]:
 
 def _age_s(snapshot: Snapshot) -> float:
     return (datetime.now(UTC) - snapshot_time(snapshot.id)).total_seconds()
-
-
-def _require_volume(config: Config) -> None:
-    """The live restore swaps the JSON volume; wicked_db's schema swap comes later."""
-    if config.volume.path is None:
-        raise UsageError("restore --live swaps the dynamic data volume, and volume.path is "
-                         "null; for wicked_db use 'restore --target DIR --source wicked_db' "
-                         "and load it by hand (docs/format-wicked-db.md)")
 
 
 def _one_line(exc: BaseException) -> str:

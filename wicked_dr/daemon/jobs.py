@@ -110,7 +110,7 @@ class JobRunner:
     def _call(self, job: JobName, token: CancelToken) -> Result:
         from wicked_dr.engine.live_journal import refuse_while_restoring
 
-        refuse_while_restoring(self._config.volume.path)
+        refuse_while_restoring(self._config.volume.path, self._config.state_dir)
         options = RunOptions(lock_wait_s=float(self._config.daemon.lock_wait_s),
                              cancel=token)
         return self._actions[job](self._config, options)

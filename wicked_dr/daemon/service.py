@@ -93,7 +93,7 @@ class Daemon:
     def run(self, stop: CancelToken) -> None:
         """Serve until ``stop`` is cancelled, then stop cleanly."""
         clear_stale_global_lock(self.config.volume.path, self.repo)
-        unfinished_live_restore(self.config.volume.path)
+        unfinished_live_restore(self.config.volume.path, self.config.state_dir)
         self.server.start()
         self.scheduler.start()
         log.info("daemon started", listen=self.config.daemon.listen,

@@ -44,11 +44,9 @@ def _by_repository_locks(repo: Repository) -> StillRunning:
     return still_running
 
 
-def unfinished_live_restore(volume: Path | None) -> Path | None:
-    """The journal of an unfinished live restore of ``volume``, if there is one."""
-    if volume is None:
-        return None
-    journal = find_journal(volume)
+def unfinished_live_restore(volume: Path | None, state_root: Path) -> Path | None:
+    """The journal of an unfinished live restore, if there is one."""
+    journal = find_journal(volume, state_root)
     if journal is not None:
         log.error("a live restore is unfinished: jobs refuse until it is finished or rolled "
                   "back ('wicked-dr restore --resume')", journal=str(journal))

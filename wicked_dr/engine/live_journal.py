@@ -23,6 +23,7 @@ from wicked_dr.holder import current_holder
 from wicked_dr.sources.volume_live import workspace_candidates
 
 JOURNAL_NAME = "journal.json"
+STATE_WORKSPACE = "live-restore"  # in state_dir (state_dir.py ``live_workspace``)
 FORMAT = 1
 
 # The steps in order; a restore stopped before HEALTHY is rolled back by --resume, one
@@ -103,19 +104,22 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def find_journal(volume: Path) -> Path | None:
-    """The journal of an unfinished live restore of ``volume``, if there is one."""
-    for workspace in workspace_candidates(volume):
+def find_journal(volume: Path | None, state_root: Path) -> Path | None:
+    """The journal of an unfinished live restore, if there is one: on the volume's file
+    system (both places its workspace can be), or in ``state_dir`` when a restore of
+    wicked's database alone had no volume to keep it on."""
+    candidates = [*workspace_candidates(volume)] if volume is not None else []
+    candidates.append(state_root / STATE_WORKSPACE)
+    for workspace in candidates:
         path = workspace / JOURNAL_NAME
         if path.is_file():
             return path
     return None
 
 
-def refuse_while_restoring(volume: Path | None) -> None:
-    """RefusedError naming the journal while a live restore of ``volume`` is unfinished
-    (no volume, ``volume.path: null``: nothing to look at)."""
-    path = find_journal(volume) if volume is not None else None
+def refuse_while_restoring(volume: Path | None, state_root: Path) -> None:
+    """RefusedError naming the journal while a live restore is unfinished."""
+    path = find_journal(volume, state_root)
     if path is None:
         return
     try:

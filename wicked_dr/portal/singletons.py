@@ -108,19 +108,22 @@ class Singletons:
         """Make the Kong Adapter rebuild Kong from the restored data: its start-up sync
         (started now, after portal-api) and ``POST /resync`` when it allows it."""
         seen: list[str] = []
+        extra_s = 0.0
         if self.controlled("kong_adapter"):
             self._start("kong_adapter")
             method = "restart"
         else:
-            method = "running adapter"
-        self.wait_adapter(adapter, seen)
+            # It was stopped before the swap (step 4 asked for it): its start-up sync, on
+            # the restored data, is the rebuild.
+            self.show(f"  ACTION: start the Kong Adapter now (it syncs at start); waiting "
+                      f"for {adapter.ping_url} to report healthy: 1")
+            method, extra_s = "started by the operator", self.config.restore.operator_timeout_s
+        self.wait_adapter(adapter, seen, extra_s=extra_s)
         outcome = adapter.resync()
         if outcome is not None:
             return {"method": "resync", "ping": seen, **outcome.summary()}
-        if method == "restart":
-            return {"method": "restart", "ping": seen,
-                    "note": "the adapter syncs at every start; /resync is not allowed"}
-        return self._ask_for_adapter_restart(adapter, seen)
+        return {"method": method, "ping": seen,
+                "note": "the adapter syncs at every start; /resync is not allowed"}
 
     def restart_adapter(self, adapter: KongAdapterClient) -> dict[str, Any]:
         """``kong-resync`` without /resync: restart the adapter container (or ask)."""

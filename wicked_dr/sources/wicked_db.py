@@ -3,12 +3,13 @@ side effects.
 
 This is the source as the registry sees it: ``WickedDbSource`` (the guard, the backup, the
 stream into a directory as CSV files and DDL) plus ``load_into_schema``, which the live
-restore's schema swap will call. The work lives in modules each readable in one sitting,
+restore's schema swap calls. The work lives in modules each readable in one sitting,
 imported only when used, so that a backup without ``wicked_db.dsn`` never loads psycopg:
 
 * wicked_db_schema.py: the schema's DDL, read from the catalog;
 * wicked_db_export.py: what the backup reads, in which transaction;
 * wicked_db_load.py: the stream loaded into a schema in one transaction, no trigger firing;
+* wicked_db_live.py: restore --live: a staging schema, swapped in by renaming schemas;
 * wicked_db_stream.py: the stream format (docs/format-wicked-db.md), shared with the probe;
 * pg_copy.py: the COPY machinery and stream shape shared with kong_tokens.
 """
@@ -19,7 +20,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from wicked_dr.config import WickedDbConfig
 from wicked_dr.errors import IntegrityError, RefusedError, SourceError
@@ -27,6 +28,8 @@ from wicked_dr.repository.snapshot import SourceRecord, StreamRef
 from wicked_dr.sources.base import (
     BackupContext,
     DirRestore,
+    LiveSettings,
+    LiveState,
     SnapshotSink,
     SourceBackup,
     SourceKind,
@@ -76,6 +79,43 @@ class WickedDbSource:
         transaction: docs/format-wicked-db.md). A subdirectory, so that it never mixes
         with the volume's files restored into ``target`` itself."""
         return write_dir(reader.stream(_stream_of(record)), target / self.name)
+
+    # --- the live restore (wicked_db_live.py): a staging schema, swapped in by renaming
+
+    def live_guard(self, reader: TreeReader, record: SourceRecord, settings: LiveSettings,
+                   state: LiveState) -> dict[str, Any]:
+        """A snapshot of a later migration than the live schema, or a restoring role that
+        does not own the live schema, is refused before anything is written."""
+        from wicked_dr.sources import wicked_db_live
+
+        return wicked_db_live.live_guard(self._config, reader, _stream_of(record),
+                                         settings, state)
+
+    def stage_live(self, reader: TreeReader, record: SourceRecord, settings: LiveSettings,
+                   state: LiveState) -> dict[str, Any]:
+        """The snapshot loaded and checked in a staging schema beside the live one."""
+        from wicked_dr.sources import wicked_db_live
+
+        return wicked_db_live.stage_live(self._config, reader, _stream_of(record),
+                                         settings, state)
+
+    def swap_live(self, state: LiveState) -> dict[str, Any]:
+        """Staging schema in, live schema kept as the pre-restore copy (one transaction)."""
+        from wicked_dr.sources import wicked_db_live
+
+        return wicked_db_live.swap_live(self._config, state)
+
+    def undo_live(self, state: LiveState) -> dict[str, Any]:
+        """The pre-restore copy back in place (one transaction)."""
+        from wicked_dr.sources import wicked_db_live
+
+        return wicked_db_live.undo_live(self._config, state)
+
+    def finish_live(self, state: LiveState) -> dict[str, Any]:
+        """Staging leftovers dropped; the pre-restore copy named."""
+        from wicked_dr.sources import wicked_db_live
+
+        return wicked_db_live.finish_live(self._config, state)
 
 
 def load_into_schema(config: WickedDbConfig, chunks: Iterable[bytes], target_schema: str,
