@@ -19,6 +19,7 @@ import re
 import tarfile
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
@@ -164,11 +165,13 @@ class ScratchServer:
             raise DockerError(f"the {probe}'s image {bench.postgres_image} cannot run its "
                               f"server as {USER}: {exc.one_line()}; {IMAGE_HINT}") from None
 
-    def step(self, what: str) -> ScratchOutcome:
-        """Run ``probe.sh what`` as the postgres user, with the shared environment."""
+    def step(self, what: str, environment: Mapping[str, str] | None = None) -> ScratchOutcome:
+        """Run ``probe.sh what`` as the postgres user, with the shared environment (plus
+        ``environment``)."""
         remaining = max(1.0, self._bench.timeout_s - (time.monotonic() - self._started))
         return self._service.exec(["sh", f"{MOUNT}/{SCRIPT}", what], USER,
-                                  timeout_s=remaining, environment=ENVIRONMENT,
+                                  timeout_s=remaining,
+                                  environment={**ENVIRONMENT, **(environment or {})},
                                   cancel=self._bench.cancel)
 
     def start(self) -> float:
