@@ -207,3 +207,29 @@ def test_cli_verify_of_a_wicked_db_only_snapshot_records_a_pass(
     snapshot = resolve(repo, "latest")
     record = load_verification(repo, snapshot.id)
     assert record is not None and record.ok and record.status is Status.VERIFIED
+
+
+def test_verify_and_drill_of_volume_and_wicked_db_run_both_probes(
+        pg_database: str, image_builder: ImageBuilder, postgres_image: str,
+        tmp_path: Path) -> None:
+    """A snapshot holding the volume and wicked_db: both probes run and pass, in verify and
+    in the drill (the same path)."""
+    from wicked_dr.actions.drill import run_drill
+    from wicked_dr.actions.verify import run_verify
+    from wicked_dr.testing.sample_volume import generate
+
+    generate(tmp_path / "dynamic", 3)
+    wicked_pg.create_schema(pg_database)
+    wicked_pg.populate(pg_database, tmp_path)
+    doc = _config_doc(tmp_path, pg_database, postgres_image)
+    doc["volume"] = {"path": str(tmp_path / "dynamic")}
+    doc["verify"]["image"] = image_builder.base()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(doc))
+    config = load_config(tmp_path / "config.yaml", {})
+    run_backup(config)
+
+    verified = run_verify(config, "latest")
+    drilled = run_drill(config)
+
+    for probes in (verified.probes, drilled.report["probes"]):
+        assert {p["name"]: p["ok"] for p in probes} == {"volume": True, "wicked_db": True}
