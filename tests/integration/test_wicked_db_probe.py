@@ -152,8 +152,8 @@ def test_probe_broken_relations_fail_naming_table_and_ids(
 
 
 def _untidy(conn: psycopg.Connection[Any]) -> None:
-    """What portal-api leaves behind: an application whose only owner was deleted (the
-    owners row goes with the user), a token of a deleted user, a grant of a deleted
+    """What a portal's database may hold without breaking portal-api: an application
+    without owners (its owner rows gone), a token of a deleted user, a grant of a deleted
     application."""
     app = _first_app(conn)
     conn.execute("DELETE FROM wicked.owners WHERE applications_id = %s", (app,))

@@ -28,10 +28,11 @@ schema guarantees (foreign keys with ``ON DELETE CASCADE``: a row that breaks on
 written by portal-api, and the restore's load fails on it): owners without their user or
 application, subscriptions without their application, approvals without their
 subscription, registrations, verifications and grants without their user, webhook events
-without their listener. Warnings are wicked's normal untidiness (no foreign key; portal-api
-leaves these behind): an application without any owner (its owners were deleted with their
-users), access tokens of users that no longer exist (they expire), grants for applications
-that no longer exist.
+without their listener. Warnings are wicked's normal untidiness (no foreign key forbids it
+and portal-api works with it): an application without any owner (portal-api refuses to
+remove the last owner or a user who owns applications, but the schema does not), access
+tokens of users that no longer exist (they expire), grants for applications that no longer
+exist.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ RELATIONS = (
              "webhook_listeners", "id", True,
              "webhook events whose listener does not exist"),
     Relation("applications_owners", "applications", "id", "owners", "applications_id", False,
-             "applications without any owner (their owners were deleted with their users)"),
+             "applications without any owner (only an admin can reach them)"),
     # Listed by the missing user only: a token's row is a credential.
     Relation("access_tokens_users", "access_tokens", "users_id", "users", "id", False,
              "users with access tokens who no longer exist (the tokens expire)",
