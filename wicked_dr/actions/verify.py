@@ -82,11 +82,14 @@ def run_verify(config: Config, snapshot_ref: str = "latest", *,
     repo = open_repository(config)
     client = connect(config.containers.docker_url)
     swept = scratch.sweep(client)
-    # The token probe's image is needed only for snapshots with tokens: checked there.
-    scratch.ensure_image(client, config.verify.image, config.verify.pull)
     with locked(repo, exclusive=False, operation=kind, wait_s=options.lock_wait_s,
                 expiry_s=config.repository.lock_expiry_s, cancel=options.cancel):
         snapshot = resolve(repo, snapshot_ref)
+        # verify.image is the file tree's probe's: needed only when the snapshot holds a
+        # tree (a wicked_db-only snapshot has none). The database probes check
+        # verify.postgres_image themselves.
+        if _holds_tree(snapshot, config):
+            scratch.ensure_image(client, config.verify.image, config.verify.pull)
         with scratch.ScratchRun(client, kind) as run:
             bench = _bench(config, run, options, before_check)
             probes = _probe_all(repo, config, snapshot, bench, options)
@@ -99,6 +102,10 @@ def run_verify(config: Config, snapshot_ref: str = "latest", *,
     if not record.ok:
         raise VerifyFailed(result)
     return result
+
+
+def _holds_tree(snapshot: Snapshot, config: Config) -> bool:
+    return any(source_named(name, config).kind == "tree" for name in snapshot.sources)
 
 
 def _bench(config: Config, run: Any, options: RunOptions,

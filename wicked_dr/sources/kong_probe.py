@@ -16,92 +16,38 @@ checksums come back (an exec's output is capped), and they must equal this side'
 
 Section files and the cluster live in the volume, not on a tmpfs: a million tokens would not
 fit in the scratch container's memory limit. This side sorts in bounded runs spilled to
-``bench.spool_dir`` and merges them.
+``bench.spool_dir`` and merges them. The scratch server, the volume's tar and the sorted
+digest are shared with the wicked_db probe (``pg_probe.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
-import io
 import re
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from wicked_dr.errors import DockerError, IntegrityError
-from wicked_dr.log import get_logger
 from wicked_dr.repository.snapshot import SourceRecord, StreamRef
 from wicked_dr.repository.verification import ProbeResult
-from wicked_dr.sources import kong_stream
-from wicked_dr.sources.base import ProbeBench, ScratchOutcome, SnapshotReader
-
-log = get_logger(__name__)
+from wicked_dr.sources import kong_stream, pg_probe
+from wicked_dr.sources.base import ProbeBench, SnapshotReader
 
 NAME = "kong_tokens"
-MOUNT = "/probe"
+MOUNT = pg_probe.MOUNT
 SECTIONS_DIR = "sections"  # the section files, relative to the volume's root
-WORK_DIR = "work"  # the cluster, its socket and the read-back files (writable by postgres)
-SCRIPT = "probe.sh"
+SCRIPT = pg_probe.SCRIPT
 LOAD_SQL = "load.sql"
 SECTION_LIST = "sections.list"
-# This side sorts a section's lines in runs of about this size (then merges them from files).
-SORT_RUN_BYTES = 64 * 1024 * 1024
-USER = "postgres"  # the server refuses root; both kinds of image have this user
-# The environment of every command in the server's container.
-ENVIRONMENT = {"LC_ALL": "C", "PGCLIENTENCODING": "UTF8", "PGTZ": "UTC",
-               "PGHOST": f"{MOUNT}/{WORK_DIR}", "PGUSER": USER, "PGDATABASE": "postgres"}
+SORT_RUN_BYTES = pg_probe.SORT_RUN_BYTES
+sorted_lines_digest = pg_probe.sorted_lines_digest
 
-# Run as the postgres user, with "start", "load" or "check". POSIX sh: the images may have
-# nothing else (dash on Debian, busybox ash on Alpine).
-_SCRIPT = r"""#!/bin/sh
-# wicked-dr's token probe, inside a scratch container without network (sources/kong_probe.py)
-set -eu
-P=/probe
-W=$P/work
-
-# The server's binaries: the newest /usr/lib/postgresql/<major>/bin (Debian's package and
-# the official images), else whatever PATH holds.
-find_bin() {
-    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -rV); do
-        if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/psql" ]; then
-            echo "$d"; return 0
-        fi
-    done
-    i=$(command -v initdb 2>/dev/null || true)
-    if [ -n "$i" ] && [ -x "$(dirname "$i")/pg_ctl" ] && command -v psql >/dev/null 2>&1; then
-        dirname "$i"; return 0
-    fi
-    echo "no PostgreSQL server binaries (initdb, pg_ctl, psql) in this image" >&2
-    return 1
-}
-
-BIN=$(find_bin)
-PSQL=$BIN/psql
-[ -x "$PSQL" ] || PSQL=$(command -v psql)
-
-case "$1" in
-start)
-    "$BIN/postgres" --version
-    if ! "$BIN/initdb" -D "$W/data" -U postgres -A trust -E UTF8 --locale=C -N \
-            >"$W/initdb.log" 2>&1; then
-        tail -n 5 "$W/initdb.log" >&2; exit 1
-    fi
-    # No TCP at all: the socket in the work directory is the only way in.
-    OPTS="-c listen_addresses='' -c unix_socket_directories='$W' -c TimeZone=UTC"
-    OPTS="$OPTS -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    OPTS="$OPTS -c max_connections=5"
-    if ! "$BIN/pg_ctl" -D "$W/data" -l "$W/server.log" -w -t 120 -o "$OPTS" start \
-            >/dev/null; then
-        tail -n 5 "$W/server.log" >&2; exit 1
-    fi
-    ;;
-load)
+# The token probe's steps after the shared ``start`` (pg_probe.py), as the postgres user.
+_STEPS = r"""load)
     "$PSQL" -X -q -v ON_ERROR_STOP=1 -f "$P/load.sql" </dev/null
     ;;
 check)
@@ -114,11 +60,9 @@ check)
         echo "section $name $rows $sum"
     done <"$P/sections.list"
     ;;
-*)
-    echo "usage: probe.sh start|load|check" >&2; exit 2
-    ;;
-esac
 """
+_SCRIPT = pg_probe.script("wicked-dr's token probe, inside a scratch container without "
+                          "network (sources/kong_probe.py)", _STEPS)
 
 
 @dataclass(frozen=True)
@@ -160,9 +104,9 @@ def probe_tokens(reader: SnapshotReader, record: SourceRecord,
             sections, problems = split_stream(reader, record.stream, record.metadata, spool)
         except IntegrityError as exc:
             return ProbeResult(NAME, (f"the token stream cannot be read: {exc.one_line()}",),
-                               duration_s=_since(started))
+                               duration_s=pg_probe.since(started))
         figures: dict[str, float] = {f"rows_{s.name}": float(s.rows) for s in sections}
-        figures["read_s"] = _since(started)
+        figures["read_s"] = pg_probe.since(started)
         with tempfile.TemporaryFile(dir=spool) as tar:
             _write_tar(tar, sections, spool)
             tar.seek(0)
@@ -171,7 +115,7 @@ def probe_tokens(reader: SnapshotReader, record: SourceRecord,
     if bench.before_check is not None:
         bench.before_check(volume)
     problems += _in_server(bench, volume, sections, figures, started)
-    return ProbeResult(NAME, tuple(problems), (), _since(started), figures)
+    return ProbeResult(NAME, tuple(problems), (), pg_probe.since(started), figures)
 
 
 # --- this side -----------------------------------------------------------------------------
@@ -213,27 +157,6 @@ def _spool_section(index: int, section: kong_stream.Section, rows: Iterator[byte
     return HostSection(index, section, count, digest)
 
 
-def sorted_lines_digest(path: Path, run_bytes: int = SORT_RUN_BYTES) -> tuple[int, str]:
-    """How many lines ``path`` holds, and the SHA-256 of them sorted bytewise (what
-    ``LC_ALL=C sort | sha256sum`` prints). Sorted in runs of about ``run_bytes`` spilled
-    to unlinked files beside ``path`` and merged, so memory stays bounded."""
-    count = 0
-    with ExitStack() as stack:
-        runs: list[IO[bytes]] = []
-        with open(path, "rb") as source:
-            while lines := source.readlines(run_bytes):
-                count += len(lines)
-                lines.sort()
-                run = stack.enter_context(tempfile.TemporaryFile(dir=path.parent))
-                run.writelines(lines)
-                run.seek(0)
-                runs.append(run)
-        digest = hashlib.sha256()
-        for line in heapq.merge(*runs):
-            digest.update(line)
-        return count, digest.hexdigest()
-
-
 def _against_manifest(layout: kong_stream.Layout, declared: Mapping[str, int],
                       metadata: Mapping[str, Any]) -> list[str]:
     """The snapshot's manifest (``sections``, version 3; ``exported``) against the stream."""
@@ -267,29 +190,14 @@ def _write_tar(out: IO[bytes], sections: list[HostSection], spool: Path) -> None
     """The volume's content: the script, the SQL, the section list, the section files
     (readable by anybody) and a work directory the server's user can write."""
     with tarfile.open(fileobj=out, mode="w") as tar:
-        _add_dir(tar, SECTIONS_DIR, 0o755)
-        _add_dir(tar, WORK_DIR, 0o1777)
-        _add_bytes(tar, SCRIPT, _SCRIPT.encode(), 0o555)
-        _add_bytes(tar, LOAD_SQL, load_sql(sections).encode(), 0o444)
-        _add_bytes(tar, SECTION_LIST, "".join(f"{s.name}\n" for s in sections).encode(),
-                   0o444)
+        pg_probe.add_dir(tar, SECTIONS_DIR, 0o755)
+        pg_probe.add_work_dir(tar)
+        pg_probe.add_bytes(tar, SCRIPT, _SCRIPT.encode(), 0o555)
+        pg_probe.add_bytes(tar, LOAD_SQL, load_sql(sections).encode(), 0o444)
+        pg_probe.add_bytes(tar, SECTION_LIST,
+                           "".join(f"{s.name}\n" for s in sections).encode(), 0o444)
         for section in sections:
-            info = tar.gettarinfo(str(spool / section.file), arcname=section.file)
-            info.mode, info.uid, info.gid, info.uname, info.gname = 0o444, 0, 0, "", ""
-            with open(spool / section.file, "rb") as data:
-                tar.addfile(info, data)
-
-
-def _add_dir(tar: tarfile.TarFile, name: str, mode: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode = tarfile.DIRTYPE, mode
-    tar.addfile(info)
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), mode
-    tar.addfile(info, io.BytesIO(data))
+            pg_probe.add_file(tar, spool / section.file, section.file)
 
 
 # --- the server's side ---------------------------------------------------------------------
@@ -300,38 +208,19 @@ def _in_server(bench: ProbeBench, volume: str, sections: list[HostSection],
     """Start the server, load the sections, read them back; the problems found. An image
     whose server does not start, or a container that cannot read back what it loaded, says
     nothing about the snapshot: ``DockerError``, and no verdict is recorded."""
-    try:
-        service = bench.scratch.service(bench.postgres_image, mounts={volume: MOUNT},
-                                        user=USER)
-    except DockerError as exc:
-        raise DockerError(f"the token probe's image {bench.postgres_image} cannot run its "
-                          f"server as {USER}: {exc.one_line()}; {_IMAGE_HINT}") from None
-
-    def step(what: str) -> ScratchOutcome:
-        remaining = max(1.0, bench.timeout_s - (time.monotonic() - started))
-        return service.exec(["sh", f"{MOUNT}/{SCRIPT}", what], USER, timeout_s=remaining,
-                            environment=ENVIRONMENT, cancel=bench.cancel)
-
-    start = step("start")
-    figures["server_start_s"] = start.duration_s
-    if start.exit_code != 0:
-        # The image's fault, not the snapshot's: no verdict on the snapshot.
-        raise DockerError(f"no PostgreSQL server could be started in {bench.postgres_image} "
-                          f"(exit {start.exit_code}): {_last_lines(start.stderr)}; "
-                          f"{_IMAGE_HINT}")
-    log.info("token probe: scratch server up", server=start.stdout.strip(),
-             seconds=start.duration_s)
-    load = step("load")
+    server = pg_probe.ScratchServer(bench, volume, "token probe", started)
+    figures["server_start_s"] = server.start()
+    load = server.step("load")
     figures["load_s"] = load.duration_s
     if load.exit_code != 0:
         return [load_problem(load.exit_code, load.stderr, sections)]
-    check = step("check")
+    check = server.step("check")
     figures["check_s"] = check.duration_s
     if check.exit_code != 0:
         # Everything loaded: a failure now is the container's (its disk), not the data's.
         raise DockerError(f"reading the token sections back from the scratch server in "
                           f"{bench.postgres_image} failed (exit {check.exit_code}): "
-                          f"{_last_lines(check.stderr)}")
+                          f"{pg_probe.last_lines(check.stderr)}")
     return compare(sections, check.stdout)
 
 
@@ -358,10 +247,7 @@ def compare(sections: list[HostSection], output: str) -> list[str]:
     return problems
 
 
-_IMAGE_HINT = ("set verify.postgres_image to an official postgres image or a Debian image "
-               "with the postgresql package")
 _COPY_CONTEXT = re.compile(r"COPY (\w+), line (\d+)(?:, column (\w+))?")
-_QUOTED = re.compile(r'"([^"]*)"')
 
 
 def load_problem(exit_code: int, stderr: str, sections: list[HostSection]) -> str:
@@ -369,9 +255,7 @@ def load_problem(exit_code: int, stderr: str, sections: list[HostSection]) -> st
     Quoted values are left out (a token's row would go into records and logs): only the
     section's column names stay."""
     columns = {c.name for s in sections for c in s.section.columns}
-    error = next((line.split("ERROR:", 1)[1].strip() for line in stderr.splitlines()
-                  if "ERROR:" in line), _last_lines(stderr))
-    error = _QUOTED.sub(lambda m: m.group(0) if m.group(1) in columns else '"..."', error)
+    error = pg_probe.first_error(stderr, columns)
     where = _COPY_CONTEXT.search(stderr)
     if where is None:
         return f"loading the sections into the scratch server failed (exit {exit_code}): " \
@@ -379,12 +263,3 @@ def load_problem(exit_code: int, stderr: str, sections: list[HostSection]) -> st
     column = f", column {where.group(3)}" if where.group(3) else ""
     return f"section {where.group(1)}: line {where.group(2)}{column} does not load into " \
            f"the scratch server: {error}"
-
-
-def _last_lines(text: str, count: int = 3) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return " / ".join(lines[-count:]) or "no output"
-
-
-def _since(started: float) -> float:
-    return round(time.monotonic() - started, 3)

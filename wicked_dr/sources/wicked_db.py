@@ -11,6 +11,7 @@ imported only when used, so that a backup without ``wicked_db.dsn`` never loads 
 * wicked_db_load.py: the stream loaded into a schema in one transaction, no trigger firing;
 * wicked_db_live.py: restore --live: a staging schema, swapped in by renaming schemas;
 * wicked_db_stream.py: the stream format (docs/format-wicked-db.md), shared with the probe;
+* wicked_db_probe.py: verify's probe, the load in a scratch PostgreSQL server (pg_probe.py);
 * pg_copy.py: the COPY machinery and stream shape shared with kong_tokens.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from wicked_dr.sources.base import (
     DirRestore,
     LiveSettings,
     LiveState,
+    ProbeBench,
     SnapshotSink,
     SourceBackup,
     SourceKind,
@@ -38,6 +40,7 @@ from wicked_dr.sources.base import (
 from wicked_dr.sources.wicked_db_stream import STREAM_NAME, Header, StreamReader, TableSection
 
 if TYPE_CHECKING:
+    from wicked_dr.repository.verification import ProbeResult
     from wicked_dr.sources.wicked_db_load import LoadReport
 
 class WickedDbSource:
@@ -79,6 +82,15 @@ class WickedDbSource:
         transaction: docs/format-wicked-db.md). A subdirectory, so that it never mixes
         with the volume's files restored into ``target`` itself."""
         return write_dir(reader.stream(_stream_of(record)), target / self.name)
+
+    def probe(self, reader: TreeReader, record: SourceRecord,
+              bench: ProbeBench) -> list[ProbeResult]:
+        """The stream loaded into a scratch PostgreSQL server as a restore loads it, read
+        back against the trailer, wicked's relations checked on the rows
+        (``wicked_db_probe.py``)."""
+        from wicked_dr.sources.wicked_db_probe import probe_wicked_db
+
+        return [probe_wicked_db(reader, record, bench)]
 
     # --- the live restore (wicked_db_live.py): a staging schema, swapped in by renaming
 
@@ -187,12 +199,18 @@ def schema_sql(header: Header) -> str:
             + _sql_list(header.post_data))
 
 
-def load_psql(header: Header) -> str:
+def load_psql(header: Header, copy_lines: str | None = None,
+              before_post_data: str = "") -> str:
     """A psql script that loads the directory into schema :schema (default: the snapshot's)
-    in one transaction; run from inside the directory."""
+    in one transaction; run from inside the directory.
+
+    The verify probe (wicked_db_probe.py) runs the same script with its own ``copy_lines``
+    (the sections' COPY text files, ``copy_text_lines``) and its model checks as
+    ``before_post_data``: after the rows, before the keys."""
     setvals = "".join(
         f"SELECT setval('{_ident(s.name)}', {s.last_value}, {str(s.is_called).lower()});\n"
         for s in header.sequences)
+    copies = _copy_lines(header) if copy_lines is None else copy_lines
     return ("-- wicked-dr: load this directory by hand, in one transaction:\n"
             "--   cd <this directory> && psql -X \"$DSN\" -v schema=<target schema> -f "
             "load.psql\n-- The target schema must not exist.\n"
@@ -201,8 +219,16 @@ def load_psql(header: Header) -> str:
             "BEGIN;\nCREATE SCHEMA :\"schema\";\n"
             "SET LOCAL search_path = :\"schema\", pg_catalog;\n"
             "SET LOCAL check_function_bodies = off;\n\n"
-            + _sql_list(header.pre_data) + _copy_lines(header) + "\n" + setvals + "\n"
-            + _sql_list(header.post_data) + "COMMIT;\n")
+            + _sql_list(header.pre_data) + copies + "\n" + setvals + "\n"
+            + before_post_data + _sql_list(header.post_data) + "COMMIT;\n")
+
+
+def copy_text_lines(header: Header, path_of: Callable[[TableSection], str]) -> str:
+    """psql ``\\copy`` lines loading each section's COPY text file ``path_of(section)``
+    (the format the stream holds), in stream order."""
+    return "".join(
+        f"\\copy {_ident(s.name)} ({', '.join(_ident(c) for c in s.column_names)}) FROM "
+        f"'{path_of(s)}'\n" for s in header.sections)
 
 
 _PLAIN = re.compile(r"^[a-z_][a-z0-9_]*$")
