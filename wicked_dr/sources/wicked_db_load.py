@@ -9,7 +9,7 @@ needs an order. Everything is one transaction: a kill at any point leaves the ta
 was (no half schema); the stream's trailer (rows and SHA-256 per table) and the loaded row
 counts are checked before COMMIT.
 
-``load_into_schema`` is what the live restore will call with a staging schema
+``load_into_schema`` is what the live restore calls with a staging schema
 (``wicked_restore_<id>``) before its swap; by hand it loads into ``wicked`` itself.
 """
 
