@@ -15,13 +15,14 @@ work is in the wall time only):
   backup with nothing changed; ``pg_dump -n wicked -Fc`` and ``pg_dump -n wicked -Fp``;
 * restore to files: ``wicked-dr restore latest --target DIR --source wicked_db``;
 * load into the database, each after ``DROP SCHEMA wicked CASCADE`` and a CHECKPOINT:
-  ``load_into_schema`` fed by the snapshot's stream through the real snapshot reader (this
-  script's ``--load-helper``), ``psql -f load.psql`` in the restored directory,
+  ``load_into_schema`` fed by the snapshot's stream through the real snapshot reader
+  (``LOAD_CODE`` as a script, its own process), ``psql -f load.psql`` in the restored directory,
   ``pg_restore -d`` of the custom dump (and with ``-1``, one transaction, as ours), and
   ``psql -f`` of the plain dump.
 
 After every load (and for the CSV files) the row counts per table are compared with the
-original's. Prints a JSON document and Markdown tables; writes ``results.json`` in the
+original's. ``--profile`` then runs one more backup, restore to files and load under
+cProfile. Prints a JSON document and a Markdown table; writes ``results.json`` in the
 workdir. Not part of the test suite.
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import shutil
@@ -112,21 +114,24 @@ def _config(work: Path, dsn: str, repo: Path, state: Path) -> Path:
     return path
 
 
-def load_helper(config_path: str) -> None:
-    """The snapshot's stream (real reader) into schema ``wicked`` with load_into_schema."""
-    from wicked_dr.actions.common import open_repository, snapshot_reader
-    from wicked_dr.config import load_config
-    from wicked_dr.engine.catalog import resolve
-    from wicked_dr.sources.wicked_db import load_into_schema
+# The load, as its own process that imports only what a restore imports: the snapshot's
+# stream (the real reader) into schema ``wicked`` with load_into_schema.
+LOAD_CODE = """
+import json, sys
+from pathlib import Path
+from wicked_dr.actions.common import open_repository, snapshot_reader
+from wicked_dr.config import load_config
+from wicked_dr.engine.catalog import resolve
+from wicked_dr.sources.wicked_db import load_into_schema
 
-    config = load_config(Path(config_path))
-    repo = open_repository(config)
-    snapshot = resolve(repo, "latest")
-    reader = snapshot_reader(repo, config, snapshot)
-    record = snapshot.source("wicked_db")
-    assert record.stream is not None
-    report = load_into_schema(config.wicked_db, reader.stream(record.stream), "wicked")
-    print(json.dumps(report.to_dict()))
+config = load_config(Path(sys.argv[1]))
+repo = open_repository(config)
+snapshot = resolve(repo, "latest")
+reader = snapshot_reader(repo, config, snapshot)
+record = snapshot.source("wicked_db")
+report = load_into_schema(config.wicked_db, reader.stream(record.stream), "wicked")
+print(json.dumps(report.to_dict()))
+"""
 
 
 def _med(values: list[float]) -> float:
@@ -153,6 +158,8 @@ def run(args: argparse.Namespace, server: PgServer, work: Path) -> dict[str, Any
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     conn_args = ["-h", server.host, "-p", str(server.port), "-U", "wdr_admin"]
     bin_dir = server.bin_dir
+    helper = work / "load_helper.py"
+    helper.write_text(LOAD_CODE)
     runs: dict[str, list[tuple[float, float]]] = {}
     extra: dict[str, list[Any]] = {}
 
@@ -198,8 +205,7 @@ def run(args: argparse.Namespace, server: PgServer, work: Path) -> dict[str, Any
         psql = [str(bin_dir / "psql"), "-X", "-q", *conn_args, "-d", "wicked",
                 "-v", "ON_ERROR_STOP=1"]
         loads: list[tuple[str, list[str], Path | None]] = [
-            ("wdr_load_into_schema", [sys.executable, __file__, "--load-helper",
-                                      str(config)], None),
+            ("wdr_load_into_schema", [sys.executable, str(helper), str(config)], None),
             ("psql_load_psql", [*psql, "-f", "load.psql"], target / "wicked_db"),
             ("pg_restore", [str(bin_dir / "pg_restore"), *conn_args, "-d", "wicked",
                             str(dump_c)], None),
@@ -215,12 +221,45 @@ def run(args: argparse.Namespace, server: PgServer, work: Path) -> dict[str, Any
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
             conn.execute("CHECKPOINT")
+    if args.profile:
+        results["profile"] = _profile(work, dsn, env, config)
     results["runs"] = {k: [list(x) for x in v] for k, v in runs.items()}
     results["extra"] = extra
     results["median"] = {k: {"wall_s": _med([x[0] for x in v]),
                              "rss_mib": _med([x[1] for x in v])} for k, v in runs.items()}
     results["db_bytes_end"] = _size(dsn)
     return results
+
+
+def _profile(work: Path, dsn: str, env: dict[str, str], config: Path) -> dict[str, str]:
+    """One more full backup, restore to files and load under cProfile: the top functions
+    by cumulative time (the profiler's own overhead included)."""
+    import pstats
+
+    out: dict[str, str] = {}
+    prof = [sys.executable, "-m", "cProfile", "-o"]
+    for path in (work / "repo", work / "state", work / "restored"):
+        shutil.rmtree(path, ignore_errors=True)
+    subprocess.run([*WDR, "--config", str(config), "init"], env=env, check=True,
+                   capture_output=True)
+    steps = {
+        "backup": ["-m", "wicked_dr.cli", "--config", str(config), "backup", "--json"],
+        "restore_files": ["-m", "wicked_dr.cli", "--config", str(config), "restore", "latest",
+                          "--target", str(work / "restored"), "--source", "wicked_db"],
+        "load": [str(work / "load_helper.py"), str(config)],
+    }
+    for name, argv in steps.items():
+        if name == "load":
+            _drop(dsn)
+        target = work / f"{name}.prof"
+        subprocess.run([*prof, str(target), *argv], env=env, check=True, capture_output=True)
+        text = io.StringIO()
+        stats = pstats.Stats(str(target), stream=text)
+        stats.sort_stats("cumulative").print_stats(30)
+        stats.sort_stats("tottime").print_stats(15)
+        out[name] = text.getvalue()
+        print(out[name], flush=True)
+    return out
 
 
 def _table(results: dict[str, Any]) -> str:
@@ -242,11 +281,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default="/var/tmp/wdr-bench-wdb")
-    parser.add_argument("--load-helper", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true",
+                        help="then one backup, restore and load under cProfile")
     args = parser.parse_args()
-    if args.load_helper:
-        load_helper(args.load_helper)
-        return
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -257,7 +294,7 @@ def main() -> None:
         server.stop()
         shutil.rmtree(server.base, ignore_errors=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k != "profile"}, indent=2))
     print(_table(results))
 
 
