@@ -12,7 +12,8 @@ work is in the wall time only):
 
 * backup: ``wicked-dr --config CFG backup --json`` of a DB-only config (``volume.path:
   null``, ``wicked_db.dsn``) into a fresh local repository, then a second (incremental)
-  backup with nothing changed; ``pg_dump -n wicked -Fc`` and ``pg_dump -n wicked -Fp``;
+  backup with nothing changed, and one after one row grew by 7 bytes; ``pg_dump -n wicked
+  -Fc`` and ``pg_dump -n wicked -Fp``;
 * restore to files: ``wicked-dr restore latest --target DIR --source wicked_db``;
 * load into the database, each after ``DROP SCHEMA wicked CASCADE`` and a CHECKPOINT:
   ``load_into_schema`` fed by the snapshot's stream through the real snapshot reader
@@ -188,6 +189,17 @@ def run(args: argparse.Namespace, server: PgServer, work: Path) -> dict[str, Any
             doc = json.loads(out)
             record(name, s, rss, duration_s=doc["duration_s"], bytes_new=doc["bytes_new"],
                    bytes_read=doc["bytes_read"], repo_growth=_tree_bytes(repo) - before)
+        # One row changed, 7 bytes longer (a user's e-mail address, in the middle of the
+        # users table): the stream is cut into fixed-size blobs, so what follows shifts.
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("UPDATE wicked.users SET email = 'longer.' || email WHERE id = "
+                         "(SELECT id FROM wicked.users ORDER BY id OFFSET %s LIMIT 1)",
+                         (args.users // 2,))
+        before = _tree_bytes(repo)
+        s, rss, out = _timed([*WDR, "--config", str(config), "backup", "--json"], env)
+        doc = json.loads(out)
+        record("wdr_backup_one_row_longer", s, rss, duration_s=doc["duration_s"],
+               bytes_new=doc["bytes_new"], repo_growth=_tree_bytes(repo) - before)
         record_repo = _tree_bytes(repo)
         extra.setdefault("repo_bytes", []).append(record_repo)
         extra.setdefault("repo_bytes_after_init", []).append(base_bytes)
