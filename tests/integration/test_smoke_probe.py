@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from wicked_dr.actions.verify import VerifyFailed, VerifyResult, run_verify
 from wicked_dr.config import load_config
 from wicked_dr.portal import scratch
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_scratch_leftovers")]
 
 STAND_IN = r'''
 import json, os, sys
@@ -132,14 +131,6 @@ def _verify(s: Setup) -> VerifyResult:
         return exc.result
 
 
-@pytest.fixture(autouse=True)
-def _no_leftovers(docker_client: docker.DockerClient) -> Iterator[None]:
-    """No scratch container or volume of this process outlives a test."""
-    yield
-    selector = {"label": [f"{scratch.LABEL_SCRATCH}=1",
-                          f"{scratch.LABEL_PID}={scratch.owner_labels()[scratch.LABEL_PID]}"]}
-    assert [c.name for c in docker_client.containers.list(all=True, filters=selector)] == []
-    assert [v.name for v in docker_client.volumes.list(filters=selector)] == []
 
 
 def test_smoke_probe_passes_and_is_recorded(setup: Setup, stand_in_image: str,

@@ -11,7 +11,7 @@ before the check is found and named.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +39,7 @@ from wicked_dr.sources.base import ProbeBench
 from wicked_dr.sources.kong_tokens import KongTokensSource
 from wicked_dr.testing.sample_volume import generate
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_scratch_leftovers")]
 
 # Values that need COPY's escapes and UTF-8 on the way through the scratch server.
 AWKWARD_SCOPE = "read\twrite\\admin\nline two ü"
@@ -326,14 +326,6 @@ def test_probe_section_changed_in_scratch_volume_fails_naming_it(
     assert "at-" not in result.problems[0]  # no token of the rows in the record
 
 
-@pytest.fixture(autouse=True)
-def _no_leftovers(docker_client: docker.DockerClient) -> Iterator[None]:
-    """No scratch container or volume outlives a probe."""
-    yield
-    selector = {"label": scratch.LABEL_SCRATCH}
-    assert [c.name for c in docker_client.containers.list(all=True, filters=selector)
-            if scratch.owner_labels()[scratch.LABEL_PID] == c.labels.get(scratch.LABEL_PID)
-            ] == []
 
 
 def test_verify_of_a_snapshot_with_tokens_runs_both_probes(

@@ -19,6 +19,7 @@ import docker
 import pytest
 import yaml
 
+from tests.fixtures.docker_engine import scratch_left
 from tests.fixtures.images import ImageBuilder
 from tests.fixtures.repos import (
     Setup,
@@ -46,14 +47,6 @@ def setup(tmp_path: Path, image_builder: ImageBuilder) -> Setup:
     return verify_setup(tmp_path, image_builder.base(), users=15, seed=12)
 
 
-def _scratch_left(client: docker.DockerClient) -> list[str]:
-    """Scratch resources this test process owns (verify runs in-process here; a concurrent
-    session's are not ours to judge)."""
-    selector = {"label": [f"{LABEL_SCRATCH}=1", f"{LABEL_PID}={os.getpid()}"]}
-    return ([c.name for c in client.containers.list(all=True, filters=selector)]
-            + [v.name for v in client.volumes.list(filters=selector)])
-
-
 def _verify(s: Setup, **kwargs: Any) -> tuple[bool, list[str], list[str]]:
     """(ok, problems, warnings) of run_verify on the newest snapshot."""
     config = load_config(s.config_path)
@@ -79,7 +72,7 @@ def test_healthy_snapshot_verifies_and_restore_takes_it(setup: Setup,
     assert record is not None and record.ok
     rows = json.loads(cli(setup.config_path, "snapshots", "--json").out)
     assert rows[-1]["verification"] == "verified"
-    assert _scratch_left(docker_client) == []
+    assert scratch_left(docker_client) == []
 
 
 def _replace_in_volume(client: docker.DockerClient, image: str, volume: str, rel: str,
@@ -111,7 +104,7 @@ def test_a_file_changed_inside_the_scratch_volume_is_named(
     ok, problems, _ = _verify(setup, before_check=lambda volume: _replace_in_volume(
         docker_client, image_builder.base(), volume, victim, b'{"id": "someone else"}'))
     assert not ok and any(victim in p for p in problems), problems
-    assert _scratch_left(docker_client) == []
+    assert scratch_left(docker_client) == []
 
 
 @pytest.mark.parametrize("damage", ["broken-json", "index-points-to-missing-user"])
@@ -140,7 +133,7 @@ def test_broken_data_fails_verification_naming_the_file_and_restore_skips_it(
     assert [r["verification"] for r in rows] == ["verified", "failed"]
     restore = cli(setup.config_path, "restore", "--target", str(setup.tmp / "out"), "--json")
     assert restore.code == 0 and json.loads(restore.out)["snapshot"] == good
-    assert _scratch_left(docker_client) == []
+    assert scratch_left(docker_client) == []
 
 
 def test_stale_subscription_index_entry_is_a_warning_only(
@@ -162,7 +155,7 @@ def test_damaged_pack_fails_the_probe_and_is_recorded(
     flip_byte(setup, object_name("data", pack))
     ok, problems, _ = _verify(setup)
     assert not ok and any(pack in p for p in problems), problems
-    assert _scratch_left(docker_client) == []
+    assert scratch_left(docker_client) == []
 
 
 def test_drill_reports_figures_and_a_failed_drill_still_writes_its_report(
@@ -185,7 +178,7 @@ def test_drill_reports_figures_and_a_failed_drill_still_writes_its_report(
     assert not failed.value.result.report["ok"]
     history = json.loads(cli(setup.config_path, "drill", "--history", "--json").out)
     assert [d["ok"] for d in history["drills"]] == [True, False]
-    assert _scratch_left(docker_client) == []
+    assert scratch_left(docker_client) == []
 
 
 def test_verify_sweeps_what_a_killed_verification_left(
@@ -228,7 +221,7 @@ def test_scratch_data_volume_in_memory_or_on_disk(
     ok, problems, _ = _verify(setup, before_check=inspect)
     assert ok, problems[:3]
     assert seen == [options]
-    assert _scratch_left(docker_client) == []
+    assert scratch_left(docker_client) == []
 
 
 def test_a_full_in_memory_scratch_volume_says_which_key_to_raise(
@@ -245,4 +238,4 @@ def test_a_full_in_memory_scratch_volume_says_which_key_to_raise(
     assert run.code == 1, run.err
     assert "verify.scratch_memory_mib" in run.err and len(run.err.strip().splitlines()) == 1
     assert load_verification(setup.repo(), snapshot_ids(setup.repo())[-1]) is None
-    assert _scratch_left(docker_client) == []
+    assert scratch_left(docker_client) == []

@@ -12,7 +12,7 @@ foreign keys), so the backup holds them and the probe must find them.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,12 @@ from wicked_dr.actions.backup import run_backup
 from wicked_dr.actions.common import open_repository, snapshot_reader
 from wicked_dr.config import Config, load_config
 from wicked_dr.engine.catalog import resolve
-from wicked_dr.portal import scratch
 from wicked_dr.portal.scratch import ScratchRun
 from wicked_dr.repository.verification import ProbeResult, Status, load_verification
 from wicked_dr.sources.base import ProbeBench
 from wicked_dr.sources.wicked_db import WickedDbSource
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_scratch_leftovers")]
 
 Change = Callable[[psycopg.Connection[Any]], None]
 
@@ -91,14 +90,6 @@ def _first_app(conn: psycopg.Connection[Any]) -> str:
     return str(row[0])
 
 
-@pytest.fixture(autouse=True)
-def _no_leftovers(docker_client: docker.DockerClient) -> Iterator[None]:
-    """No scratch container outlives a probe."""
-    yield
-    selector = {"label": scratch.LABEL_SCRATCH}
-    assert [c.name for c in docker_client.containers.list(all=True, filters=selector)
-            if scratch.owner_labels()[scratch.LABEL_PID] == c.labels.get(scratch.LABEL_PID)
-            ] == []
 
 
 def test_probe_good_snapshot_loads_reads_back_and_passes(
