@@ -466,3 +466,33 @@ def test_cli_volume_and_wicked_db_together_are_one_snapshot(wicked: Wicked,
     assert restored.code == 0, restored.err
     assert (tmp_path / "r" / "meta.json").is_file()
     assert (tmp_path / "r" / "wicked_db" / "load.psql").is_file()
+
+
+def test_an_unchanged_table_is_the_same_blobs_as_last_time(wicked: Wicked,
+                                                           tmp_path: Path) -> None:
+    """Each table's section starts a blob of its own (the export's boundaries): a second
+    backup of an unchanged database stores only its header again (server_time changes),
+    and a changed row makes new blobs of its table and the trailer (its checksum) only."""
+    from wicked_dr.actions.common import open_repository
+    from wicked_dr.config import load_config
+    from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
+
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({
+        "state_dir": str(tmp_path / "state"), "repository": {"url": str(tmp_path / "repo")},
+        "volume": {"path": None}, "wicked_db": {"dsn": wicked.dsn},
+        "log": {"level": "warning", "format": "json"}}))
+    for _ in range(2):
+        assert cli(config, "backup").code == 0
+    with wicked.connect() as conn:
+        conn.execute("UPDATE wicked.users SET data = data || '{\"changed\": true}' WHERE id = "
+                     "(SELECT min(id) FROM wicked.users)")
+    assert cli(config, "backup").code == 0
+    repo = open_repository(load_config(config))
+    first, second, third = (load_snapshot(repo, i).sources["wicked_db"].stream
+                            for i in snapshot_ids(repo))
+    assert first is not None and second is not None and third is not None
+    tables = len(wicked.rows)
+    assert len(first.blobs) >= tables + 2  # header, one or more per table, trailer
+    assert len(set(second.blobs) - set(first.blobs)) == 1  # the header
+    assert len(set(third.blobs) - set(second.blobs)) == 3  # header, users, trailer

@@ -106,12 +106,14 @@ class SnapshotWriter:
 
     # --- content -------------------------------------------------------------------------
 
-    def store(self, chunks: Iterable[bytes]) -> tuple[str, tuple[str, ...], int]:
-        """Store content given as chunks; return (sha256, blob ids, size)."""
+    def store(self, chunks: Iterable[bytes], *,
+              boundaries: bool = False) -> tuple[str, tuple[str, ...], int]:
+        """Store content given as chunks; return (sha256, blob ids, size). With
+        ``boundaries`` an empty chunk ends the blob being filled (streams: see add_stream)."""
         whole = hashlib.sha256()
         blobs: list[str] = []
         size = 0
-        for chunk in _rechunk(chunks, BLOB_SIZE):
+        for chunk in _rechunk(chunks, BLOB_SIZE, boundaries=boundaries):
             # A safe point of every stream (Kong's tokens: the source closes its COPY when
             # the sink raises) and of every big file, one blob at a time.
             self.cancel.check()
@@ -233,8 +235,10 @@ class SnapshotWriter:
 
     def add_stream(self, name: str, chunks: Iterable[bytes]) -> StreamRef:
         """Store a named byte stream (e.g. Kong's tokens) in this snapshot; the caller records
-        the reference in its source's record."""
-        sha, blobs, size = self.store(chunks)
+        the reference in its source's record. An empty chunk is a boundary: the next bytes
+        start a new blob, so a part of the stream that did not change since the last backup
+        (one table of wicked's database) is the same blobs again and is not stored twice."""
+        sha, blobs, size = self.store(chunks, boundaries=True)
         log.debug("stream stored", stream=name, size=size, blobs=len(blobs))
         return StreamRef(size, sha, blobs)
 
@@ -365,10 +369,16 @@ def _without(segment: Segment, known: set[str]) -> Segment:
     return kept._replace(data=b"".join(parts))
 
 
-def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """Re-cut a chunk stream into pieces of exactly ``size`` bytes (the last may be shorter)."""
+def _rechunk(chunks: Iterable[bytes], size: int, *,
+             boundaries: bool = False) -> Iterator[bytes]:
+    """Re-cut a chunk stream into pieces of exactly ``size`` bytes (the last may be
+    shorter); with ``boundaries``, an empty chunk also ends the piece being filled."""
     buffer = bytearray()
     for chunk in chunks:
+        if boundaries and not chunk and buffer:
+            yield bytes(buffer)
+            buffer.clear()
+            continue
         buffer += chunk
         while len(buffer) >= size:
             yield bytes(buffer[:size])

@@ -30,7 +30,9 @@ class SnapshotSink(Protocol):
     """The engine side a source writes into."""
 
     def add_stream(self, name: str, chunks: Iterable[bytes]) -> StreamRef:
-        """Store a byte stream (content-addressed, packed, encrypted) under ``name``."""
+        """Store a byte stream (content-addressed, packed, encrypted) under ``name``. An
+        empty chunk marks a boundary: what follows starts a new blob, so that an unchanged
+        part after it dedupes against the last backup."""
         ...
 
 

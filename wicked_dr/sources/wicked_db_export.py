@@ -209,11 +209,17 @@ def _chunks(conn: Conn, header: Header, progress: _Progress,
     trailer (a cut stream lacks it)."""
     yield json_line(header.to_json())
     for section in header.sections:
+        # A blob boundary before each table (the sink's empty chunk): a table that did not
+        # change is the same blobs as last time, whatever changed before it (the header's
+        # server_time always does).
+        yield b""
         digest = progress.digests[section.name] = SectionDigest()
         for chunk, _ in copy_out(conn, copy_query(header.schema, section)):
             cancel.check()
             digest.update(chunk)
-            yield chunk
+            if chunk:
+                yield chunk
         yield END_OF_DATA
+    yield b""
     yield json_line(trailer_doc(progress.digests))
     progress.complete = True
