@@ -233,7 +233,7 @@ def test_sigterm_lets_a_running_backup_finish_within_the_grace(world: World) -> 
 def test_start_up_removes_the_global_lock_a_dead_sidecar_left(world: World) -> None:
     """A global.lock created by wicked-dr on another host minutes ago (a sidecar pod that
     was killed) and no repository lock of its creator: the daemon removes it before its
-    first backup, which then succeeds. (A one-shot backup would wait an hour for it.)"""
+    first backup, which then succeeds."""
     holder = {"host": "old-pod-7d9f", "boot_id": "x", "pid": 1, "start_time": 1,
               "instance": "0123456789abcdef"}
     (world.volume / "global.lock").write_text(json.dumps(

@@ -25,7 +25,7 @@ from wicked_dr.engine.snapshot_writer import SnapshotWriter, WriteStats
 from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.log import get_logger
 from wicked_dr.repository.index import IndexCache
-from wicked_dr.repository.locks import locked
+from wicked_dr.repository.locks import creator_gone_unless_locking, locked
 from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.snapshot import FileError, Snapshot, SourceRecord, Summary
 from wicked_dr.repository.statcache import StatCacheReader
@@ -77,7 +77,8 @@ def run_backup(config: Config, *, force: bool = False,
         writer = _writer(repo, config, parent, index, options.cancel)
         try:
             context = BackupContext(force, options.lock_wait_s, previous, parent.recent,
-                                    options.progress, options.cancel)
+                                    options.progress, options.cancel,
+                                    creator_gone_unless_locking(repo))
             backups = {source.name: source.backup(writer, context) for source in sources}
             writer.seal()
             lock.check()

@@ -11,14 +11,13 @@ on without a person: its jobs refuse (and alert) until ``restore --resume`` ran.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from wicked_dr.engine.live_journal import find_journal
 from wicked_dr.holder import Holder
 from wicked_dr.log import get_logger
-from wicked_dr.portal.quiesce import StillRunning, remove_stale_global_lock
-from wicked_dr.repository.locks import list_locks
+from wicked_dr.portal.quiesce import remove_stale_global_lock
+from wicked_dr.repository.locks import creator_gone_unless_locking
 from wicked_dr.repository.repo import Repository
 
 log = get_logger(__name__)
@@ -28,20 +27,7 @@ def clear_stale_global_lock(volume: Path | None, repo: Repository) -> Holder | N
     """Remove our deployment's leftover ``global.lock`` when its creator is gone."""
     if volume is None or not volume.is_dir():
         return None
-    return remove_stale_global_lock(volume, _by_repository_locks(repo))
-
-
-def _by_repository_locks(repo: Repository) -> StillRunning:
-    def still_running(holder: Holder, created: float) -> str | None:
-        if holder.is_alive_here():
-            return "its process runs on this host"
-        now = time.time()
-        for lock in list_locks(repo):
-            if lock.holder.instance == holder.instance and not lock.expired(now):
-                return f"it still renews its repository lock ({lock.describe()})"
-        return None
-
-    return still_running
+    return remove_stale_global_lock(volume, creator_gone_unless_locking(repo))
 
 
 def unfinished_live_restore(volume: Path | None, state_root: Path) -> Path | None:

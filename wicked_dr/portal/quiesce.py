@@ -78,11 +78,15 @@ class QuiesceReport:
 
 @contextlib.contextmanager
 def quiesced(volume: Path, mode: str, timeout_s: float, *, lock_wait_s: float = 0.0,
-             cancel: CancelToken = NOT_CANCELLED) -> Iterator[QuiesceReport]:
+             cancel: CancelToken = NOT_CANCELLED,
+             still_running: StillRunning | None = None) -> Iterator[QuiesceReport]:
     """Hold wicked's ``global.lock`` for the duration of the block (mode ``wicked-lock``),
     waiting up to ``lock_wait_s`` for somebody else's to go away (it is never removed).
     The block calls ``settle`` on each directory listing before reading that directory.
-    ``cancel`` ends every wait with ``Interrupted``; ``global.lock`` is released as always."""
+    ``cancel`` ends every wait with ``Interrupted``; ``global.lock`` is released as always.
+    ``still_running`` judges whether the creator of a ``global.lock`` wicked-dr left is
+    gone (default: alive here, or on another host less than an hour ago); a backup passes
+    the repository's judgement (``repository.locks.creator_gone_unless_locking``)."""
     report = QuiesceReport(mode, cancel=cancel)
     if mode == "none":
         yield report
@@ -98,7 +102,8 @@ def quiesced(volume: Path, mode: str, timeout_s: float, *, lock_wait_s: float = 
             attempts += 1
             cancel.check()  # a run cancelled before the lock never holds wicked's writers off
             try:
-                report.removed_stale = _remove_our_stale_lock(lock) or report.removed_stale
+                report.removed_stale = (_remove_our_stale_lock(lock, still_running)
+                                        or report.removed_stale)
                 linking = True
                 started = time.monotonic()
                 _create(lock, holder)
@@ -185,8 +190,9 @@ time) may still be running: a one-line reason when it may, None when it is gone.
 
 
 def _still_running_by_age(holder: Holder, created: float) -> str | None:
-    """The one-shot rule: alive on this host, or on another host less than an hour ago
-    (nothing here can tell whether a process on another host still runs)."""
+    """The rule without a repository to ask (callers that pass no judge): alive on this
+    host, or on another host less than an hour ago (nothing here can tell whether a process
+    on another host still runs). Backups pass the repository's judgement instead."""
     if holder.is_alive_here():
         return f"held by a running wicked-dr ({holder.describe()})"
     if holder.host != socket.gethostname() and time.time() - created < 3600:
@@ -214,12 +220,12 @@ def remove_stale_global_lock(volume: Path, still_running: StillRunning) -> Holde
     return holder
 
 
-def _remove_our_stale_lock(lock: Path) -> bool:
+def _remove_our_stale_lock(lock: Path, still_running: StillRunning | None = None) -> bool:
     """Remove a global.lock a crashed wicked-dr left behind; never anybody else's."""
     found = _our_lock(lock)
     if found is None:
         return False  # absent, or not ours (wicked writes an empty or foreign file)
-    reason = _still_running_by_age(*found)
+    reason = (still_running or _still_running_by_age)(*found)
     if reason is not None:
         raise LockedError(f"{lock} was {reason}" if reason.startswith("created")
                           else f"{lock} is {reason}")

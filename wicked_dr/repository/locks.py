@@ -21,7 +21,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +180,24 @@ def _conflicts(repo: Repository, exclusive: bool, exclude: str | None) -> list[L
             continue
         found.append(lock)
     return found
+
+
+def creator_gone_unless_locking(repo: Repository) -> Callable[[Holder, float], str | None]:
+    """A judge of a ``global.lock`` wicked-dr created (``portal/quiesce.py``): its creator
+    may still run when it is alive on this host or renews a repository lock (a wicked-dr
+    holding ``global.lock`` always holds one: backup takes it first); else it is gone, on
+    whatever host it ran. Returns the reason it may still run, or None."""
+    def still_running(holder: Holder, created: float) -> str | None:
+        if holder.is_alive_here():
+            return f"held by a running wicked-dr ({holder.describe()})"
+        now = time.time()
+        for lock in list_locks(repo):
+            if lock.holder.instance == holder.instance and not lock.expired(now):
+                return (f"created by a wicked-dr that still renews its repository lock "
+                        f"({lock.describe()})")
+        return None
+
+    return still_running
 
 
 def list_locks(repo: Repository) -> list[LockInfo]:

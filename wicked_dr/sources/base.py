@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, Protocol, runtime_checkable
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
+from wicked_dr.holder import Holder
 from wicked_dr.progress import Progress
 from wicked_dr.repository.snapshot import Snapshot, SourceRecord, StreamRef
 from wicked_dr.repository.verification import ProbeResult
@@ -195,6 +196,9 @@ class BackupContext:
     progress: Progress | None = None
     # Checked at the source's safe points (waits for the portal's locks, between chunks).
     cancel: CancelToken = NOT_CANCELLED
+    # Whether the wicked-dr that left a global.lock may still run (a reason) or is gone
+    # (None); from the repository's locks. None here: the one-hour rule of portal/quiesce.py.
+    global_lock_judge: Callable[[Holder, float], str | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,8 @@ class VolumeSource:
         """Walk the volume into ``sink`` under the configured quiesce mode, waiting up to
         ``context.lock_wait_s`` for somebody else's ``global.lock`` to go away."""
         with quiesced(self.path, self.config.quiesce, self.config.quiesce_timeout_s,
-                      lock_wait_s=context.lock_wait_s, cancel=context.cancel) as report:
+                      lock_wait_s=context.lock_wait_s, cancel=context.cancel,
+                      still_running=context.global_lock_judge) as report:
             counts = sink.add_tree(self.path, exclude=is_excluded, settle=report.settle)
         if not context.force:
             self._guard_shrink(counts, context.recent)
