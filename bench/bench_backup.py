@@ -26,27 +26,16 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.timing import Run, last_json, timed
 from wicked_dr.testing.sample_volume import generate, mutate
 
-TIME = "/usr/bin/time"
 TOOLS = ("tar+zstd", "restic", "wicked-dr")
 OPS = ("full", "incremental", "restore")
-
-
-@dataclass
-class Run:
-    """One timed process: wall seconds, peak RSS and whatever the tool reported."""
-
-    seconds: float
-    rss_mib: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,22 +49,6 @@ class Results:
 
     def add(self, tool: str, op: str, run: Run) -> None:
         self.runs.setdefault(tool, {}).setdefault(op, []).append(run)
-
-
-def timed(argv: list[str] | str, *, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> tuple[Run, str]:
-    """Run a command (a list, or a shell pipeline as str) under /usr/bin/time."""
-    # Write back what earlier steps left dirty (a restore creates ~100 k files, rmtree
-    # removes as many) so that writeback does not slow down whichever run comes next.
-    os.sync()
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
-        cmd = ["bash", "-o", "pipefail", "-c", argv] if isinstance(argv, str) else argv
-        proc = subprocess.run([TIME, "-f", "%e %M", "-o", tf.name, *cmd], env=env, cwd=cwd,
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{argv!r} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        seconds, rss_kib = tf.read().split()[-2:]
-    return Run(float(seconds), int(rss_kib) / 1024), proc.stdout
 
 
 def tree_size(path: Path) -> tuple[int, int]:
@@ -176,7 +149,7 @@ def bench_wicked(work: Path, volume: Path, results: Results, op: str, cmd: list[
     else:
         before = file_set(repo)
         run, out = timed([*cmd, "--config", str(cfg), "backup", "--json"])
-        run.extra.update(_last_json(out))
+        run.extra.update(last_json(out))
         run.extra["new_objects"] = len(file_set(repo) - before)
         run.extra["repo_bytes"] = tree_size(repo)[1]
     results.add("wicked-dr", op, run)
@@ -190,7 +163,7 @@ def bench_restore_history(work: Path, volume: Path, results: Results, cmd: list[
     cfg = wicked_config(work, volume)
     shutil.rmtree(work / "wdr-repo", ignore_errors=True)
     shutil.rmtree(work / "wdr-state", ignore_errors=True)
-    first = str(_last_json(subprocess.run([*cmd, "--config", str(cfg), "backup", "--json"],
+    first = str(last_json(subprocess.run([*cmd, "--config", str(cfg), "backup", "--json"],
                                           check=True, capture_output=True, text=True).stdout)
                 ["snapshot"])
     for n in range(incrementals):
@@ -203,7 +176,7 @@ def bench_restore_history(work: Path, volume: Path, results: Results, cmd: list[
             shutil.rmtree(target, ignore_errors=True)
             run, out = timed([*cmd, "--config", str(cfg), "restore", snapshot, "--target",
                               str(target), "--json"])
-            run.extra["packs_fetched"] = _last_json(out).get("packs_fetched")
+            run.extra["packs_fetched"] = last_json(out).get("packs_fetched")
             run.extra["files"] = tree_size(target)[0]
             print(f"{op}: {run}", file=sys.stderr)
             results.add("wicked-dr", op, run)
@@ -218,24 +191,6 @@ def history_table(results: Results) -> str:
             lines.append(f"| {op} | {i} | {run.seconds:.2f} | {run.extra['packs_fetched']} "
                          f"| {run.extra['files']} | {run.rss_mib:.0f} |")
     return "\n".join(lines)
-
-
-def _last_json(out: str) -> dict[str, Any]:
-    """The JSON object a ``--json`` command printed (whole stdout, else its last JSON line)."""
-    try:
-        doc = json.loads(out)
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict):
-        return doc
-    for line in reversed(out.strip().splitlines()):
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(doc, dict):
-            return doc
-    return {}
 
 
 # --- report -------------------------------------------------------------------------------

@@ -36,41 +36,18 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.timing import Run, last_json, timed
 from wicked_dr.testing.sample_volume import generate, mutate
 
-TIME = "/usr/bin/time"
 RESTIC_PASSWORD = "bench-only-password"
-
-
-@dataclass
-class Run:
-    """One timed process: wall seconds, peak RSS and whatever else was measured."""
-
-    seconds: float
-    rss_mib: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def timed(argv: list[str], *, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> tuple[Run, str]:
-    """Run a command under /usr/bin/time after writing back dirty pages."""
-    os.sync()
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
-        proc = subprocess.run([TIME, "-f", "%e %M", "-o", tf.name, *argv], env=env, cwd=cwd,
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{argv!r} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        seconds, rss_kib = tf.read().split()[-2:]
-    return Run(float(seconds), int(rss_kib) / 1024), proc.stdout
 
 
 def tree_bytes(path: Path) -> int:
@@ -81,24 +58,6 @@ def tree_bytes(path: Path) -> int:
 
 def tree_files(path: Path) -> int:
     return sum(len(names) for _d, _s, names in os.walk(path))
-
-
-def last_json(out: str) -> dict[str, Any]:
-    """The JSON object a ``--json`` command printed (whole stdout, else its last JSON line)."""
-    try:
-        doc = json.loads(out)
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict):
-        return doc
-    for line in reversed(out.strip().splitlines()):
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(doc, dict):
-            return doc
-    return {}
 
 
 def copy_tree(src: Path, dst: Path) -> None:

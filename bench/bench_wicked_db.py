@@ -38,7 +38,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,24 +47,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 from psycopg import sql
 
+from bench.timing import timed
 from tests.fixtures import wicked_pg
 from tests.fixtures.postgres import PgServer, _free_port, start_pg_server
 
-TIME = "/usr/bin/time"
 WDR = [sys.executable, "-m", "wicked_dr.cli"]
 
 
 def _timed(argv: list[str], env: dict[str, str], cwd: Path | None = None
            ) -> tuple[float, float, str]:
     """(wall s, peak RSS MiB, stdout) of one process under /usr/bin/time."""
-    os.sync()
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
-        proc = subprocess.run([TIME, "-f", "%e %M", "-o", tf.name, *argv], env=env, cwd=cwd,
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{argv!r} failed ({proc.returncode}): {proc.stderr[-3000:]}")
-        seconds, rss_kib = tf.read().split()[-2:]
-    return float(seconds), int(rss_kib) / 1024, proc.stdout
+    run, out = timed(argv, env=env, cwd=cwd)
+    return run.seconds, run.rss_mib, out
+
 
 
 def _tree_bytes(path: Path) -> int:
