@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
@@ -33,7 +32,7 @@ from wicked_dr.errors import SourceError
 from wicked_dr.log import get_logger
 from wicked_dr.repository.snapshot import StreamRef
 from wicked_dr.sources.base import SnapshotSink
-from wicked_dr.sources.kong_db import Conn, connect, one_line
+from wicked_dr.sources.kong_db import Conn, connect
 from wicked_dr.sources.kong_schema import Column, KongSchema, detect_schema, table_columns
 from wicked_dr.sources.kong_stream import (
     APIS,
@@ -50,7 +49,7 @@ from wicked_dr.sources.kong_stream import (
     json_line,
 )
 from wicked_dr.sources.kong_tokens import STREAM_NAME
-from wicked_dr.sources.pg_copy import copy_out
+from wicked_dr.sources.pg_copy import consistent_read, copy_out
 
 # The source's events keep the source's module name, wherever in it they are emitted.
 log = get_logger("wicked_dr.sources.kong_tokens")
@@ -70,24 +69,17 @@ def export_tokens(config: KongTokensConfig, sink: SnapshotSink,
     server time) and the stream. ``cancel`` is checked between chunks: the COPY is then
     cancelled and the transaction rolled back."""
     counter = _RowCounter()
-    conn = connect(config, _BACKUP_APP, "export tokens from")
-    try:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        with conn.transaction():
-            schema = detect_schema(conn)
-            found = expired_tokens(conn, schema)
-            expired, server_time = found.count, found.server_time
-            plan = export_plan(conn, schema, expired=found)
-            header = _export_header(schema, plan, expired, server_time)
-            # A COPY holds the connection's lock until it ends: if the sink stops reading
-            # (an error, an interrupt), closing the chunks cancels it before the rollback.
-            with closing(_export_chunks(conn, header, plan, counter, cancel)) as chunks:
-                record = sink.add_stream(STREAM_NAME, chunks)
-    except psycopg.Error as exc:
-        raise SourceError(f"exporting Kong tokens failed: {one_line(exc)}") from None
-    finally:
-        conn.close()
+    with consistent_read(connect(config, _BACKUP_APP, "export tokens from"),
+                         "exporting Kong tokens failed") as conn:
+        schema = detect_schema(conn)
+        found = expired_tokens(conn, schema)
+        expired, server_time = found.count, found.server_time
+        plan = export_plan(conn, schema, expired=found)
+        header = _export_header(schema, plan, expired, server_time)
+        # A COPY holds the connection's lock until it ends: if the sink stops reading
+        # (an error, an interrupt), closing the chunks cancels it before the rollback.
+        with closing(_export_chunks(conn, header, plan, counter, cancel)) as chunks:
+            record = sink.add_stream(STREAM_NAME, chunks)
     if not counter.complete:
         raise SourceError("the token export stopped before its end; the snapshot must "
                           "not be used")

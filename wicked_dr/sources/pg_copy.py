@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,25 @@ def connect(dsn: str, *, connect_timeout_s: int, statement_timeout_s: int,
         raise SourceError(f"the database refused the session settings: "
                           f"{one_line(exc)}") from None
     return conn
+
+
+@contextmanager
+def consistent_read(conn: Conn, failure: str) -> Iterator[Conn]:
+    """One REPEATABLE READ, READ ONLY transaction on ``conn`` for the block: every read in
+    it (catalog, COPYs) sees the database at one instant, so a backup is one recovery
+    point. The connection is closed afterwards; a psycopg error becomes one SourceError
+    line starting with ``failure``."""
+    import psycopg
+
+    try:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            yield conn
+    except psycopg.Error as exc:
+        raise SourceError(f"{failure}: {one_line(exc)}") from None
+    finally:
+        conn.close()
 
 
 def one_line(exc: BaseException) -> str:

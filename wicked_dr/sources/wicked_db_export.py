@@ -28,7 +28,7 @@ from wicked_dr.log import get_logger
 from wicked_dr.repository.snapshot import StreamRef
 from wicked_dr.sources import pg_copy
 from wicked_dr.sources.base import SnapshotSink
-from wicked_dr.sources.pg_copy import END_OF_DATA, copy_out, json_line, one_line
+from wicked_dr.sources.pg_copy import END_OF_DATA, consistent_read, copy_out, json_line, one_line
 from wicked_dr.sources.wicked_db_schema import (
     read_schema,
     schema_oid,
@@ -109,18 +109,11 @@ def export_schema(config: WickedDbConfig, sink: SnapshotSink,
     ``cancel`` is checked between chunks: the COPY is then cancelled and the transaction
     rolled back."""
     progress = _Progress()
-    conn = connect(config, BACKUP_APP, "back up")
-    try:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        with conn.transaction():
-            header = read_header(conn, config.schema)
-            with closing(_chunks(conn, header, progress, cancel)) as chunks:
-                record = sink.add_stream(STREAM_NAME, chunks)
-    except psycopg.Error as exc:
-        raise SourceError(f"exporting wicked's database failed: {one_line(exc)}") from None
-    finally:
-        conn.close()
+    with consistent_read(connect(config, BACKUP_APP, "back up"),
+                         "exporting wicked's database failed") as conn:
+        header = read_header(conn, config.schema)
+        with closing(_chunks(conn, header, progress, cancel)) as chunks:
+            record = sink.add_stream(STREAM_NAME, chunks)
     if not progress.complete:
         raise SourceError("the wicked_db export stopped before its end; the snapshot must "
                           "not be used")
