@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from wicked_dr.actions.common import Result, RunOptions, index_cache, open_repository
 from wicked_dr.config import Config
-from wicked_dr.engine.catalog import load_snapshot, snapshot_ids
+from wicked_dr.engine.catalog import load_snapshot, newest_verified_id, snapshot_ids
 from wicked_dr.engine.prune import (
     RECENT,
     PruneOutcome,
@@ -23,7 +23,6 @@ from wicked_dr.engine.prune import (
     execute,
     guard_prune_shrink,
     guard_verification,
-    newest_verified,
     plan_prune,
 )
 from wicked_dr.engine.retention import check_policy
@@ -70,7 +69,7 @@ def run_prune(config: Config, *, dry_run: bool = False, options: RunOptions | No
     with locked(repo, exclusive=True, operation="prune", wait_s=options.lock_wait_s,
                 expiry_s=config.repository.lock_expiry_s, cancel=options.cancel) as lock:
         ids = snapshot_ids(repo)
-        verified = newest_verified(repo, ids)
+        verified = newest_verified_id(repo, ids)
         guard_verification(repo, config, now)
         guard_prune_shrink(config, _guarded(repo, ids, verified), verified)
         options.cancel.check()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -73,15 +74,23 @@ def resolve(repo: Repository, ref: str, before: str | None = None) -> Snapshot:
     return load_snapshot(repo, matches[0])
 
 
+def newest_verified_id(repo: Repository, ids: Sequence[str]) -> str | None:
+    """The newest of ``ids`` (oldest first) whose verification passed; failed and
+    unverified ones are skipped."""
+    recorded = set(repo.list_ids("verification"))
+    for snapshot_id in reversed(ids):
+        if status_of(repo, snapshot_id, recorded) is Status.VERIFIED:
+            return snapshot_id
+    return None
+
+
 def _latest_verified(repo: Repository, ids: list[str]) -> Snapshot:
     """The newest snapshot whose verification passed (a failed one is skipped)."""
+    found = newest_verified_id(repo, ids)
+    if found is not None:
+        return load_snapshot(repo, found)
     recorded = set(repo.list_ids("verification"))
-    failed = 0
-    for snapshot_id in reversed(ids):
-        status = status_of(repo, snapshot_id, recorded)
-        if status is Status.VERIFIED:
-            return load_snapshot(repo, snapshot_id)
-        failed += status is Status.FAILED
+    failed = sum(status_of(repo, i, recorded) is Status.FAILED for i in ids)
     why = (f"{failed} of the matching snapshots failed verification, none passed" if failed
            else "none of the matching snapshots has been verified (run 'wicked-dr verify')")
     raise NotFoundError(f"no verified snapshot: {why}; name a snapshot, e.g. 'wicked-dr "

@@ -44,10 +44,8 @@ from wicked_dr.repository.repo import Repository, content_id
 from wicked_dr.repository.shrink import Counts, guard_shrink, is_forced, largest_references
 from wicked_dr.repository.snapshot import Snapshot
 from wicked_dr.repository.verification import (
-    Status,
     VerificationRecord,
     load_verification,
-    status_of,
 )
 
 log = get_logger(__name__)
@@ -68,15 +66,6 @@ def failpoint(step: str) -> None:
 
 
 # --- guards ----------------------------------------------------------------------------------
-
-
-def newest_verified(repo: Repository, ids: Sequence[str]) -> str | None:
-    """The newest snapshot whose verification passed (failed ones are skipped)."""
-    recorded = set(repo.list_ids("verification"))
-    for snapshot_id in reversed(ids):
-        if status_of(repo, snapshot_id, recorded) is Status.VERIFIED:
-            return snapshot_id
-    return None
 
 
 def newest_verification(repo: Repository) -> tuple[VerificationRecord, datetime] | None:
