@@ -109,12 +109,12 @@ class Daemon:
         self._heartbeat = self._clock()
         held_before = self.lease.held
         held = self._keep_lease()
+        if held:
+            self._clear_global_lock()  # before a catch-up backup needs global.lock
         if held and not held_before:
             self._on_lease_taken()
         elif held_before and not held:
             self.runner.cancel_current("the daemon lease was lost to another replica")
-        if held:
-            self._clear_global_lock()
         if self._clock() - self.view.checked >= REFRESH_S:
             self._refresh()
 
@@ -139,7 +139,6 @@ class Daemon:
     def _on_lease_taken(self) -> None:
         """This replica runs the jobs from now on: catch up on a missed backup."""
         log.info("daemon lease taken: this replica runs the jobs")
-        self._clear_global_lock()
         self._refresh()
         newest = (datetime.fromtimestamp(self.view.newest, UTC)
                   if self.view.newest is not None else None)
