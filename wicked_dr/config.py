@@ -140,9 +140,16 @@ class VolumeConfig(Section):
         "with wicked_db.dsn set: wicked 1.0 keeps its data in Postgres).")
     quiesce: Literal["wicked-lock", "none"] = _field(
         "wicked-lock",
-        "wicked-lock: hold wicked's global.lock while reading, for a consistent snapshot; "
-        "none: read without it (files may be torn).",
+        "wicked-lock: read the volume, then hold wicked's global.lock briefly to re-read "
+        "what changed meanwhile, for a consistent snapshot; none: read without it (files "
+        "may be torn).",
     )
+    watch: bool = _field(
+        True,
+        "true: an inotify watch names what changed while the volume was read, so wicked's "
+        "global.lock is held only to re-read that (on local file systems; elsewhere, or "
+        "when the watch overflows, every file is re-statted under the lock); false: always "
+        "re-stat every file under the lock.")
     # 0 is allowed (fail at once when a write is in flight); at most 10 minutes, because
     # portal-api cannot write while we hold global.lock and wait.
     quiesce_timeout_s: float = _field(

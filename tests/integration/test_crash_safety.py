@@ -86,8 +86,15 @@ def _first_pack_uploaded(s: Setup) -> bool:
 
 
 def _crash_backup(s: Setup, phase: str) -> bool:
-    """Start ``wicked-dr backup`` and SIGKILL it in ``phase``; False when it finished first."""
+    """Start ``wicked-dr backup`` and SIGKILL it in ``phase``; False when it finished first.
+
+    ``reading``: the first read, without wicked's lock, with packs staged. ``locked``: under
+    global.lock, where the backup waits for a write in flight (a ``<file>.lock`` made before
+    it started and removed after the kill): a window that lasts, not a race."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    in_flight = s.volume / "users" / "_index.json.lock"
+    if phase == "locked":
+        in_flight.write_text("")
     proc = subprocess.Popen(cli_command(s.config_path, "backup"), env=env, cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = s.volume / "global.lock"
@@ -95,7 +102,9 @@ def _crash_backup(s: Setup, phase: str) -> bool:
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             staged = (s.state / "staging").is_dir() and bool(_staged_packs(s))
-            if phase == "reading" and lock.exists() and staged:
+            if phase == "reading" and staged and not lock.exists():
+                break
+            if phase == "locked" and lock.exists() and staged:
                 break
             if phase == "uploading" and not lock.exists() and _first_pack_uploaded(s):
                 break
@@ -105,18 +114,21 @@ def _crash_backup(s: Setup, phase: str) -> bool:
             proc.send_signal(signal.SIGKILL)
         # Reap it: a zombie still has /proc/<pid>/stat and would look alive to lock takeover.
         code = proc.wait(timeout=30)
+        in_flight.unlink(missing_ok=True)
     return code == -signal.SIGKILL
 
 
 @pytest.mark.parametrize(("kind", "phase"), [
     ("local", "reading"),  # reading touches no backend: local is enough
+    ("local", "locked"),
     ("local", "uploading"),
     ("s3", "uploading"),
 ])
 def test_backup_killed_mid_run_leaves_repository_usable(
         tmp_path: Path, request: pytest.FixtureRequest, kind: str, phase: str) -> None:
-    """kill -9 while reading or uploading: earlier snapshots restore, check is clean, the dead
-    run's locks are taken over and the next backup succeeds."""
+    """kill -9 while reading, while holding wicked's lock, or while uploading: earlier
+    snapshots restore, check is clean, the dead run's locks are taken over (its global.lock
+    removed) and the next backup succeeds."""
     target = repo_target(request, tmp_path, kind)
     target.repository["pack_size_mib"] = 1
     s = make_setup(tmp_path, target)
@@ -140,8 +152,8 @@ def test_backup_killed_mid_run_leaves_repository_usable(
 
     repo = s.repo()
     assert snapshot_ids(repo) == [first_id]
-    if phase == "reading":
-        assert (s.volume / "global.lock").exists()  # the dead run's, to be cleaned up
+    # Only a run killed under wicked's lock leaves it (to be cleaned up by the next run).
+    assert (s.volume / "global.lock").exists() is (phase == "locked")
     run = cli(s.config_path, "restore", first_id, "--target", str(tmp_path / "r1"))
     assert run.code == 0, run.err
     assert_same_tree(first, tmp_path / "r1")
@@ -157,7 +169,7 @@ def test_backup_killed_mid_run_leaves_repository_usable(
 
     second = _backup(s)
     doc = load_snapshot(s.repo(), second)
-    assert doc.source("volume").metadata["removed_stale_lock"] is (phase == "reading")
+    assert doc.source("volume").metadata["removed_stale_lock"] is (phase == "locked")
     assert not (s.volume / "global.lock").exists()
     run = cli(s.config_path, "restore", "latest", "--target", str(tmp_path / "r2"))
     assert run.code == 0, run.err

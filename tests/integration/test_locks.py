@@ -11,8 +11,10 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import inotify_simple
 import pytest
 
 from tests.fixtures.repos import (
@@ -290,25 +292,25 @@ def test_backup_foreign_global_lock_exit_4_left_untouched(volume_setup: Setup,
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
-def _watch_global_lock(lock: Path, foreign: bytes, stop: threading.Event) -> list[str]:
-    """Poll ``lock`` until ``stop``: the states it went through ('foreign' with exactly
-    ``foreign`` inside, 'ours' with wicked-dr's marker, 'absent', 'other'), repeats merged."""
-    states: list[str] = []
+def _lock_events(volume: Path) -> tuple[inotify_simple.INotify, Callable[[], list[str]]]:
+    """An inotify watch of the volume folder and a reader of what happened to global.lock
+    and to wicked-dr's temporary file it is linked from, in order ("<name> <event>"). Events,
+    not polling: wicked-dr holds its global.lock for well under a millisecond now."""
+    inotify = inotify_simple.INotify()
+    mask = (inotify_simple.flags.CREATE | inotify_simple.flags.DELETE
+            | inotify_simple.flags.MODIFY | inotify_simple.flags.ATTRIB)
+    inotify.add_watch(str(volume), mask)
 
-    def poll() -> None:
-        while not stop.is_set():
-            try:
-                body = lock.read_bytes()
-                state = ("foreign" if body == foreign
-                         else "ours" if b'"created_by": "wicked-dr"' in body else "other")
-            except FileNotFoundError:
-                state = "absent"
-            if not states or states[-1] != state:
-                states.append(state)
-            time.sleep(0.002)
+    def read() -> list[str]:
+        seen = []
+        for event in inotify.read(timeout=0):
+            name = ".wicked-dr-tmp" if event.name.startswith(".wicked-dr-") else event.name
+            if name in ("global.lock", ".wicked-dr-tmp"):
+                kinds = [str(f.name).lower() for f in inotify_simple.flags.from_mask(event.mask)]
+                seen.append(f"{name} {'+'.join(kinds)}")
+        return seen
 
-    threading.Thread(target=poll, daemon=True).start()
-    return states
+    return inotify, read
 
 
 def test_backup_lock_wait_foreign_global_lock_removed_then_backup_runs(
@@ -319,23 +321,25 @@ def test_backup_lock_wait_foreign_global_lock_removed_then_backup_runs(
     lock = s.volume / "global.lock"
     foreign = b'{"created_by": "operator", "note": "maintenance"}'
     lock.write_bytes(foreign)
-    stop = threading.Event()
-    states = _watch_global_lock(lock, foreign, stop)
+    inotify, events = _lock_events(s.volume)
     timer = threading.Timer(1.0, lock.unlink)
     timer.start()
     try:
         run = cli(s.config_path, "--lock-wait", "30s", "backup", "--json")
     finally:
         timer.join()
-        time.sleep(0.05)
-        stop.set()
+    seen = events()
+    inotify.close()
     assert run.code == 0, run.err
     assert snapshot_ids(s.repo()) == [json.loads(run.out)["snapshot"]]
     assert not lock.exists()
-    assert states[0] == "foreign" and "ours" in states and "other" not in states, states
-    last_foreign = max(i for i, state in enumerate(states) if state == "foreign")
-    assert states.index("ours") > last_foreign, states  # ours only after theirs was gone
-    assert states[-1] == "absent", states
+    # Theirs is never written to; it goes; then ours (written to wicked-dr's temporary file
+    # first, which every failed attempt meanwhile made and removed) is linked into place,
+    # and removed at the end.
+    on_lock = [event for event in seen if event.startswith("global.lock")]
+    assert on_lock == ["global.lock delete", "global.lock create", "global.lock delete"], seen
+    created = seen.index("global.lock create")
+    assert seen[created - 2:created] == [".wicked-dr-tmp create", ".wicked-dr-tmp modify"], seen
 
 
 def test_backup_lock_wait_foreign_global_lock_stays_exit_4_after_wait(

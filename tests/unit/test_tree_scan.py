@@ -51,7 +51,7 @@ class _RecordingTarget:
         self._cache = cache or {}
         self._pending: list[str] = []
 
-    def enter_dir(self, rel_dir: str) -> None:
+    def enter_dir(self, rel_dir: str, names: list[str]) -> None:
         self.blocks.append(rel_dir)
         self._pending = list(self._cache.get(rel_dir, []))
 

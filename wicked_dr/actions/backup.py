@@ -57,6 +57,8 @@ class BackupResult(Result):
     # How long the backup waited for the repository lock (a live restore or prune holding
     # the exclusive one); wicked's global.lock window is lock_window_s.
     lock_wait_s: float = 0.0
+    # Files read again under wicked's global.lock (what changed while the volume was read).
+    files_reread_under_lock: int = 0
 
 
 def run_backup(config: Config, *, force: bool = False,
@@ -195,7 +197,7 @@ def _result(snapshot: Snapshot, stats: WriteStats, backups: dict[str, SourceBack
                         round(time.monotonic() - started, 3),
                         sum(b.lock_window_s for b in backups.values()), stats.files_unchanged,
                         stats.objects_written, len(stats.errors), tuple(backups), damage,
-                        lock_wait_s)
+                        lock_wait_s, sum(b.reread_under_lock for b in backups.values()))
 
 
 def new_snapshot_id(after: str | None = None) -> str:

@@ -1,7 +1,10 @@
 """Writing one snapshot: content addressing, packing, staging, and the write order.
 
-While a source reads (possibly under wicked's ``global.lock``), sealed packs, trees and index
-objects go to a local staging directory only, so the lock window does not include uploads.
+While a source reads, sealed packs, trees and index objects go to a local staging directory
+only, so wicked's lock window never includes uploads. A file tree is read twice over
+(``add_tree``): first in full without wicked's lock, then, under it, only what may have
+changed since (``tree_recheck.py``); the corrections are merged into the first manifest
+after the lock is released (``manifest_merge.py``).
 ``commit`` then uploads in the order the format demands: packs, then index objects, then
 trees, then the snapshot object last. A crash at any point leaves earlier snapshots intact
 and at worst some unreferenced objects, which readers ignore.
@@ -23,26 +26,35 @@ from pathlib import Path
 
 from wicked_dr.cancel import NOT_CANCELLED, CancelToken
 from wicked_dr.engine.background import Background
+from wicked_dr.engine.change_watch import ChangeWatch, open_watch
+from wicked_dr.engine.manifest_merge import DeltaMerge, SortKey, TreeDelta, key_of
 from wicked_dr.engine.scan_pool import ScanPool
 from wicked_dr.engine.scan_worker import RunItem
-from wicked_dr.engine.tree_scan import scan_tree
+from wicked_dr.engine.tree_recheck import (
+    FirstRead,
+    Restructured,
+    recheck_by_stat,
+    recheck_by_watch,
+)
+from wicked_dr.engine.tree_scan import Meta, scan_tree
 from wicked_dr.errors import IntegrityError, NotFoundError
 from wicked_dr.log import get_logger
 from wicked_dr.progress import Progress
 from wicked_dr.repository.crypto import sha256_hex
 from wicked_dr.repository.entry_lines import stat_key, stat_line
 from wicked_dr.repository.index import IndexCache, index_document
-from wicked_dr.repository.layout import BLOB_SIZE, object_name
+from wicked_dr.repository.layout import BLOB_SIZE, MAX_METADATA_OBJECT, object_name
 from wicked_dr.repository.manifest import TREE_CHUNK_ENTRIES, Entry, encode_entry
 from wicked_dr.repository.packs import PackBuilder, PackRecord
 from wicked_dr.repository.repo import Repository
 from wicked_dr.repository.segments import Segment
 from wicked_dr.repository.snapshot import Snapshot, StreamRef
 from wicked_dr.repository.statcache import RACY_WINDOW_NS, StatCacheReader, StatCacheWriter
-from wicked_dr.sources.base import TreeCounts
+from wicked_dr.sources.base import HeldLock, HoldLock, TreeCounts
 
 log = get_logger(__name__)
 INDEX_BLOBS_PER_OBJECT = 20_000
+_GONE = "No such file or directory"  # os.strerror(ENOENT): a change, not an error
 
 
 @dataclass
@@ -91,6 +103,9 @@ class SnapshotWriter:
         self._tree_lines: list[str] = []  # manifest text of the open tree object
         self._tree_count = 0  # its entries
         self._trees: list[str] = []
+        self._tree_last_lines: list[str] = []  # per tree staged, its last manifest line
+        self._first: FirstRead | None = None  # set while the unlocked first read runs
+        self._scan_start_ns = scan_start_ns
         self._previous = previous
         self.damage: list[str] = []  # damaged objects met and repaired on the way
         # Started now, before a source takes wicked's lock: start-up is not lock time.
@@ -174,17 +189,169 @@ class SnapshotWriter:
     # --- the sink side: a file tree ---------------------------------------------------------
 
     def add_tree(self, root: Path, exclude: Callable[[str], object],
-                 settle: Callable[[str, list[str]], bool] | None = None) -> TreeCounts:
+                 hold: HoldLock | None = None, *, watch: bool = True) -> TreeCounts:
         """Scan the tree under ``root`` into this snapshot (see tree_scan.py); how many files
-        and bytes it holds (a snapshot has one file tree)."""
-        racy_from = (self._previous.scan_start_ns - RACY_WINDOW_NS
-                     if self._previous is not None else 0)
-        scan_tree(str(root), self, self._pool, exclude=exclude, settle=settle,
-                  racy_from_ns=racy_from)
-        return TreeCounts(self.stats.files, self.stats.bytes_total)
+        and bytes it holds (a snapshot has one file tree).
 
-    def enter_dir(self, rel_dir: str) -> None:
+        The whole tree is read first without ``hold``. Then, inside ``hold()`` (wicked's
+        lock), only what may have changed since is read again: what the scan's change watch
+        names when ``watch`` is on and the watch is complete, else every file re-statted;
+        the corrections are merged in after ``hold`` is left. Without ``hold`` the first
+        read is the snapshot."""
+        first = FirstRead(str(root), self._scan_start_ns)
+        change_watch, why_not = (open_watch(root) if hold is not None and watch
+                                 else (None, "volume.watch is false"))
+        if hold is not None and change_watch is None:
+            log.info("no change watch; files are re-statted under the lock", reason=why_not)
+        try:
+            self._first = first
+            scan_tree(str(root), self, self._pool, exclude=exclude,
+                      settle=first.left_out_recorder(exclude), racy_from_ns=self._racy_from(),
+                      watch=change_watch, cancel=self.cancel)
+            self._first = None
+            if hold is None:
+                return self._counts("none", 0)
+            # The first read's trees and stat lines are written before the lock is taken:
+            # the lock window is for re-reading only.
+            self._background.wait()
+            self._stat_out.finish()
+            with hold() as held:
+                how, delta = self._recheck(first, change_watch, held, exclude)
+        finally:
+            self._first = None
+            if change_watch is not None:
+                change_watch.close()
+        if delta:
+            self._merge(delta)
+        return self._counts(how, delta.reread)
+
+    def _racy_from(self) -> int:
+        return (self._previous.scan_start_ns - RACY_WINDOW_NS
+                if self._previous is not None else 0)
+
+    def _counts(self, how: str, reread: int) -> TreeCounts:
+        return TreeCounts(self.stats.files, self.stats.bytes_total, recheck=how, reread=reread)
+
+    def _recheck(self, first: FirstRead, change_watch: ChangeWatch | None, held: HeldLock,
+                 exclude: Callable[[str], object]) -> tuple[str, TreeDelta]:
+        """What changed since the first read (under the lock): by the watch, else by
+        re-statting; a changed directory structure means a full scan under the lock."""
+        try:
+            if change_watch is not None:
+                delta = recheck_by_watch(first, change_watch, held, self, exclude, self.cancel)
+                if delta is not None:
+                    return "watch", delta
+            first_stat = StatCacheReader(self._stat_out.path)
+            try:
+                return "stat", recheck_by_stat(first, first_stat, held, self, self._pool,
+                                               exclude, self.cancel)
+            finally:
+                first_stat.close()
+        except Restructured as exc:
+            log.info("directories changed while the volume was read; scanning it again "
+                     "under the lock", change=str(exc))
+            return "rescan", self._rescan(first, held, exclude)
+
+    def _rescan(self, first: FirstRead, held: HeldLock,
+                exclude: Callable[[str], object]) -> TreeDelta:
+        """The whole tree again, under the lock, into a new manifest (the first read's
+        stat lines make its unchanged files cheap; its stat cache stays the one kept)."""
+        held.wait_grace()
+        self._background.wait()
+        self._trees.clear()
+        self._tree_last_lines.clear()
+        self._tree_lines, self._tree_count = [], 0
+        stats = self.stats
+        stats.files = stats.dirs = stats.symlinks = stats.bytes_total = 0
+        stats.files_unchanged = 0
+        stats.errors.clear()
+        reader = StatCacheReader(self._stat_out.path)
+        kept = self._previous, self._stat_out
+        self._previous, self._stat_out = reader, _NoStatCache()  # type: ignore[assignment]
+        try:
+            scan_tree(first.root, self, self._pool, exclude=exclude, settle=held.settle,
+                      racy_from_ns=first.scan_start_ns - RACY_WINDOW_NS, cancel=self.cancel)
+        finally:
+            self._previous, self._stat_out = kept
+            reader.close()
+        delta = TreeDelta()
+        delta.reread = stats.files - stats.files_unchanged
+        return delta
+
+    # --- the locked phase's side (tree_recheck.RecheckSink) ------------------------------
+
+    def store_segment(self, segment: Segment, bytes_read: int) -> None:
+        """Content re-read under the lock."""
+        if segment.blob_ids:
+            self._store_segment(segment)
+        self.stats.bytes_read += bytes_read
+
+    def big_file_line(self, rel: str, meta: Meta, chunks: Iterable[bytes]) -> str:
+        """A big file re-read under the lock: stored, and its manifest line."""
+        mode, uid, gid, _, mtime_ns, _, _ = meta
+        sha, blobs, size = self.store(chunks)
+        return encode_entry(Entry(rel, "file", statmod.S_IMODE(mode), uid, gid, mtime_ns, size,
+                                  sha, blobs))
+
+    # --- merging the corrections -----------------------------------------------------------
+
+    def _merge(self, delta: TreeDelta) -> None:
+        """The first manifest with ``delta`` applied: tree objects before the first change
+        are kept as they are; from there on the lines are merged and cut again."""
+        self._background.wait()
+        trees, lasts = list(self._trees), list(self._tree_last_lines)
+        tail, tail_count = self._tree_lines, self._tree_count
+        self._trees.clear()
+        self._tree_last_lines.clear()
+        self._tree_lines, self._tree_count = [], 0
+        merge = DeltaMerge(delta)
+        after: SortKey | None = None
+        for tree_id, last in zip(trees, lasts, strict=True):
+            upto = key_of(last)
+            if merge.touches(after, upto):
+                self._add_merged(merge.merge(self._staged_tree_lines(tree_id)))
+            elif self._tree_count == 0 and not merge.shifted:
+                self._keep_tree(tree_id, last)
+            else:
+                self._add_lines(self._staged_tree_text(tree_id), TREE_CHUNK_ENTRIES)
+            after = upto
+        if tail_count:
+            self._add_merged(merge.merge("".join(tail).splitlines(keepends=True)))
+        self._add_merged(merge.rest())
+        self._adjust(merge, delta)
+
+    def _add_merged(self, lines: Iterator[str]) -> None:
+        for line in lines:
+            self._add_lines(line, 1)
+
+    def _keep_tree(self, tree_id: str, last: str) -> None:
+        """An unchanged tree object of the first manifest, at an unchanged boundary."""
+        self._tree_last_lines.append(last)
+        self._background.submit(self._trees.append, tree_id)  # in order with _write_tree
+
+    def _staged_tree_text(self, tree_id: str) -> str:
+        envelope = (self._staging / f"tree-{tree_id}").read_bytes()
+        return self.repo.sealer.open("tree", object_name("tree", tree_id), envelope,
+                                     max_size=MAX_METADATA_OBJECT).decode()
+
+    def _staged_tree_lines(self, tree_id: str) -> list[str]:
+        return self._staged_tree_text(tree_id).splitlines(keepends=True)
+
+    def _adjust(self, merge: DeltaMerge, delta: TreeDelta) -> None:
+        """Counts and errors as the merged manifest has them."""
+        stats, adjust = self.stats, merge.adjust
+        stats.files += adjust.files
+        stats.dirs += adjust.dirs
+        stats.symlinks += adjust.symlinks
+        stats.bytes_total += adjust.bytes_total
+        read_now = {path for path, line in delta.lines.items() if line is not None}
+        errors = {error["path"]: error for error in stats.errors}  # the last word per path
+        stats.errors[:] = [e for path, e in errors.items() if path not in read_now]
+
+    def enter_dir(self, rel_dir: str, names: list[str]) -> None:
         """A directory's block starts: position both stat caches."""
+        if self._first is not None:
+            self._first.note_listing(rel_dir, names)
         self._stat_out.enter_dir(rel_dir)
         if self._previous is not None:
             self._previous.enter_dir(rel_dir)
@@ -197,6 +364,8 @@ class SnapshotWriter:
         """Entries a scan worker finished: their lines as they are, their new blobs packed."""
         if run.blobs.blob_ids:
             self._store_segment(run.blobs)
+        if self._first is not None:
+            self._first.note_run(run)
         stats = self.stats
         stats.files += run.files
         stats.dirs += run.dirs
@@ -229,7 +398,10 @@ class SnapshotWriter:
         self._add_lines(line, 1)
 
     def add_error(self, rel: str, error: str) -> None:
-        """Count a file that could not be read; the manifest does not claim it."""
+        """Count a file that could not be read; the manifest does not claim it. A file gone
+        during the unlocked first read is a change the locked phase sees, not an error."""
+        if self._first is not None and error == _GONE:
+            return
         log.warning("file skipped", path=rel, error=error)
         self.stats.errors.append({"path": rel, "error": error})
 
@@ -259,6 +431,7 @@ class SnapshotWriter:
 
     def _stage_tree(self) -> None:
         if self._tree_lines:
+            self._tree_last_lines.append(_last_line(self._tree_lines[-1]))
             self._background.submit(self._write_tree, self._tree_lines)
             self._tree_lines, self._tree_count = [], 0
 
@@ -344,6 +517,22 @@ class SnapshotWriter:
 
     def cleanup(self) -> None:
         shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def _last_line(text: str) -> str:
+    """The last line of ``text`` (which ends with a newline)."""
+    return text[text.rfind("\n", 0, len(text) - 1) + 1:]
+
+
+class _NoStatCache:
+    """Where stat lines go while the volume is scanned again under the lock (the first
+    read's stat cache is the one kept)."""
+
+    def enter_dir(self, rel_dir: str) -> None:
+        """Nothing is written."""
+
+    def add(self, text: str) -> None:
+        """Nothing is written."""
 
 
 def _after_lines(text: str, count: int) -> int:

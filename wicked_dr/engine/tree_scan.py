@@ -40,9 +40,10 @@ Meta = tuple[int, int, int, int, int, int, int]  # mode, uid, gid, size, mtime, 
 
 
 class ScanTarget(Protocol):
-    """What the scan feeds: the snapshot writer."""
+    """What the scan feeds: the snapshot writer (or, re-statting under wicked's lock, the
+    collector of what changed: ``tree_recheck.py``)."""
 
-    def enter_dir(self, rel_dir: str) -> None: ...
+    def enter_dir(self, rel_dir: str, names: list[str]) -> None: ...
 
     def cached_lines(self, last_name: str) -> list[str]: ...
 
@@ -67,17 +68,28 @@ class _Cached(NamedTuple):
 Settle = Callable[[str, list[str]], bool]
 
 
+class Watch(Protocol):
+    """What the scan tells a change watch (``change_watch.ChangeWatch``)."""
+
+    def add(self, directory: str, rel_dir: str) -> None: ...
+
+
 def scan_tree(root: str, target: ScanTarget, pool: ScanPool, *,
               exclude: Callable[[str], object], racy_from_ns: int,
-              settle: Settle | None = None, cancel: CancelToken = NOT_CANCELLED) -> None:
+              settle: Settle | None = None, cancel: CancelToken = NOT_CANCELLED,
+              watch: Watch | None = None) -> None:
     """Every entry under ``root`` (``exclude``d names left out) into ``target``;
-    ``settle`` sees each full listing first (see ``TreeSink.add_tree``). ``Interrupted`` at
-    the next directory or answer once ``cancel`` is cancelled."""
+    ``settle`` sees each full listing first (see ``TreeSink.add_tree``); ``watch``, when
+    given, watches each directory from just before it is listed, so any change to an entry
+    after the scan saw it is an event there. ``Interrupted`` at the next directory or answer
+    once ``cancel`` is cancelled."""
     pending = [("", root)]
     with fewer_collections():
         while pending:
             cancel.check()
             rel_dir, directory = pending.pop()
+            if watch is not None:
+                watch.add(directory, rel_dir)
             subdirs = _scan_dir(directory, rel_dir, target, pool, exclude, settle,
                                 racy_from_ns, cancel)
             pending.extend(reversed(subdirs))  # the smallest name is scanned next
@@ -97,7 +109,7 @@ def _scan_dir(directory: str, rel_dir: str, target: ScanTarget, pool: ScanPool,
         return []
     names = sorted(itertools.filterfalse(exclude, listing))
     del listing
-    target.enter_dir(rel_dir)
+    target.enter_dir(rel_dir, names)
     prefix = f"{rel_dir}/" if rel_dir else ""
     in_flight: deque[_Cached] = deque()  # of the jobs sent and not answered yet, in order
 

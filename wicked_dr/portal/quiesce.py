@@ -50,6 +50,16 @@ class QuiesceReport:
     removed_stale: bool = False
     deadline: float = field(default=math.inf, repr=False)
     cancel: CancelToken = field(default=NOT_CANCELLED, repr=False)
+    graced_after: float = field(default=0.0, repr=False)  # monotonic end of the grace
+
+    def wait_grace(self) -> None:
+        """Wait out the rest of ``GRACE_S`` after ``global.lock`` was created: a writer that
+        checked for it just before it existed has had time to create its own
+        ``<file>.lock`` by then. A caller that lists a directory only once under the lock
+        needs this; one whose change watch sees such a writer's lock does not."""
+        left = self.graced_after - time.monotonic()
+        if self.mode != "none" and left > 0:
+            self.cancel.sleep(left)
 
     def settle(self, directory: str, names: list[str]) -> bool:
         """Wait until the writes in flight in one directory listing (``<file>.lock``) are
@@ -62,8 +72,8 @@ class QuiesceReport:
         run is cancelled."""
         if self.mode == "none":
             return False
-        pending = [f"{directory}/{name}" for name in names
-                   if name.endswith(".lock") and name != GLOBAL_LOCK]
+        pending = [path for name in names if name.endswith(".lock") and name != GLOBAL_LOCK
+                   and os.path.lexists(path := f"{directory}/{name}")]
         waited = bool(pending)
         self.waited_for_locks += len(pending)
         while pending:
@@ -78,15 +88,17 @@ class QuiesceReport:
 
 @contextlib.contextmanager
 def quiesced(volume: Path, mode: str, timeout_s: float, *, lock_wait_s: float = 0.0,
-             cancel: CancelToken = NOT_CANCELLED,
-             still_running: StillRunning | None = None) -> Iterator[QuiesceReport]:
+             cancel: CancelToken = NOT_CANCELLED, still_running: StillRunning | None = None,
+             grace: bool = True) -> Iterator[QuiesceReport]:
     """Hold wicked's ``global.lock`` for the duration of the block (mode ``wicked-lock``),
     waiting up to ``lock_wait_s`` for somebody else's to go away (it is never removed).
     The block calls ``settle`` on each directory listing before reading that directory.
     ``cancel`` ends every wait with ``Interrupted``; ``global.lock`` is released as always.
     ``still_running`` judges whether the creator of a ``global.lock`` wicked-dr left is
     gone (default: alive here, or on another host less than an hour ago); a backup passes
-    the repository's judgement (``repository.locks.creator_gone_unless_locking``)."""
+    the repository's judgement (``repository.locks.creator_gone_unless_locking``).
+    With ``grace`` False the block starts at once after ``global.lock`` exists and calls
+    ``report.wait_grace()`` itself where it needs the grace."""
     report = QuiesceReport(mode, cancel=cancel)
     if mode == "none":
         yield report
@@ -112,7 +124,9 @@ def quiesced(volume: Path, mode: str, timeout_s: float, *, lock_wait_s: float = 
                 linking = False
                 _wait_or_give_up(lock, exc, lock_wait_s, deadline, first=attempts == 1,
                                  cancel=cancel)
-        cancel.sleep(GRACE_S)
+        report.graced_after = time.monotonic() + GRACE_S
+        if grace:
+            report.wait_grace()
         report.deadline = time.monotonic() + timeout_s
         yield report
     finally:

@@ -63,6 +63,12 @@ class StatCacheWriter:
                   "index_epoch": index_epoch}
         self._lines: list[str] = [json.dumps(header, separators=(",", ":")) + "\n"]
         self._buffered = 0
+        self._finished = False
+
+    @property
+    def path(self) -> Path:
+        """Where the cache is being written (complete once ``finish`` returned)."""
+        return self._tmp
 
     def enter_dir(self, rel_dir: str) -> None:
         self.add("/" + field(rel_dir) + "\n")
@@ -85,17 +91,25 @@ class StatCacheWriter:
     def _write(self, text: str) -> None:
         self._out.write(text.encode())
 
+    def finish(self) -> None:
+        """Complete the file under its temporary name: readable (``StatCacheReader(path)``),
+        not yet the next backup's. Deferred writes must have run."""
+        if not self._finished:
+            self._flush(now=True)
+            self._out.close()
+            self._finished = True
+
     def commit(self) -> None:
         """Make the cache usable by the next backup (only after the snapshot exists)."""
-        self._flush(now=True)
-        self._out.close()
+        self.finish()
         os.replace(self._tmp, self._final)
         for old in self._final.parent.iterdir():
             if old != self._final and not old.name.startswith("."):
                 old.unlink(missing_ok=True)  # older snapshots' caches, older formats too
 
     def abort(self) -> None:
-        self._out.close()
+        if not self._finished:
+            self._out.close()
         self._tmp.unlink(missing_ok=True)
 
 

@@ -11,6 +11,7 @@ reading). The actions never name a concrete source: they loop over the registry
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, runtime_checkable
@@ -39,25 +40,46 @@ class SnapshotSink(Protocol):
 
 @dataclass(frozen=True)
 class TreeCounts:
-    """What a file tree in a snapshot holds."""
+    """What a file tree in a snapshot holds, and how its locked phase knew what to re-read
+    (``watch``, ``stat``, ``rescan``, or ``none`` without a lock) and re-read."""
 
     files: int
     bytes: int
+    recheck: str = "none"
+    reread: int = 0
+
+
+class HeldLock(Protocol):
+    """A lock a file tree is re-checked under (``portal/quiesce.QuiesceReport``)."""
+
+    def settle(self, directory: str, names: list[str]) -> bool:
+        """Wait until the writes in flight among ``names`` (entries of ``directory``, e.g.
+        the ``<file>.lock`` files) are done; True when it waited (list again)."""
+        ...
+
+    def wait_grace(self) -> None:
+        """Give a writer that checked for the lock just before it existed the time to show
+        its own ``<file>.lock`` (needed when no change watch would see it)."""
+        ...
+
+
+HoldLock = Callable[[], AbstractContextManager[HeldLock]]
 
 
 class TreeSink(SnapshotSink, Protocol):
     """The engine side a file-tree source writes into."""
 
     def add_tree(self, root: Path, exclude: Callable[[str], object],
-                 settle: Callable[[str, list[str]], bool] | None = None) -> TreeCounts:
+                 hold: HoldLock | None = None, *, watch: bool = True) -> TreeCounts:
         """Snapshot every entry under ``root`` except names ``exclude`` refuses; return how
-        many files and bytes the tree holds.
+        many files and bytes the tree holds, and what was re-read under ``hold``.
 
-        The engine scans (in parallel, skipping unchanged files); the source decides what to
-        read and holds whatever makes the tree consistent (wicked's lock) around the call.
-        ``settle(directory, names)`` sees each directory's full listing before any of its
-        files is read, may wait there, and returns True when the directory must be listed
-        again (files changed while it waited)."""
+        The engine scans (in parallel, skipping unchanged files) the whole tree first,
+        without ``hold``; then it enters ``hold()`` (the source's lock that makes the tree
+        consistent: wicked's ``global.lock``) and re-reads only what may have changed since,
+        known from a change watch (``watch``) or by re-statting every file. The snapshot
+        is the tree as it stood at one instant inside ``hold``. Without ``hold`` the first
+        read is the snapshot."""
         ...
 
 
@@ -209,6 +231,7 @@ class SourceBackup:
     metadata: dict[str, Any]
     stream: StreamRef | None = None
     lock_window_s: float = 0.0
+    reread_under_lock: int = 0  # files read again while the lock was held
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wicked_dr.config import VolumeConfig
 from wicked_dr.errors import RefusedError, SourceError
-from wicked_dr.portal.quiesce import quiesced
+from wicked_dr.portal.quiesce import QuiesceReport, quiesced
 from wicked_dr.repository.shrink import Counts, guard_shrink, largest_references
 from wicked_dr.repository.snapshot import TREE_SOURCE, Snapshot, SourceRecord
 from wicked_dr.repository.verification import ProbeResult
@@ -90,19 +92,33 @@ class VolumeSource:
             "database: set wicked_db.dsn and volume.path: null)")
 
     def backup(self, sink: TreeSink, context: BackupContext) -> SourceBackup:
-        """Walk the volume into ``sink`` under the configured quiesce mode, waiting up to
+        """Read the volume into ``sink``, then hold wicked's ``global.lock`` (quiesce mode
+        ``wicked-lock``) only while what changed meanwhile is re-read; wait up to
         ``context.lock_wait_s`` for somebody else's ``global.lock`` to go away."""
-        with quiesced(self.path, self.config.quiesce, self.config.quiesce_timeout_s,
-                      lock_wait_s=context.lock_wait_s, cancel=context.cancel,
-                      still_running=context.global_lock_judge) as report:
-            counts = sink.add_tree(self.path, exclude=is_excluded, settle=report.settle)
+        held: list[QuiesceReport] = []
+
+        @contextlib.contextmanager
+        def hold() -> Iterator[QuiesceReport]:
+            # No grace at entry: the engine waits it out only when no watch sees writers.
+            with quiesced(self.path, self.config.quiesce, self.config.quiesce_timeout_s,
+                          lock_wait_s=context.lock_wait_s, cancel=context.cancel,
+                          still_running=context.global_lock_judge, grace=False) as report:
+                held.append(report)
+                yield report
+
+        locking = self.config.quiesce != "none"
+        counts = sink.add_tree(self.path, exclude=is_excluded, hold=hold if locking else None,
+                               watch=self.config.watch)
         if not context.force:
             self._guard_shrink(counts, context.recent)
+        report = held[0] if held else QuiesceReport(self.config.quiesce)
         metadata = {"path": str(self.path), "quiesce": report.mode,
-                    "lock_window_s": report.window_s,
+                    "lock_window_s": report.window_s, "recheck": counts.recheck,
+                    "reread_under_lock": counts.reread,
                     "waited_for_writes": report.waited_for_locks,
                     "removed_stale_lock": report.removed_stale, "forced": context.force}
-        return SourceBackup(metadata, lock_window_s=report.window_s)
+        return SourceBackup(metadata, lock_window_s=report.window_s,
+                            reread_under_lock=counts.reread)
 
     def _guard_shrink(self, counts: TreeCounts, recent: tuple[Snapshot, ...]) -> None:
         """A half-deleted or half-truncated volume must not become the newest snapshot and
