@@ -39,7 +39,8 @@ def _backup(damage: tuple[str, ...] = ()) -> BackupResult:
     return BackupResult(snapshot="20261130T030000.000000Z-3fa2c1d0", files=120,
                         bytes_read=4_000_000, bytes_new=250_000, duration_s=42.5,
                         lock_window_s=1.25, files_unchanged=100, objects_written=7, errors=0,
-                        sources=("volume", "kong_tokens"), damage=damage)
+                        sources=("volume", "kong_tokens"), damage=damage,
+                        files_reread_under_lock=3)
 
 
 def _verify(ok: bool) -> VerifyResult:
@@ -88,6 +89,9 @@ def test_a_successful_backup_records_its_figures_and_times() -> None:
     assert _value(samples, "wicked_dr_backup_last_read_bytes") == 4_000_000
     assert _value(samples, "wicked_dr_backup_last_new_bytes") == 250_000
     assert _value(samples, "wicked_dr_backup_last_lock_window_seconds") == 1.25
+    assert _value(samples, "wicked_dr_backup_last_files_reread_under_lock") == 3
+    assert _value(samples, "wicked_dr_backup_lock_window_seconds_bucket", le="1.0") == 0
+    assert _value(samples, "wicked_dr_backup_lock_window_seconds_bucket", le="2.0") == 1
     assert _value(samples, "wicked_dr_backup_last_damage_problems") == 0
     assert _value(samples, "wicked_dr_backup_read_bytes_total") == 4_000_000
     assert _value(samples, "wicked_dr_backup_new_bytes_total") == 250_000

@@ -41,6 +41,9 @@ PREFIX = "wicked_dr_"
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
                     7200.0, 14400.0, 43200.0, float("inf"))
 VERIFYING_JOBS = ("verify", "drill")
+# wicked's writers get HTTP 423 while global.lock exists: the window is milliseconds when a
+# change watch names what changed, a fraction of a second when every file is re-statted.
+LOCK_WINDOW_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.3, 1.0, 2.0, 5.0, 10.0)
 
 
 class _RepositoryTimes(Collector):
@@ -143,6 +146,12 @@ class DaemonMetrics:
         self.backup_lock_window = Gauge(
             f"{PREFIX}backup_last_lock_window_seconds", "How long the last backup held wicked's "
             "global.lock (the window in which the portal could not write).", registry=r)
+        self.backup_lock_windows = Histogram(
+            f"{PREFIX}backup_lock_window_seconds", "How long each backup held wicked's "
+            "global.lock.", buckets=LOCK_WINDOW_BUCKETS, registry=r)
+        self.backup_reread = Gauge(
+            f"{PREFIX}backup_last_files_reread_under_lock", "Files the last backup read again "
+            "under wicked's global.lock (what changed while it read the volume).", registry=r)
         self.backup_lock_wait = Gauge(
             f"{PREFIX}backup_last_lock_wait_seconds", "How long the last backup waited for "
             "the repository lock (a live restore or a prune held it).", registry=r)
@@ -209,6 +218,8 @@ class DaemonMetrics:
         self.backup_read.set(result.bytes_read)
         self.backup_new.set(result.bytes_new)
         self.backup_lock_window.set(result.lock_window_s)
+        self.backup_lock_windows.observe(result.lock_window_s)
+        self.backup_reread.set(result.files_reread_under_lock)
         self.backup_lock_wait.set(result.lock_wait_s)
         self.backup_damage.set(len(result.damage))
         self.backup_read_total.inc(result.bytes_read)

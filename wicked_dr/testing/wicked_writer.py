@@ -12,6 +12,11 @@ create ``<file>.lock`` with O_EXCL (back off if it exists), write, remove ``<fil
 
 Every document it writes carries a ``_writer`` marker (generation, padding to tens of KB, and a
 SHA-256 over the rest), so ``is_torn`` can tell a whole file from a truncated or mixed one.
+With ``--log PATH`` every version is also logged (``<sequence> <file> <sha256>``) once its
+``<file>.lock`` is held and before a byte of it is written: ``read_log`` and
+``one_instant_problem`` then tell whether a set of files is the folder as it stood at one
+instant. With ``--rename`` a version is written to a temporary file beside the target and
+renamed over it (a new inode), instead of rewritten in place.
 """
 
 from __future__ import annotations
@@ -98,6 +103,50 @@ class Settings:
     pause_s: float = 0.002
     size_bytes: int = 40_000
     backoff_s: float = 0.02
+    rename: bool = False
+    log: Path | None = None
+
+
+Version = tuple[int, str, str]  # sequence, file, sha256 of the content
+
+
+def read_log(path: Path) -> list[Version]:
+    """The versions a writer logged, in the order it took them."""
+    versions = []
+    for line in path.read_text().splitlines():
+        sequence, rel, sha = line.split(" ")
+        versions.append((int(sequence), rel, sha))
+    return versions
+
+
+def one_instant_problem(files: dict[str, bytes], originals: dict[str, bytes],
+                        versions: list[Version]) -> str | None:
+    """None when ``files`` (a snapshot's copy of the writer's files) is the folder as it
+    stood at one instant: each file a version the writer wrote (or its original), and, with
+    ``k`` the latest of them, each file's version the last one written at or before ``k``.
+    A write logged at or before ``k`` had finished by then: it held its ``<file>.lock``
+    before ``k``'s was taken, and a consistent reader waited for every lock it saw."""
+    position: dict[tuple[str, str], int] = {}
+    for rel, data in originals.items():
+        position[(rel, hashlib.sha256(data).hexdigest())] = 0
+    for sequence, rel, sha in versions:
+        position[(rel, sha)] = sequence
+    found: dict[str, int] = {}
+    for rel, data in files.items():
+        at = position.get((rel, hashlib.sha256(data).hexdigest()))
+        if at is None:
+            return f"{rel} holds content the writer never wrote"
+        found[rel] = at
+    k = max(found.values(), default=0)
+    last = {rel: 0 for rel in files}
+    for sequence, rel, _ in versions:
+        if sequence <= k and rel in last:
+            last[rel] = max(last[rel], sequence)
+    stale = sorted(rel for rel in files if found[rel] != last[rel])
+    if stale:
+        return (f"{stale[0]} is version {found[stale[0]]} while version {last[stale[0]]} was "
+                f"written before {k}, which another file holds: no single instant")
+    return None
 
 
 @dataclass
@@ -121,6 +170,9 @@ class Writer:
         self._rng = random.Random(seed)
         self._bodies = {rel: self._base(rel) for rel in files}
         self._generation = int(time.time() * 1000) % 10**9
+        self._sequence = 0
+        self._log = (open(settings.log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+                     if settings.log else None)
 
     @property
     def files(self) -> list[str]:
@@ -166,9 +218,25 @@ class Writer:
             return None
         return lock
 
-    def _write_chunked(self, rel: str, data: bytes) -> None:
+    def _note(self, rel: str, data: bytes) -> None:
+        """Log the version about to be written (its file lock is held)."""
+        if self._log is None:
+            return
+        with self._lock:
+            self._sequence += 1
+            self._log.write(f"{self._sequence} {rel} {hashlib.sha256(data).hexdigest()}\n")
+
+    def _write(self, rel: str, data: bytes) -> None:
+        if not self.settings.rename:
+            self._write_chunked(self.root / rel, data)
+            return
+        temporary = self.root / f"{rel}.tmp-{threading.get_ident()}"
+        self._write_chunked(temporary, data)
+        os.replace(temporary, self.root / rel)
+
+    def _write_chunked(self, path: Path, data: bytes) -> None:
         # Truncate and rewrite the same inode in several writes, like writeFileSync.
-        fd = os.open(self.root / rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             step = max(1, -(-len(data) // self.settings.chunks))
             for start in range(0, len(data), step):
@@ -186,7 +254,9 @@ class Writer:
         if self.settings.respect_locks and lock is None:
             return False
         try:
-            self._write_chunked(rel, self._next(rel))
+            data = self._next(rel)
+            self._note(rel, data)
+            self._write(rel, data)
             self._count("writes")
         finally:
             if lock is not None:
@@ -241,6 +311,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk-sleep-ms", type=float, default=3.0)
     parser.add_argument("--size-kb", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rename", action="store_true",
+                        help="write a temporary file and rename it over the target")
+    parser.add_argument("--log", type=Path, help="log every version written to this file")
     return parser.parse_args(argv)
 
 
@@ -248,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     settings = Settings(respect_locks=args.respect_locks, chunks=args.chunks,
                         chunk_sleep_s=args.chunk_sleep_ms / 1000,
-                        size_bytes=args.size_kb * 1000)
+                        size_bytes=args.size_kb * 1000, rename=args.rename, log=args.log)
     writer = Writer(args.root, args.files or default_files(args.root), settings, args.seed)
     # SIGTERM ends the run between writes, so a stopped writer never leaves a torn file.
     signal.signal(signal.SIGTERM, lambda *_: writer.stop.set())
