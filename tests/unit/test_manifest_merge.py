@@ -237,6 +237,16 @@ def test_touches_a_subdirectory_listing_only_in_its_own_block() -> None:
     assert merge.touches(_k("b/y"), _k("b/sub/q"))
 
 
+def test_touches_a_listing_block_past_the_last_name_sentinel() -> None:
+    """Names beginning with U+10FFFF are valid UTF-8 file names (no sentinel name ends a
+    block). A stretch (``b/\U0010ffff``, ``b/\U0010ffffa``] is in block "b", whose names changed;
+    ``merge`` drops ``b/\U0010ffffa`` there, so ``touches`` must say True."""
+    last, beyond = "b/\U0010ffff", "b/\U0010ffffa"
+    merge = DeltaMerge(TreeDelta(listings={"b": {"\U0010ffff"}}))
+    assert list(merge.merge([_file(beyond)])) == []  # merge does correct this stretch
+    assert DeltaMerge(TreeDelta(listings={"b": {"\U0010ffff"}})).touches(_k(last), _k(beyond))
+
+
 def _merge_in_stretches(delta: TreeDelta, manifest: Sequence[str],
                         cuts: Sequence[int]) -> tuple[list[str], DeltaMerge]:
     merge = DeltaMerge(delta)

@@ -22,7 +22,6 @@ from typing import Any
 from wicked_dr.repository.manifest import dir_key, sort_key
 
 SortKey = tuple[tuple[str, ...], str]
-_LAST_NAME = "\U0010ffff"  # sorts after every name of a directory block
 _scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
@@ -94,7 +93,9 @@ class DeltaMerge:
         if self._pending and self._pending[-1][0] <= upto:
             return True
         for block, _ in self._blocks:
-            if (block, "") <= upto and (after is None or after < (block, _LAST_NAME)):
+            # The block's keys are (block, any name): some may lie in the stretch unless the
+            # block ends before it starts (a name can sort after any sentinel name).
+            if (block, "") <= upto and (after is None or after[0] <= block):
                 return True
         return False
 
