@@ -224,9 +224,13 @@ def _add_backup_commands(sub: Any) -> None:
     init.add_argument("--create-bucket", action="store_true",
                       help="create the S3 bucket when it does not exist (never done otherwise)")
     backup = _command(sub, "backup", "take a snapshot now",
-                      "Snapshot the dynamic data volume (under wicked's global.lock; none "
-                      "when volume.path is null), wicked's Postgres schema when wicked_db.dsn "
-                      "is set, and Kong's OAuth2 tokens when kong_tokens.dsn is set.")
+                      "Snapshot the dynamic data volume (none when volume.path is null), "
+                      "wicked's Postgres schema when wicked_db.dsn is set, and Kong's OAuth2 "
+                      "tokens when kong_tokens.dsn is set. The volume is read first; wicked's "
+                      "global.lock (portal writes get HTTP 423 meanwhile) is then held only "
+                      "to re-read what changed, named by an inotify watch (volume.watch) or "
+                      "found by re-statting every file; --json reports lock_window_s and "
+                      "files_reread_under_lock.")
     backup.add_argument("--force", action="store_true",
                         help="snapshot even a volume that does not look like wicked's or "
                         "that shrank suspiciously, or an empty wicked schema")
