@@ -124,7 +124,11 @@ def recheck_by_watch(first: FirstRead, watch: ChangeWatch, held: HeldLock, sink:
     for directory, left_out in first.left_out.items():
         held.settle(directory, left_out)
     delta = TreeDelta()
+    # Every directory's own line is read again: its mtime moves when an entry is created or
+    # removed in it, which its parent's watch does not report (a dozen lstat calls).
     dirty: dict[str, set[str]] = {}
+    for path in first.dir_lines:
+        _mark_dir(dirty, path)
     for _ in range(MAX_ROUNDS):
         cancel.check()
         changes = watch.drain()
@@ -137,6 +141,8 @@ def recheck_by_watch(first: FirstRead, watch: ChangeWatch, held: HeldLock, sink:
             dirty = {}
             continue  # anything touched while re-reading is drained next
         for rel_dir, names in changes.touched.items():
+            if rel_dir:
+                _mark_dir(dirty, rel_dir)  # entries came or went: its mtime may have moved
             writes = sorted(name for name in names if exclude(name))
             if writes:  # <file>.lock files among them: wait for those writes
                 held.settle(first.absolute(rel_dir), writes)
@@ -146,6 +152,12 @@ def recheck_by_watch(first: FirstRead, watch: ChangeWatch, held: HeldLock, sink:
     example = next((f"{d}/{n}" for d, names in dirty.items() for n in names), "?")
     raise OperationError(f"files keep changing under wicked's global.lock (e.g. {example}): "
                          "something writes to the volume without wicked's lock protocol")
+
+
+def _mark_dir(dirty: dict[str, set[str]], path: str) -> None:
+    """Have directory ``path``'s own line read again (it is an entry of its parent)."""
+    parent, _, name = path.rpartition("/")
+    dirty.setdefault(parent, set()).add(name)
 
 
 def _reread(first: FirstRead, dirty: dict[str, set[str]], delta: TreeDelta,

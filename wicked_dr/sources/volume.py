@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from wicked_dr.config import VolumeConfig
 from wicked_dr.errors import RefusedError, SourceError
+from wicked_dr.log import get_logger
 from wicked_dr.portal.quiesce import QuiesceReport, quiesced
 from wicked_dr.repository.shrink import Counts, guard_shrink, largest_references
 from wicked_dr.repository.snapshot import TREE_SOURCE, Snapshot, SourceRecord
@@ -30,6 +31,7 @@ from wicked_dr.sources.base import (
 if TYPE_CHECKING:
     from wicked_dr.sources.volume_live import VolumePaths
 
+log = get_logger(__name__)
 WICKED_MARKERS = ("meta.json", "users/_index.json")
 
 
@@ -112,6 +114,8 @@ class VolumeSource:
         if not context.force:
             self._guard_shrink(counts, context.recent)
         report = held[0] if held else QuiesceReport(self.config.quiesce)
+        log.info("volume read", recheck=counts.recheck, reread_under_lock=counts.reread,
+                 lock_window_s=report.window_s, waited_for_writes=report.waited_for_locks)
         metadata = {"path": str(self.path), "quiesce": report.mode,
                     "lock_window_s": report.window_s, "recheck": counts.recheck,
                     "reread_under_lock": counts.reread,
