@@ -3,10 +3,10 @@
 A backup reads the volume without wicked's ``global.lock``, then takes it and re-reads only
 what changed since: the entries its inotify watch names, or (``volume.watch: false``) what
 re-statting every file finds. Each kind of change is made at the one moment that tests
-this, after the first read and before the lock (the real ``quiesced`` wrapped, in this
-process), so no timing decides the test. The restored snapshot must equal the volume as it
-is afterwards (nothing changes it once the lock is taken): content, modes and mtimes of
-files and directories.
+this, after the first read and before the lock (``tests/fixtures/before_lock.py``), so no
+timing decides the test. The restored snapshot must equal the volume as it is afterwards
+(nothing changes it once the lock is taken): content, modes and mtimes of files and
+directories.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.fixtures.before_lock import before_the_lock
 from tests.fixtures.repos import (
     Setup,
     assert_same_tree,
@@ -32,8 +31,6 @@ from tests.fixtures.repos import (
 from wicked_dr.actions.backup import BackupResult, run_backup
 from wicked_dr.config import load_config
 from wicked_dr.engine.catalog import load_snapshot
-from wicked_dr.portal.quiesce import QuiesceReport
-from wicked_dr.sources import volume as volume_source
 from wicked_dr.testing.sample_volume import generate
 
 pytestmark = pytest.mark.integration
@@ -98,23 +95,6 @@ def setup(tmp_path: Path) -> Setup:
     return s
 
 
-@contextmanager
-def _changed_before_the_lock(monkeypatch: pytest.MonkeyPatch,
-                             change: Callable[[], None]) -> Iterator[None]:
-    """``change`` runs once, after the first read and just before global.lock is created."""
-    real_quiesced = volume_source.quiesced
-
-    @contextmanager
-    def changing(*args: Any, **kwargs: Any) -> Iterator[QuiesceReport]:
-        change()
-        with real_quiesced(*args, **kwargs) as report:
-            yield report
-
-    with monkeypatch.context() as patch:
-        patch.setattr(volume_source, "quiesced", changing)
-        yield
-
-
 def _backup(s: Setup) -> BackupResult:
     return run_backup(load_config(s.config_path))
 
@@ -127,7 +107,7 @@ def test_a_change_between_first_read_and_lock_is_in_the_snapshot(
     setup.write(watch=watch)
     _backup(setup)  # a parent: the first read then reuses its stat cache, as in production
     how, with_watch = CHANGES[name]
-    with _changed_before_the_lock(monkeypatch, lambda: how(setup.volume)):
+    with before_the_lock(monkeypatch, lambda: how(setup.volume)):
         result = _backup(setup)
     metadata = load_snapshot(setup.repo(), result.snapshot).source("volume").metadata
     expected = with_watch if with_watch == "rescan" or watch else "stat"

@@ -20,16 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.fixtures.before_lock import before_the_lock
 from tests.fixtures.repos import REPO_ROOT, Setup, backdate, cli, local_target, make_setup
 from wicked_dr.actions.backup import run_backup
 from wicked_dr.config import load_config
 from wicked_dr.engine.catalog import load_snapshot
-from wicked_dr.portal.quiesce import QuiesceReport
-from wicked_dr.sources import volume as volume_source
 from wicked_dr.testing.sample_volume import generate
 from wicked_dr.testing.wicked_writer import is_torn, one_instant_problem, read_log
 
@@ -167,16 +165,8 @@ def test_a_watch_that_overflowed_falls_back_to_restat(
     writer busy right up to it), twice the kernel's queue of events are caused, in this
     process, while the real writer process keeps writing."""
     queue = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
-    real_quiesced = volume_source.quiesced
-
-    @contextmanager
-    def overflowing(*args: Any, **kwargs: Any) -> Iterator[QuiesceReport]:
-        _attribute_changes(setup.volume, 2 * queue)
-        with real_quiesced(*args, **kwargs) as report:
-            yield report
-
-    monkeypatch.setattr(volume_source, "quiesced", overflowing)
-    with _writer(setup.volume) as writing:
+    overflow = before_the_lock(monkeypatch, lambda: _attribute_changes(setup.volume, 2 * queue))
+    with overflow, _writer(setup.volume) as writing:
         for n in range(3):
             snapshot = run_backup(load_config(setup.config_path)).snapshot
             out = setup.tmp / f"restore-{n}"
