@@ -31,6 +31,7 @@ from wicked_dr.engine.manifest_merge import DeltaMerge, SortKey, TreeDelta, key_
 from wicked_dr.engine.scan_pool import ScanPool
 from wicked_dr.engine.scan_worker import RunItem
 from wicked_dr.engine.tree_recheck import (
+    GONE,
     FirstRead,
     Restructured,
     recheck_by_stat,
@@ -54,7 +55,6 @@ from wicked_dr.sources.base import HeldLock, HoldLock, TreeCounts
 
 log = get_logger(__name__)
 INDEX_BLOBS_PER_OBJECT = 20_000
-_GONE = "No such file or directory"  # os.strerror(ENOENT): a change, not an error
 
 
 @dataclass
@@ -400,7 +400,7 @@ class SnapshotWriter:
     def add_error(self, rel: str, error: str) -> None:
         """Count a file that could not be read; the manifest does not claim it. A file gone
         during the unlocked first read is a change the locked phase sees, not an error."""
-        if self._first is not None and error == _GONE:
+        if self._first is not None and error == GONE:
             return
         log.warning("file skipped", path=rel, error=error)
         self.stats.errors.append({"path": rel, "error": error})

@@ -53,7 +53,7 @@ from wicked_dr.repository.segments import Segment
 from wicked_dr.repository.statcache import RACY_WINDOW_NS, StatCacheReader
 from wicked_dr.sources.base import HeldLock
 
-_GONE = os.strerror(errno.ENOENT)
+GONE = os.strerror(errno.ENOENT)  # a scan error that is a change, not a problem
 _DIR_MARK = '"type":"dir"'
 MAX_ROUNDS = 200  # drains that keep finding changes: a writer ignores wicked's lock
 
@@ -263,6 +263,6 @@ def _collect_error(first: FirstRead, rel: str, error: str, delta: TreeDelta,
                    sink: RecheckSink) -> None:
     if rel in first.dir_lines:
         raise Restructured(f"directory {rel} vanished")
-    if error != _GONE:
+    if error != GONE:
         sink.add_error(rel, error)  # unreadable now: left out, as any scan leaves it out
     delta.lines[rel] = None
