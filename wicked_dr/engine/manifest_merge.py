@@ -14,8 +14,9 @@ tree object is kept as it is.
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,9 +100,34 @@ class DeltaMerge:
                 return True
         return False
 
-    def merge(self, lines: Iterable[str]) -> Iterator[str]:
+    def merge(self, lines: Sequence[str]) -> list[str]:
         """The corrected lines of a stretch of the first manifest (in order), with the new
-        entries that sort before its end inserted."""
+        entries that sort before its end inserted.
+
+        Only a few lines are parsed: each change's place is found by bisection (the lines
+        are in manifest order), and the lines between changes are copied as they are. A
+        directory whose names changed needs every line of its block looked at."""
+        if self._listings:
+            return list(self._merge_each(lines))
+        out: list[str] = []
+        start, end = 0, len(lines)
+        while start < end and self._pending:
+            key, path = self._pending[-1]
+            at = bisect.bisect_left(lines, key, start, end, key=key_of)
+            out.extend(lines[start:at])
+            start = at
+            if at == end:
+                break  # it sorts after this stretch: a later stretch, or rest(), has it
+            self._pending.pop()
+            if path_of(lines[at]) == path:
+                out.extend(self._replaced(lines[at], self._lines[path]))
+                start = at + 1
+            else:
+                out.extend(self._new(path))
+        out.extend(lines[start:])
+        return out
+
+    def _merge_each(self, lines: Iterable[str]) -> Iterator[str]:
         for line in lines:
             path = path_of(line)
             key = sort_key(path)
@@ -115,11 +141,13 @@ class DeltaMerge:
             else:
                 yield line
 
-    def rest(self) -> Iterator[str]:
+    def rest(self) -> list[str]:
         """The new entries that sort after the whole first manifest."""
+        out: list[str] = []
         while self._pending:
             _, path = self._pending.pop()
-            yield from self._new(path)
+            out.extend(self._new(path))
+        return out
 
     def _inserted_before(self, key: SortKey) -> Iterator[str]:
         while self._pending and self._pending[-1][0] < key:

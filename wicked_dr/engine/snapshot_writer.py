@@ -320,9 +320,9 @@ class SnapshotWriter:
         self._add_merged(merge.rest())
         self._adjust(merge, delta)
 
-    def _add_merged(self, lines: Iterator[str]) -> None:
-        for line in lines:
-            self._add_lines(line, 1)
+    def _add_merged(self, lines: list[str]) -> None:
+        if lines:
+            self._add_lines("".join(lines), len(lines))
 
     def _keep_tree(self, tree_id: str, last: str) -> None:
         """An unchanged tree object of the first manifest, at an unchanged boundary."""

@@ -97,7 +97,7 @@ class FirstRead:
         out of each listing (``<file>.lock`` files among them), so the locked phase can wait
         for those writes without listing every directory again."""
         def record(directory: str, listing: list[str]) -> bool:
-            left = [name for name in listing if exclude(name)]
+            left = list(filter(exclude, listing))  # no Python frame per name
             if left:
                 self.left_out[directory] = left
             return False

@@ -32,7 +32,7 @@ from wicked_dr.log import get_logger
 log = get_logger(__name__)
 GLOBAL_LOCK = "global.lock"
 MARKER = "wicked-dr"
-POLL_S = 0.02
+POLL_S = 0.002  # a write in flight usually ends within milliseconds
 LOCK_POLL_S = 0.1  # how often a foreign global.lock is looked at again under --lock-wait
 # A writer that checked for global.lock just before we created it may still create its own
 # file lock; give it this long to show up before the first scan.
