@@ -37,10 +37,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.timing import Run, last_json, timed
 from wicked_dr.testing.sample_volume import generate, mutate
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CASES = ("full", "mutate 1%", "nothing changed", "writer")
 CONFIGS = ("old", "new watch=true", "new watch=false")
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             changed = mutate(volume, args.change, seed=args.seed * 1000 + repeat)
             got.setdefault("mutate 1%", []).append(backup(cmd, cfg, env))
             got.setdefault("nothing changed", []).append(backup(cmd, cfg, env))
-            run, counts = with_writer(volume, lambda: backup(cmd, cfg, env))
+            run, counts = with_writer(
+                volume, lambda cfg=cfg, env=env: backup(cmd, cfg, env))
             got.setdefault("writer", []).append(run)
             writer_counts.append({"config": name, "repeat": repeat, **counts})
             print(f"repeat {repeat + 1} {name}: mutated {len(changed)}; " + "; ".join(

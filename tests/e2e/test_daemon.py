@@ -181,8 +181,8 @@ def _metrics(daemon: Daemon) -> dict[str, float]:
 def test_overdue_backup_runs_at_start_health_metrics_and_clean_stop(world: World) -> None:
     """An empty repository makes the backup overdue: it runs at start-up. /healthz and
     /readyz answer 200 afterwards, /metrics (parsed with prometheus-client's parser) shows
-    the backup and its lock window, every job log line carries the run id, and SIGTERM ends with exit 0 and the
-    lease released."""
+    the backup and its lock window, every job log line carries the run id, and SIGTERM
+    ends with exit 0 and the lease released."""
     daemon = world.start("one")
     ended = daemon.wait_for("job ended", job="backup")
     assert ended["status"] == "ok", ended
