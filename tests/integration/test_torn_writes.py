@@ -78,21 +78,38 @@ class Taken:
     result: dict[str, object]
     metadata: dict[str, object]
     names: list[str]
+    unparsable: list[str]  # JSON files of the snapshot that do not parse
 
 
 def _take(s: Setup, files: list[str], n: int) -> Taken:
     """Take a backup, restore it, return the writer's files as the snapshot holds them."""
     run = cli(s.config_path, "backup", "--json")
     assert run.code == 0, run.err
-    result = json.loads(run.out)
+    return _restored(s, json.loads(run.out), files, n)
+
+
+def _restored(s: Setup, result: dict[str, object], files: list[str], n: int) -> Taken:
+    """Snapshot ``result["snapshot"]`` restored: the writer's files, what the snapshot says
+    of itself, and its JSON files that do not parse."""
+    snapshot = str(result["snapshot"])
     out = s.tmp / f"restore-{n}"
-    run = cli(s.config_path, "restore", result["snapshot"], "--target", str(out))
+    run = cli(s.config_path, "restore", snapshot, "--target", str(out))
     assert run.code == 0, run.err
     assert not (out / "global.lock").exists()
     assert not list(out.rglob("*.lock"))
-    metadata = dict(load_snapshot(s.repo(), result["snapshot"]).source("volume").metadata)
+    metadata = dict(load_snapshot(s.repo(), snapshot).source("volume").metadata)
     names = [str(p.relative_to(out)) for p in out.rglob("*")]
-    return Taken({rel: (out / rel).read_bytes() for rel in files}, result, metadata, names)
+    unparsable = [name for name in names if name.endswith(".json") and _unparsable(out / name)]
+    return Taken({rel: (out / rel).read_bytes() for rel in files}, result, metadata, names,
+                 unparsable)
+
+
+def _unparsable(path: Path) -> bool:
+    try:
+        json.loads(path.read_bytes())
+    except ValueError:
+        return True
+    return False
 
 
 def _assert_one_instant(taken: Taken, writing: Writing, n: int) -> None:
@@ -100,6 +117,7 @@ def _assert_one_instant(taken: Taken, writing: Writing, n: int) -> None:
     assert not torn, f"snapshot {n} holds torn files: {torn}"
     problem = one_instant_problem(taken.contents, writing.originals, read_log(writing.log))
     assert problem is None, f"snapshot {n}: {problem}"
+    assert not taken.unparsable, f"snapshot {n}: JSON that does not parse: {taken.unparsable}"
 
 
 @pytest.fixture
@@ -168,13 +186,8 @@ def test_a_watch_that_overflowed_falls_back_to_restat(
     overflow = before_the_lock(monkeypatch, lambda: _attribute_changes(setup.volume, 2 * queue))
     with overflow, _writer(setup.volume) as writing:
         for n in range(3):
-            snapshot = run_backup(load_config(setup.config_path)).snapshot
-            out = setup.tmp / f"restore-{n}"
-            run = cli(setup.config_path, "restore", snapshot, "--target", str(out))
-            assert run.code == 0, run.err
-            taken = Taken({rel: (out / rel).read_bytes() for rel in writing.files}, {},
-                          dict(load_snapshot(setup.repo(), snapshot).source("volume").metadata),
-                          [])
+            result = run_backup(load_config(setup.config_path)).to_json()
+            taken = _restored(setup, result, writing.files, n)
             _assert_one_instant(taken, writing, n)
             assert taken.metadata["recheck"] == "stat", taken.metadata
 

@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from wicked_dr.testing.sample_volume import generate
-from wicked_dr.testing.wicked_writer import _dumps, default_files, is_torn, with_marker
+from wicked_dr.testing.wicked_writer import (
+    _dumps,
+    default_files,
+    is_torn,
+    one_instant_problem,
+    read_log,
+    with_marker,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,6 +54,41 @@ def test_is_torn_mixed_generations_detected() -> None:
     mixed = new[:split] + old[split:]
     json.loads(mixed)  # valid JSON: only the digest can tell
     assert is_torn(mixed)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_one_instant_accepts_states_that_existed_and_refuses_the_others() -> None:
+    """Log: 1 a->A1, 2 b->B1, 3 a->A2. The folder stood at (A0,B0), (A1,B0), (A1,B1) and
+    (A2,B1); (A2,B0) and (A0,B1) never existed, nor a content nobody wrote."""
+    a0, a1, a2, b0, b1 = b"a0", b"a1", b"a2", b"b0", b"b1"
+    log = [(1, "a", _sha(a1)), (2, "b", _sha(b1)), (3, "a", _sha(a2))]
+    originals = {"a": a0, "b": b0}
+    for a, b in ((a0, b0), (a1, b0), (a1, b1), (a2, b1)):
+        assert one_instant_problem({"a": a, "b": b}, originals, log) is None, (a, b)
+    assert "no single instant" in str(one_instant_problem({"a": a2, "b": b0}, originals, log))
+    assert "no single instant" in str(one_instant_problem({"a": a0, "b": b1}, originals, log))
+    assert "never wrote" in str(one_instant_problem({"a": b"torn", "b": b1}, originals, log))
+
+
+def test_version_log_is_written_by_the_writer(volume: Path, tmp_path: Path) -> None:
+    """--log: every version written is logged (sequence, file, SHA-256) and the files hold
+    the last logged version once the writer stopped."""
+    log = tmp_path / "versions.log"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wicked_dr.testing.wicked_writer", str(volume), "--seconds",
+         "0.5", "--log", str(log), "--rename"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60, check=True)
+    files = json.loads(proc.stdout.splitlines()[0])["files"]
+    versions = read_log(log)
+    assert [v[0] for v in versions] == list(range(1, len(versions) + 1))
+    for rel in files:
+        last = [sha for _, path, sha in versions if path == rel][-1]
+        assert _sha((volume / rel).read_bytes()) == last, rel
+    assert not list(volume.rglob("*.tmp-*"))
 
 
 def test_is_torn_garbage_detected() -> None:
