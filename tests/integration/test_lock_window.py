@@ -131,3 +131,21 @@ def test_nothing_changed_reads_nothing_under_the_lock(setup: Setup) -> None:
     metadata = load_snapshot(setup.repo(), result.snapshot).source("volume").metadata
     assert metadata["recheck"] == "watch"
     assert metadata["reread_under_lock"] == 0
+
+
+def test_a_volume_path_that_is_a_symlink_is_watched(setup: Setup,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """volume.path may be a symlink to the folder (the scan lists what it points to): the
+    watch follows it too, and a change before the lock is seen by the watch."""
+    link = setup.tmp / "dynamic-link"
+    link.symlink_to(setup.volume)
+    setup.write(path=str(link))
+    _backup(setup)
+    with before_the_lock(monkeypatch, lambda: _modify(setup.volume)):
+        result = _backup(setup)
+    metadata = load_snapshot(setup.repo(), result.snapshot).source("volume").metadata
+    assert metadata["recheck"] == "watch"
+    assert result.files_reread_under_lock == 1
+    out = setup.tmp / "restored"
+    assert cli(setup.config_path, "restore", result.snapshot, "--target", str(out)).code == 0
+    assert_same_tree(setup.volume, out)

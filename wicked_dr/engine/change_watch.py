@@ -79,7 +79,12 @@ class ChangeWatch:
             return
         mask = (flags.MODIFY | flags.ATTRIB | flags.CREATE | flags.DELETE
                 | flags.MOVED_FROM | flags.MOVED_TO | flags.DELETE_SELF
-                | flags.MOVE_SELF | flags.DONT_FOLLOW | flags.ONLYDIR)
+                | flags.MOVE_SELF | flags.ONLYDIR)
+        if rel_dir:
+            # A subdirectory is scanned because lstat said "directory": never follow a
+            # symlink swapped in since. The root may be a symlink (volume.path), like the
+            # scan, which lists what it points to.
+            mask |= flags.DONT_FOLLOW
         try:
             wd = self._inotify.add_watch(directory, mask)
         except OSError as exc:
