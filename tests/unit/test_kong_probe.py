@@ -5,12 +5,12 @@ The server side runs in tests/integration/test_token_probe.py."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fixtures.chunked_stream import ChunkedReader
 from wicked_dr.repository.snapshot import StreamRef
 from wicked_dr.sources import kong_probe, kong_stream
 from wicked_dr.sources.kong_probe import HostSection, compare, load_sql, split_stream
@@ -21,17 +21,6 @@ CREDENTIALS = [b"c1\tclient-1\n", b"c2\tclient-2\n"]
 COLUMNS = [{"name": "id", "type": "uuid"}, {"name": "access_token", "type": "text"},
            {"name": "credential_id", "type": "uuid"}]
 REF = StreamRef(0, "0" * 64, ())
-
-
-class Reader:
-    """The stream in chunks of 5 bytes, so that markers and lines span chunks."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def stream(self, ref: StreamRef) -> Iterator[bytes]:
-        for start in range(0, len(self.data), 5):
-            yield self.data[start:start + 5]
 
 
 def _v3(trailer: dict[str, int] | None = None) -> bytes:
@@ -59,7 +48,7 @@ def _sorted_sha(lines: list[bytes]) -> str:
 
 
 def test_split_v3_sections_counted_and_checksummed_over_sorted_lines(tmp_path: Path) -> None:
-    sections, problems = split_stream(Reader(_v3()), REF, {"sections": {
+    sections, problems = split_stream(ChunkedReader(_v3()), REF, {"sections": {
         "oauth2_tokens": 3, "oauth2_credentials": 2}, "exported": 3}, tmp_path)
     assert problems == []
     assert [(s.name, s.rows, s.sha256) for s in sections] == [
@@ -70,7 +59,8 @@ def test_split_v3_sections_counted_and_checksummed_over_sorted_lines(tmp_path: P
 
 
 def test_split_trailer_and_manifest_disagreeing_named_by_section(tmp_path: Path) -> None:
-    _, problems = split_stream(Reader(_v3({"oauth2_tokens": 4, "oauth2_credentials": 2})), REF,
+    stream = ChunkedReader(_v3({"oauth2_tokens": 4, "oauth2_credentials": 2}))
+    _, problems = split_stream(stream, REF,
                                {"sections": {"oauth2_tokens": 4, "oauth2_credentials": 1},
                                 "exported": 4}, tmp_path)
     assert problems == [
@@ -84,7 +74,7 @@ def test_split_joined_versions_one_section(tmp_path: Path, version: int) -> None
     body = b"".join(joined)
     if version == 2:
         body += kong_stream.END_OF_DATA + kong_stream.json_line({"rows": 3})
-    sections, problems = split_stream(Reader(_joined_header(version) + body), REF,
+    sections, problems = split_stream(ChunkedReader(_joined_header(version) + body), REF,
                                       {"exported": 3}, tmp_path)
     assert problems == []
     assert [(s.name, s.rows, s.sha256) for s in sections] == [
@@ -94,7 +84,7 @@ def test_split_joined_versions_one_section(tmp_path: Path, version: int) -> None
 
 
 def test_load_sql_one_table_per_section_loaded_from_its_file(tmp_path: Path) -> None:
-    sections, _ = split_stream(Reader(_v3()), REF, {}, tmp_path)
+    sections, _ = split_stream(ChunkedReader(_v3()), REF, {}, tmp_path)
     sql = load_sql(sections)
     assert ('CREATE TABLE "oauth2_tokens" ("id" uuid, "access_token" text, "credential_id" '
             'uuid, "ttl" timestamp with time zone);') in sql
@@ -145,6 +135,6 @@ def test_sorted_lines_digest_in_runs_equals_sorting_in_memory(tmp_path: Path,
 def test_split_small_runs_same_result(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    small, _ = split_stream(Reader(_v3()), REF, {}, tmp_path / "a", run_bytes=8)
-    whole, _ = split_stream(Reader(_v3()), REF, {}, tmp_path / "b")
+    small, _ = split_stream(ChunkedReader(_v3()), REF, {}, tmp_path / "a", run_bytes=8)
+    whole, _ = split_stream(ChunkedReader(_v3()), REF, {}, tmp_path / "b")
     assert small == whole and small

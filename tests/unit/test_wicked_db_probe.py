@@ -6,10 +6,10 @@ tests/integration/test_wicked_db_probe.py."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.fixtures.chunked_stream import ChunkedReader
 from wicked_dr.repository.snapshot import SourceRecord, StreamRef
 from wicked_dr.sources import wicked_db_probe as probe
 from wicked_dr.sources.base import ProbeBench, ProbedSource
@@ -49,15 +49,6 @@ def _stream(owners: list[bytes] = OWNERS) -> bytes:
             + END_OF_DATA + json_line(trailer_doc(digests)))
 
 
-class Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def stream(self, ref: StreamRef) -> Iterator[bytes]:
-        for start in range(0, len(self.data), 5):
-            yield self.data[start:start + 5]
-
-
 class NoServer:
     """A scratch runner that only lets the image check pass."""
 
@@ -75,7 +66,7 @@ def test_wicked_db_source_is_probed() -> None:
 
 
 def test_split_checks_trailer_and_manifest(tmp_path: Path) -> None:
-    header, tables, problems = probe.split_stream(Reader(_stream()), REF,
+    header, tables, problems = probe.split_stream(ChunkedReader(_stream()), REF,
                                                   {"rows": {"owners": 1, "users": 3}},
                                                   tmp_path)
     assert header.schema == "wicked"
@@ -91,7 +82,7 @@ def test_damaged_stream_is_a_problem_and_starts_nothing(tmp_path: Path) -> None:
     record = SourceRecord("wicked_db", {}, (), StreamRef(len(damaged), "0" * 64, ()))
     bench = ProbeBench(scratch=NoServer(), image="i", postgres_image="p", owner=(0, 0),
                        spool_dir=tmp_path, timeout_s=10)
-    result = probe.probe_wicked_db(Reader(damaged), record, bench)
+    result = probe.probe_wicked_db(ChunkedReader(damaged), record, bench)
     assert not result.ok
     assert result.problems == ("the wicked_db stream cannot be read: the wicked_db stream's "
                                "section owners does not match its trailer (1 rows read, 1 "
@@ -100,7 +91,7 @@ def test_damaged_stream_is_a_problem_and_starts_nothing(tmp_path: Path) -> None:
 
 
 def test_script_is_the_restores_load_with_checks_before_post_data(tmp_path: Path) -> None:
-    header, tables, _ = probe.split_stream(Reader(_stream()), REF, {}, tmp_path)
+    header, tables, _ = probe.split_stream(ChunkedReader(_stream()), REF, {}, tmp_path)
     relations, script = probe.probe_script(header, tables)
     assert [r.key for r in relations] == ["owners_users"]  # the tables the schema has
     assert "BEGIN;\nCREATE SCHEMA" in script and script.endswith("COMMIT;\n")
@@ -130,7 +121,7 @@ def test_check_findings_problems_warnings_and_capped_ids() -> None:
 
 def test_compare_accepts_another_collations_order_only_with_equal_rows(
         tmp_path: Path) -> None:
-    _, tables, _ = probe.split_stream(Reader(_stream()), REF, {}, tmp_path)
+    _, tables, _ = probe.split_stream(ChunkedReader(_stream()), REF, {}, tmp_path)
     users = tables[1]
     sorted_sha = users.sorted_sha256
     assert probe.compare([users], f"table users 2 {'f' * 64} {sorted_sha}\n") == ([], 1)

@@ -53,11 +53,8 @@ _STEPS = r"""load)
 check)
     while read -r name; do
         "$PSQL" -X -q -v ON_ERROR_STOP=1 -c "COPY \"$name\" TO STDOUT" </dev/null >"$W/readback"
-        rows=$(wc -l <"$W/readback")
-        LC_ALL=C sort -T "$W" -o "$W/sorted" "$W/readback"
-        sum=$(sha256sum <"$W/sorted" | cut -d' ' -f1)
-        rm -f "$W/readback" "$W/sorted"
-        echo "section $name $rows $sum"
+        sums=$(sorted_sum)  # an assignment: a failure inside ends the script (set -e)
+        echo "section $name $sums"
     done <"$P/sections.list"
     ;;
 """

@@ -64,6 +64,16 @@ find_bin() {
     return 1
 }
 
+# A read-back ($W/readback, removed): its line count and the SHA-256 of its lines sorted
+# bytewise, on one line; the sort spills to $W, never to a small /tmp.
+sorted_sum() {
+    rows=$(wc -l <"$W/readback")
+    LC_ALL=C sort -T "$W" -o "$W/sorted" "$W/readback"
+    sum=$(sha256sum <"$W/sorted" | cut -d' ' -f1)
+    rm -f "$W/readback" "$W/sorted"
+    echo "$rows $sum"
+}
+
 BIN=$(find_bin)
 PSQL=$BIN/psql
 [ -x "$PSQL" ] || PSQL=$(command -v psql)

@@ -76,12 +76,10 @@ _STEPS = r"""load)
 check)
     while read -r name file; do
         "$PSQL" -X -q -v ON_ERROR_STOP=1 -f "$P/$file" </dev/null >"$W/readback"
-        rows=$(wc -l <"$W/readback")
         ordered=$(sha256sum <"$W/readback" | cut -d' ' -f1)
-        LC_ALL=C sort -T "$W" -o "$W/sorted" "$W/readback"
-        sorted=$(sha256sum <"$W/sorted" | cut -d' ' -f1)
-        rm -f "$W/readback" "$W/sorted"
-        echo "table $name $rows $ordered $sorted"
+        sums=$(sorted_sum)  # an assignment: a failure inside ends the script (set -e)
+        set -- $sums
+        echo "table $name $1 $ordered $2"
     done <"$P/tables.list"
     ;;
 """
